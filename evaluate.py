@@ -1,0 +1,57 @@
+"""Evaluate a checkpoint on the test split (the validation split when the dataset has no test split).
+
+    python evaluate.py --config configs/cls.yaml --ckpt_path runs/cls/checkpoints/best.ckpt [--output_dir DIR]
+
+Writes DIR/metrics.json and the task's figures (PNG) and prints a table. DIR defaults
+to reports/<run>/ for a checkpoint at runs/<run>/checkpoints/*.ckpt.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import lightning as L
+
+from lightning_modules.cli import BrainTumorCLI, run_with_clean_errors
+
+
+class EvaluateCLI(BrainTumorCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--output_dir", type=str | None, default=None, help="Where the report goes.")
+
+
+def main(args: list[str] | None = None) -> None:
+    cli = EvaluateCLI(args)
+    ckpt_path = cli.config.ckpt_path
+    if not ckpt_path:
+        raise ValueError("--ckpt_path is required: the checkpoint to evaluate")
+    if not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
+    # The architecture comes from the checkpoint's saved hyperparameters, not the config:
+    # the config only says where the data is and how to run.
+    model = type(cli.model).load_from_checkpoint(ckpt_path, map_location="cpu")
+    datamodule = cli.datamodule
+    trainer = L.Trainer(
+        accelerator=cli.config.trainer.accelerator,
+        devices=1,  # per-image results are gathered in one process
+        precision=cli.config.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+    )
+    trainer.test(model, datamodule=datamodule, verbose=False)
+
+    output_dir = Path(cli.config.output_dir or Path("reports") / Path(ckpt_path).parent.parent.name)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    results = {"checkpoint": str(ckpt_path), "split": datamodule.test_split_name, **model.test_results}
+    (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    for name, figure in model.evaluation_figures(datamodule).items():
+        figure.savefig(output_dir / f"{name}.png", bbox_inches="tight")
+    print(model.format_report(results))
+    print(f"wrote {output_dir}/metrics.json and figures", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run_with_clean_errors(main)

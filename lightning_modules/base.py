@@ -1,0 +1,51 @@
+"""Training machinery every task module shares: optimizer, schedule, image logging."""
+
+from __future__ import annotations
+
+import lightning as L
+import matplotlib.pyplot as plt
+from lightning.pytorch.loggers import TensorBoardLogger
+from matplotlib.figure import Figure
+
+from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
+
+
+class TaskModule(L.LightningModule):
+    """Base class holding the optimization options once, for every task.
+
+    Subclasses take their own arguments plus **kwargs passed on to this __init__;
+    the hyperparameters saved here then include both (Lightning walks the init frames).
+
+    Args:
+        optimizer: "adam", "adamw" or "adopt".
+        lr: base learning rate, reached at the end of the warmup.
+        weight_decay: L2 (adam, adopt) or decoupled (adamw) weight decay.
+        warmup_fraction: share of all optimizer steps spent warming up linearly from 0.
+        lr_decay: shape of the decay from the base lr to 0 after the warmup.
+    """
+
+    def __init__(
+        self,
+        optimizer: OptimizerName = "adam",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        warmup_fraction: float = 0.25,
+        lr_decay: DecayName = "cosine",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        optimizer = create_optimizer(self, hp.optimizer, hp.lr, hp.weight_decay)
+        schedule = create_warmup_decay_schedule(
+            optimizer, self.trainer.estimated_stepping_batches, hp.warmup_fraction, hp.lr_decay
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def log_figure(self, tag: str, figure: Figure) -> None:
+        """Write a matplotlib figure to TensorBoard (when it is a logger) and close it."""
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(tag, figure, self.current_epoch, close=False)
+        plt.close(figure)

@@ -1,0 +1,93 @@
+"""Metric sets and the numbers in evaluation reports, for both tasks."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryStatScores,
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+
+def classification_metrics(num_classes: int) -> MetricCollection:
+    """Micro and macro accuracy, per-class precision/recall/F1 and the confusion matrix."""
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "acc_macro": MulticlassAccuracy(num_classes, average="macro"),
+            "precision": MulticlassPrecision(num_classes, average=None),
+            "recall": MulticlassRecall(num_classes, average=None),
+            "f1": MulticlassF1Score(num_classes, average=None),
+            "confmat": MulticlassConfusionMatrix(num_classes),
+        }
+    )
+
+
+def classification_report(values: dict[str, torch.Tensor], class_names: Sequence[str], negative_class: int) -> dict:
+    """JSON-ready numbers from a computed `classification_metrics` collection.
+
+    Tumor sensitivity treats every class but `negative_class` as "tumor": a glioma called
+    meningioma still counts as detected, which is what a screening reader cares about."""
+    confmat = values["confmat"].long()
+    support = confmat.sum(dim=1)
+    tumor = [c for c in range(len(class_names)) if c != negative_class]
+    detected = confmat[tumor][:, tumor].sum()
+    report = {
+        "num_images": int(support.sum()),
+        "accuracy": float(values["acc"]),
+        "accuracy_macro": float(values["acc_macro"]),
+        "tumor_sensitivity": float(detected / support[tumor].sum().clamp_min(1)),
+        "tumor_specificity": float(confmat[negative_class, negative_class] / support[negative_class].clamp_min(1)),
+        "per_class": {
+            name: {
+                "precision": float(values["precision"][c]),
+                "recall": float(values["recall"][c]),
+                "f1": float(values["f1"][c]),
+                "support": int(support[c]),
+            }
+            for c, name in enumerate(class_names)
+        },
+        "confusion_matrix": confmat.tolist(),
+    }
+    return report
+
+
+def segmentation_stats() -> BinaryStatScores:
+    """Per-image pixel counts [tp, fp, tn, fn, support], kept for every image of the epoch.
+
+    Global and per-image IoU/Dice both derive from them (`segmentation_scores`), so the
+    two averages always describe the same predictions."""
+    return BinaryStatScores(threshold=0.5, multidim_average="samplewise")
+
+
+def per_image_scores(stats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """IoU and Dice of each image. An image with an empty ground truth scores 1 when the
+    prediction is empty too (a correct "no tumor") and 0 otherwise."""
+    tp, fp, _, fn = stats[:, 0].double(), stats[:, 1].double(), stats[:, 2], stats[:, 3].double()
+    union = tp + fp + fn
+    both_empty = union == 0
+    iou = torch.where(both_empty, 1.0, tp / union.clamp_min(1))
+    dice = torch.where(both_empty, 1.0, 2 * tp / (2 * tp + fp + fn).clamp_min(1))
+    return iou, dice
+
+
+def segmentation_scores(stats: torch.Tensor) -> dict[str, float]:
+    """Global IoU/Dice (pixels pooled over all images) and per-image means over all
+    images, plus the per-image mean over images whose ground truth has tumor."""
+    tp, fp, fn = (stats[:, i].double().sum() for i in (0, 1, 3))
+    iou, dice = per_image_scores(stats)
+    has_tumor = (stats[:, 0] + stats[:, 3]) > 0
+    return {
+        "iou_global": float(tp / (tp + fp + fn).clamp_min(1)),
+        "dice_global": float(2 * tp / (2 * tp + fp + fn).clamp_min(1)),
+        "iou_per_image": float(iou.mean()),
+        "dice_per_image": float(dice.mean()),
+        "iou_per_tumor_image": float(iou[has_tumor].mean()) if has_tumor.any() else float("nan"),
+    }

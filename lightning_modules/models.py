@@ -1,0 +1,116 @@
+"""Classifier factory: the project's residual CNN, or any timm model by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with an identity (or 1x1 projection) shortcut, as in ResNet-18."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels)
+            )
+        nn.init.zeros_(self.body[-1].weight)  # each block starts as identity: trains stably from scratch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResidualCNN(nn.Module):
+    """A small ResNet for training from scratch on a few thousand images.
+
+    Args:
+        num_classes: outputs of the linear head.
+        in_chans: image channels (1 for grayscale MRI, 3 for RGB); timm's name for it.
+        width: channels of the first stage; each later stage doubles them.
+        depths: residual blocks per stage; every stage after the first halves the resolution.
+        drop_rate: dropout before the head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 4,
+        in_chans: int = 1,
+        width: int = 32,
+        depths: tuple[int, ...] = (1, 2, 2, 2),
+        drop_rate: float = 0.2,
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_chans, width, 5, 2, 2, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)
+        )
+        stages, channels = [], width
+        for index, depth in enumerate(depths):
+            out_channels = width * 2**index
+            for block in range(depth):
+                stride = 2 if index > 0 and block == 0 else 1
+                stages.append(BasicBlock(channels, out_channels, stride))
+                channels = out_channels
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(channels, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(self.stem(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+LOCAL_MODELS = {"residual_cnn": ResidualCNN}
+
+
+def create_classifier(
+    name: str = "residual_cnn",
+    num_classes: int = 4,
+    in_chans: int = 1,
+    pretrained: bool = False,
+    weights_path: str | None = None,
+    **kwargs,
+) -> nn.Module:
+    """Build a classifier by name: "residual_cnn" or any `timm.list_models()` name.
+
+    For timm models, `pretrained` downloads ImageNet weights from the Hugging Face hub;
+    `weights_path` loads them from a local file instead (for offline machines)."""
+    if name in LOCAL_MODELS:
+        if pretrained or weights_path:
+            raise ValueError(f"model '{name}' is trained from scratch; it has no pretrained weights")
+        return LOCAL_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+    if not timm.is_model(name):
+        raise ValueError(f"unknown model '{name}': use 'residual_cnn' or a name from timm.list_models()")
+    overlay = None
+    if weights_path:
+        if not Path(weights_path).is_file():
+            raise FileNotFoundError(f"{weights_path}: pretrained weights file not found")
+        overlay = {"file": str(weights_path)}
+    try:
+        return timm.create_model(
+            name,
+            pretrained=pretrained or bool(weights_path),
+            pretrained_cfg_overlay=overlay,
+            num_classes=num_classes,
+            in_chans=in_chans,
+            **kwargs,
+        )
+    except (OSError, RuntimeError) as error:
+        if weights_path:
+            raise
+        raise RuntimeError(
+            f"could not download pretrained weights for '{name}' ({type(error).__name__}); "
+            "on an offline machine pass model.init_args.weights_path=/path/to/weights (.pth or .safetensors)"
+        ) from error

@@ -1,0 +1,70 @@
+"""Figures both tasks log to TensorBoard and evaluate.py saves as PNG."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: figures are only ever saved or logged
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+
+def confusion_matrix_figure(confmat: torch.Tensor, class_names: Sequence[str], title: str = "") -> Figure:
+    """Counts with row-normalized colour, so small classes stay readable."""
+    counts = confmat.detach().cpu().numpy().astype(int)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.8), dpi=100)
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for (row, col), count in np.ndenumerate(counts):
+        ax.text(col, row, f"{count}\n{rates[row, col]:.0%}", ha="center", va="center",
+                color="white" if rates[row, col] > 0.5 else "black", fontsize=9)  # fmt: skip
+    ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix (row %: recall)")
+    fig.tight_layout()
+    return fig
+
+
+def to_display(image: torch.Tensor) -> np.ndarray:
+    """A normalized CxHxW tensor as an HxWx3 float image in [0, 1] (min-max stretched)."""
+    array = image.detach().float().cpu()
+    array = (array - array.min()) / (array.max() - array.min()).clamp_min(1e-6)
+    array = array.permute(1, 2, 0).numpy()
+    return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, colour: Sequence[float], alpha: float = 0.45) -> np.ndarray:
+    """Tint the pixels of a binary HxW mask on an HxWx3 image in [0, 1]."""
+    out = image.copy()
+    out[mask > 0] = (1 - alpha) * out[mask > 0] + alpha * np.asarray(colour)
+    return out
+
+
+def segmentation_figure(
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    predictions: torch.Tensor,
+    titles: Sequence[str] | None = None,
+) -> Figure:
+    """One row per sample: image | ground truth (green) | prediction (red)."""
+    rows = len(images)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), dpi=100, squeeze=False)
+    for row in range(rows):
+        image = to_display(images[row])
+        panels = (
+            (image, "image"),
+            (overlay(image, targets[row].squeeze().cpu().numpy(), (0.0, 1.0, 0.0)), "ground truth"),
+            (overlay(image, predictions[row].squeeze().cpu().numpy(), (1.0, 0.0, 0.0)), "prediction"),
+        )
+        for col, (panel, label) in enumerate(panels):
+            axes[row, col].imshow(panel)
+            axes[row, col].set_axis_off()
+            axes[row, col].set_title(f"{label}{' - ' + titles[row] if titles and col == 2 else ''}", fontsize=8)
+    fig.tight_layout()
+    return fig
