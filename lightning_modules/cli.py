@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from argparse import ArgumentError
 from typing import Callable
 
 import lightning as L
@@ -14,7 +15,19 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.common import DatasetError
 
-USER_ERRORS = (DatasetError, FileNotFoundError, ValueError)
+USER_ERRORS = (DatasetError, FileNotFoundError, ValueError, ArgumentError)
+
+# jsonargparse explains a bad key against every member of a Union; these lines say nothing
+# about the user's mistake.
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>",
+          "Given value type:", "Given value:")  # fmt: skip
+
+
+def one_line(error: BaseException) -> str:
+    """The gist of an error message on one line."""
+    lines = [line.strip() for line in str(error).splitlines()]
+    kept = [line.lstrip("- ") for line in lines if line and not line.startswith(_NOISE)]
+    return " ".join(kept) or type(error).__name__
 
 
 class BrainTumorCLI(LightningCLI):
@@ -29,6 +42,7 @@ class BrainTumorCLI(LightningCLI):
             run=False,
             auto_configure_optimizers=False,  # the modules build their own (lightning_modules.optim)
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"exit_on_error": False},  # raise, so run_with_clean_errors can shorten it
             args=args,
             **kwargs,
         )
@@ -50,6 +64,5 @@ def run_with_clean_errors(main: Callable[[], None]) -> None:
     except USER_ERRORS as error:
         if os.environ.get("BRAIN_TUMOR_TRACEBACK"):
             raise
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,126 @@
+"""ClassificationDataModule: layouts, split, duplicates, image modes, bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from datamodules import CLASS_NAMES, ClassificationDataModule, DatasetError
+from datamodules.common import find_duplicate_groups, read_image
+
+
+def setup_datamodule(root: Path, **kwargs) -> ClassificationDataModule:
+    dm = ClassificationDataModule(str(root), image_size=32, num_workers=0, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+@pytest.mark.parametrize("layout", ["sartaj_root", "mri_dataset_root"])
+def test_both_folder_layouts_map_to_the_same_classes(layout, request):
+    root = request.getfixturevalue(layout)
+    dm = setup_datamodule(root, val_fraction=0.25)
+    labels = np.concatenate([dm.datasets["train"].labels, dm.datasets["val"].labels])
+    # every class folder holds 8 training images: each canonical class gets exactly 8
+    assert np.bincount(labels, minlength=4).tolist() == [8, 8, 8, 8]
+    assert dm.class_names == CLASS_NAMES
+    image, label = dm.datasets["val"][0]
+    assert tuple(image.shape) == (1, 32, 32) and 0 <= label < 4
+
+
+def test_testing_split_is_used_when_present_and_val_otherwise(sartaj_root, mri_dataset_root):
+    assert setup_datamodule(sartaj_root).test_split_name == "test"
+    assert setup_datamodule(mri_dataset_root).test_split_name == "val"
+
+
+def test_stratified_split_keeps_each_class_share_and_is_seeded(tmp_path):
+    from tests.conftest import SARTAJ_FOLDERS, make_classification_dataset
+
+    root = make_classification_dataset(tmp_path / "d", SARTAJ_FOLDERS, per_class=20, with_testing=False)
+    dm = setup_datamodule(root, val_fraction=0.25, max_phash_distance=None)
+    assert np.bincount(dm.datasets["val"].labels, minlength=4).tolist() == [5, 5, 5, 5]
+    assert np.bincount(dm.datasets["train"].labels, minlength=4).tolist() == [15, 15, 15, 15]
+    again = setup_datamodule(root, val_fraction=0.25, max_phash_distance=None)
+    assert np.array_equal(dm.datasets["val"].images, again.datasets["val"].images)
+    other_seed = setup_datamodule(root, val_fraction=0.25, max_phash_distance=None, seed=1)
+    assert not np.array_equal(dm.datasets["val"].images, other_seed.datasets["val"].images)
+
+
+def test_exact_duplicates_are_removed_from_the_later_split(sartaj_root, capsys):
+    training, testing = sartaj_root / "Training", sartaj_root / "Testing"
+    leaked = next((training / "glioma_tumor").glob("*.png"))
+    shutil.copy(leaked, testing / "glioma_tumor" / "leak.png")
+    shutil.copy(leaked, training / "glioma_tumor" / "copy.png")
+    baseline_test = len(list(testing.rglob("*.*"))) - 1
+
+    dm = setup_datamodule(sartaj_root)
+    assert len(dm.datasets["test"]) == baseline_test  # the leaked copy is gone
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32  # the extra training copy too
+    all_train = np.concatenate([dm.datasets["train"].images, dm.datasets["val"].images])
+    assert not any(np.array_equal(t, v) for t in dm.datasets["test"].images for v in all_train)
+
+    kept = setup_datamodule(sartaj_root, duplicates="keep")
+    assert len(kept.datasets["test"]) == baseline_test + 1
+    assert len(kept.datasets["train"]) + len(kept.datasets["val"]) == 33
+
+
+def test_near_duplicates_group_by_perceptual_hash():
+    sha1s = ["a", "b", "c", "a"]
+    phashes = [0b1111, 0b1110, 0xFFFF0000, 0xFF]
+    assert len(set(find_duplicate_groups(sha1s, phashes, None))) == 3  # only the exact copy
+    groups = find_duplicate_groups(sha1s, phashes, 1)
+    assert groups[0] == groups[1] == groups[3] and groups[2] != groups[0]
+
+
+def test_recompressed_copy_is_caught_as_near_duplicate(sartaj_root):
+    source = next((sartaj_root / "Training" / "glioma_tumor").glob("*.png"))
+    cv2.imwrite(str(sartaj_root / "Testing" / "glioma_tumor" / "recompressed.jpg"), cv2.imread(str(source)),
+                [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
+    baseline_test = len(list((sartaj_root / "Testing").rglob("*.*"))) - 1
+    assert len(setup_datamodule(sartaj_root, max_phash_distance=4).datasets["test"]) == baseline_test
+    assert len(setup_datamodule(sartaj_root, max_phash_distance=None).datasets["test"]) == baseline_test + 1
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "I;16"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_any_image_mode_decodes_to_uint8_with_the_requested_channels(tmp_path, mode, channels):
+    path = tmp_path / f"img_{mode.replace(';', '')}.png"
+    Image.fromarray(np.arange(30 * 20, dtype=np.uint8).reshape(30, 20)).convert(mode).save(path)
+    image = read_image(path, channels)
+    assert image.dtype == np.uint8 and image.shape == (30, 20, channels)
+
+
+def test_missing_root_names_the_path(tmp_path):
+    with pytest.raises(DatasetError, match="nowhere"):
+        setup_datamodule(tmp_path / "nowhere")
+
+
+def test_root_without_training_folder(tmp_path):
+    (tmp_path / "data").mkdir()
+    with pytest.raises(DatasetError, match="no Training/"):
+        setup_datamodule(tmp_path / "data")
+
+
+def test_empty_class_folder_names_the_folder(sartaj_root):
+    for image in (sartaj_root / "Training" / "no_tumor").iterdir():
+        image.unlink()
+    with pytest.raises(DatasetError, match=r"no_tumor: class folder holds no images"):
+        setup_datamodule(sartaj_root)
+
+
+def test_unknown_class_folder_names_the_folder(sartaj_root):
+    (sartaj_root / "Training" / "astrocytoma").mkdir()
+    with pytest.raises(DatasetError, match="unknown class folder 'astrocytoma'"):
+        setup_datamodule(sartaj_root)
+
+
+def test_corrupt_image_is_skipped_with_a_warning(sartaj_root):
+    corrupt = sartaj_root / "Training" / "glioma_tumor" / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.warns(UserWarning, match="broken.jpg: unreadable or corrupt image, skipped"):
+        dm = setup_datamodule(sartaj_root)
+    assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32

@@ -1,0 +1,93 @@
+"""train.py and evaluate.py as a user runs them, on a tiny generated dataset."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, run_script
+
+CONFIG = str(REPO / "configs" / "cls.yaml")
+TINY = [
+    "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+    "--model.model_kwargs", "{width: 8, depths: [1, 1]}",
+    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+]  # fmt: skip
+
+
+def train(root: Path, cwd: Path, *extra: str):
+    return run_script("train.py", "--config", CONFIG, "--data.root", str(root), *TINY, *extra, cwd=cwd)
+
+
+def test_train_writes_checkpoints_and_tensorboard_then_evaluate_writes_report(sartaj_root, tmp_path):
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoints = tmp_path / "runs" / "cls" / "checkpoints"
+    assert (checkpoints / "best.ckpt").is_file() and (checkpoints / "last.ckpt").is_file()
+    events = list((tmp_path / "runs" / "cls").glob("version_*/events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+    result = run_script(
+        "evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
+        "--ckpt_path", str(checkpoints / "best.ckpt"), "--output_dir", "report", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["split"] == "test"
+    assert report["num_images"] == 4 * 2  # Testing/ holds 2 images per class
+    assert set(report["per_class"]) == {"glioma", "meningioma", "no_tumor", "pituitary"}
+    assert 0 <= report["accuracy"] <= 1 and 0 <= report["tumor_sensitivity"] <= 1
+    assert sum(map(sum, report["confusion_matrix"])) == 8
+    assert (tmp_path / "report" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert "tumor vs no tumor: sensitivity" in result.stdout
+
+
+def test_resume_from_last_checkpoint_continues_the_epoch_count(sartaj_root, tmp_path):
+    last = tmp_path / "runs/cls/checkpoints/last.ckpt"
+    assert train(sartaj_root, tmp_path, "--trainer.max_epochs", "1").returncode == 0
+    first = torch.load(last, map_location="cpu", weights_only=False)
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in result.stderr + result.stdout
+    resumed = torch.load(last, map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 2 * first["global_step"]  # one more epoch on top, not two from scratch
+
+
+def test_print_config_shows_the_resolved_overrides(tmp_path):
+    result = run_script("train.py", "--config", CONFIG, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "max_epochs: 3" in result.stdout and "warmup_fraction: 0.25" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.root", "/no/such/folder"], "error: /no/such/folder: data root does not exist"),
+        (["--model.learning_rate", "1"], "learning_rate"),
+        (["--model.optimizer", "sgd"], "sgd"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, expected, tmp_path):
+    result = run_script("train.py", "--config", CONFIG, *args, cwd=tmp_path)
+    assert result.returncode != 0
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_evaluate_without_checkpoint_is_a_clear_error(sartaj_root, tmp_path):
+    result = run_script("evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), "--ckpt_path",
+                        "missing.ckpt", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "error: missing.ckpt: checkpoint not found"
+
+
+def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
+    result = train(
+        sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+        "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "runs/cls/checkpoints/last.ckpt").is_file()

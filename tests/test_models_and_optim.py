@@ -1,0 +1,80 @@
+"""Model factory, optimizer names and the warmup-then-decay schedule."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+
+from lightning_modules.models import ResidualCNN, create_classifier
+from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_residual_cnn_takes_one_or_three_channels(channels):
+    model = create_classifier("residual_cnn", num_classes=4, in_chans=channels, width=8, depths=(1, 1))
+    assert isinstance(model, ResidualCNN)
+    assert model(torch.randn(2, channels, 64, 64)).shape == (2, 4)
+
+
+def test_any_timm_model_by_name():
+    model = create_classifier("resnet10t", num_classes=4, in_chans=1)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 4)
+
+
+def test_timm_model_loads_a_local_weights_file(tmp_path):
+    source = timm.create_model("resnet10t", num_classes=1000)
+    path = tmp_path / "resnet10t.pth"
+    torch.save(source.state_dict(), path)
+    model = create_classifier("resnet10t", num_classes=4, in_chans=3, weights_path=str(path))
+    assert torch.equal(model.conv1[0].weight, source.conv1[0].weight)  # the file's values, not a fresh init
+    assert model.get_classifier().out_features == 4  # the ImageNet head is replaced
+
+
+def test_pretrained_without_network_says_how_to_use_a_local_file(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast instead of retrying
+    with pytest.raises(RuntimeError, match="weights_path"):
+        create_classifier("resnet10t", pretrained=True)
+
+
+def test_unknown_model_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model 'resnet_9000'"):
+        create_classifier("resnet_9000")
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "adopt"])
+def test_each_optimizer_name_builds_and_steps(name):
+    model = torch.nn.Linear(3, 1)
+    optimizer = create_optimizer(model, name, lr=1e-2)
+    before = model.weight.detach().clone()
+    for _ in range(2):  # ADOPT's first step only initialises its second moment
+        optimizer.zero_grad()
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2)
+    assert not torch.equal(before, model.weight)
+    assert type(optimizer).__name__.lower() == name
+
+
+@pytest.mark.parametrize("decay", ["cosine", "linear"])
+def test_schedule_warms_up_linearly_then_decays_to_zero(decay):
+    base_lr, total, warmup_fraction = 1e-3, 200, 0.25
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=base_lr)
+    schedule = create_warmup_decay_schedule(optimizer, total, warmup_fraction, decay)
+    lrs = []
+    for _ in range(total):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    peak = lrs.index(max(lrs))
+    assert peak == 49  # the 50th step (25% of 200) is the first at the base lr
+    assert max(lrs) == pytest.approx(base_lr)
+    rise = torch.tensor(lrs[: peak + 1])
+    assert torch.allclose(rise.diff(), torch.full((peak,), base_lr / 50), rtol=1e-6)  # linear
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1 :]))  # then never rises
+    assert lrs[-1] < base_lr * 0.01
+    assert lrs[peak + (total - peak) // 2] == pytest.approx(0.5 * base_lr, rel=0.05)  # both shapes halve midway
+    quarter = lrs[peak + (total - peak) // 4] / base_lr
+    assert quarter == pytest.approx(0.854 if decay == "cosine" else 0.75, abs=0.02)
