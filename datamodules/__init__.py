@@ -2,5 +2,6 @@
 
 from datamodules.classification import CLASS_NAMES, ClassificationDataModule
 from datamodules.common import DatasetError
+from datamodules.segmentation import SegmentationDataModule
 
-__all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError"]
+__all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError", "SegmentationDataModule"]

@@ -5,17 +5,16 @@ they differ only in folder names, which map onto the same four canonical classes
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from datamodules.common import (
+    CachedDataModule,
     DatasetError,
     build_transform,
     default_geometric_augmentations,
@@ -98,7 +97,7 @@ class ImageLabelDataset(Dataset):
         return self.transform(image=self.images[index])["image"], int(self.labels[index])
 
 
-class ClassificationDataModule(L.LightningDataModule):
+class ClassificationDataModule(CachedDataModule):
     """Brain-tumor MRI classification data with a leakage-free validation split.
 
     Args:
@@ -106,16 +105,13 @@ class ClassificationDataModule(L.LightningDataModule):
         image_size: images are resized to image_size x image_size.
         channels: 1 reads MRI slices as grayscale, 3 as RGB (for ImageNet backbones).
         val_fraction: share of each class held out from Training for validation.
-        batch_size: images per batch (per device).
-        num_workers: DataLoader workers; None picks min(8, CPU count).
-        pin_memory: None pins when CUDA is available.
-        persistent_workers: keep workers alive between epochs.
         seed: seed of the validation split.
         duplicates: "remove" drops exact and near copies from the later split
             (val after train, test after both); "keep" only reports them.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the
             same image (re-encoded or re-saved copies); None checks exact bytes only.
         augment: flips, affine jitter and brightness/contrast on training images.
+        **kwargs: batch size and DataLoader options of `CachedDataModule`.
     """
 
     class_names = CLASS_NAMES
@@ -126,25 +122,17 @@ class ClassificationDataModule(L.LightningDataModule):
         image_size: int = 128,
         channels: Literal[1, 3] = 1,
         val_fraction: float = 0.15,
-        batch_size: int = 32,
-        num_workers: int | None = None,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = True,
         seed: int = 42,
         duplicates: Literal["remove", "keep"] = "remove",
         max_phash_distance: int | None = 2,
         augment: bool = True,
+        **kwargs,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         if not 0 < val_fraction < 1:
             raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-        self.save_hyperparameters()
         self.root = Path(root)
         self.channels = channels
-        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.datasets: dict[str, ImageLabelDataset] = {}
-        self.test_split_name = "val"
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -181,7 +169,6 @@ class ClassificationDataModule(L.LightningDataModule):
         split_indices = {"train": train_pool[train_rel], "val": train_pool[val_rel]}
         if testing_dir is not None:
             split_indices["test"] = np.nonzero(keep & is_test)[0]
-            self.test_split_name = "test"
 
         train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
         eval_transform = build_transform([], self.channels)
@@ -220,26 +207,3 @@ class ClassificationDataModule(L.LightningDataModule):
         if hp.duplicates == "keep":
             return np.ones(len(sha1s), dtype=bool)
         return keep & ~leaked
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if split not in self.datasets:
-            self.setup()
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) > self.hparams.batch_size,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Testing/ when the dataset has it, else the validation split (see test_split_name)."""
-        return self._loader(self.test_split_name, shuffle=False)

@@ -1,10 +1,11 @@
 """Pieces both datamodules share: image decoding, the in-memory image cache,
-duplicate detection and the error type that the CLI turns into one line."""
+duplicate detection, transforms, DataLoader plumbing and the error type that the CLI
+turns into one line."""
 
 from __future__ import annotations
 
 import hashlib
-import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Sequence
 import albumentations as A
 import cv2
 import imagehash
+import lightning as L
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 from PIL import Image
-
-log = logging.getLogger(__name__)
+from torch.utils.data import DataLoader, Dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -124,3 +126,57 @@ def default_geometric_augmentations() -> list[A.BasicTransform]:
         A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
     ]
 
+
+
+class CachedDataModule(L.LightningDataModule):
+    """DataLoader plumbing shared by the task datamodules, which fill `self.datasets`
+    ("train", "val" and, when the data has one, "test") in `setup`.
+
+    Subclasses take their own arguments plus **kwargs passed on to this __init__.
+
+    Args:
+        batch_size: images per batch (per device).
+        num_workers: DataLoader workers; None picks min(8, CPU count).
+        pin_memory: None pins when CUDA is available.
+        persistent_workers: keep workers alive between epochs.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def test_split_name(self) -> str:
+        """The split evaluate.py reports on: the official test split when the data has one."""
+        return "test" if "test" in self.datasets else "val"
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.setup()
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(self.datasets[split]) > self.hparams.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split_name, shuffle=False)

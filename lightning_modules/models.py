@@ -114,3 +114,60 @@ def create_classifier(
             f"could not download pretrained weights for '{name}' ({type(error).__name__}); "
             "on an offline machine pass model.init_args.weights_path=/path/to/weights (.pth or .safetensors)"
         ) from error
+
+
+HEAD_PREFIXES = ("fc.", "classifier.", "head.")
+WRAPPER_PREFIXES = ("module.", "model.", "encoder.", "backbone.")
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
+    """Load an ImageNet checkpoint (torchvision or timm key layout) into an smp encoder.
+
+    Classification heads are dropped and wrapper prefixes stripped; anything else that
+    does not match is an error naming the file, so a wrong checkpoint never half-loads."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: encoder weights file not found")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    cleaned = {}
+    for key, value in state.items():
+        for prefix in WRAPPER_PREFIXES:
+            key = key.removeprefix(prefix)
+        if not key.startswith(HEAD_PREFIXES):
+            cleaned[key] = value
+    # nn.Module's own method: smp encoders override it and return nothing
+    missing, unexpected = nn.Module.load_state_dict(encoder, cleaned, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: does not fit this encoder ({len(missing)} weights missing, e.g. {missing[:2]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+
+
+def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3) -> nn.Module:
+    """A binary UNet (one logit per pixel) from segmentation-models-pytorch.
+
+    `encoder_weights`: "imagenet" (smp downloads them), None (random init), or the path of
+    a local ImageNet checkpoint for offline machines."""
+    import segmentation_models_pytorch as smp
+
+    local_file = encoder_weights not in (None, "imagenet")
+    try:
+        model = smp.Unet(
+            encoder_name=encoder_name,
+            encoder_weights=None if local_file else encoder_weights,
+            in_channels=in_channels,
+            classes=1,
+        )
+    except (OSError, RuntimeError, ConnectionError) as error:
+        raise RuntimeError(
+            f"could not download '{encoder_weights}' weights for encoder '{encoder_name}' "
+            f"({type(error).__name__}); on an offline machine set model.init_args.encoder_weights to a local "
+            "checkpoint file (torchvision or timm layout), or to null to train from scratch"
+        ) from error
+    if local_file:
+        load_encoder_weights(model.encoder, encoder_weights)
+    return model

@@ -32,9 +32,10 @@ def confusion_matrix_figure(confmat: torch.Tensor, class_names: Sequence[str], t
 
 
 def to_display(image: torch.Tensor) -> np.ndarray:
-    """A normalized CxHxW tensor as an HxWx3 float image in [0, 1] (min-max stretched)."""
+    """A normalized CxHxW tensor as an HxWx3 float image in [0, 1] (each channel min-max stretched)."""
     array = image.detach().float().cpu()
-    array = (array - array.min()) / (array.max() - array.min()).clamp_min(1e-6)
+    low, high = array.amin(dim=(1, 2), keepdim=True), array.amax(dim=(1, 2), keepdim=True)
+    array = (array - low) / (high - low).clamp_min(1e-6)
     array = array.permute(1, 2, 0).numpy()
     return np.repeat(array, 3, axis=2) if array.shape[2] == 1 else array
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -62,3 +63,58 @@ def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complete
         [sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
+
+
+TUMOR_POLYGONS = {  # image index -> polygon (x, y pairs) drawn into the image and annotated
+    0: [10, 10, 40, 12, 30, 40],
+    1: [20, 20, 50, 20, 50, 44, 20, 44],
+    3: [5, 30, 25, 28, 28, 58, 8, 55],
+}
+CROWD_IMAGE, EMPTY_IMAGE = 2, 4
+CROWD_BOX = (30, 8, 56, 30)  # x0, y0, x1, y1 of the RLE "crowd" tumor
+
+
+def make_coco_split(folder: Path, seed: int = 0, count: int = 6, size: int = 64) -> dict:
+    """Images with bright tumors, polygons for most, one RLE (iscrowd) and one with none.
+
+    Categories follow Roboflow's export: a supercategory-only id 0 plus ids 1 and 2."""
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    coco = {
+        "info": {"description": "generated"},
+        "categories": [{"id": 0, "name": "Tumor", "supercategory": "none"},
+                       {"id": 1, "name": "0", "supercategory": "Tumor"}, {"id": 2, "name": "1", "supercategory": "Tumor"}],
+        "images": [], "annotations": [],
+    }  # fmt: skip
+    for index in range(count):
+        image = rng.integers(0, 60, (size, size), dtype=np.uint8)
+        polygon = TUMOR_POLYGONS.get(index % 5 if index >= 5 else index)
+        if index == CROWD_IMAGE:
+            x0, y0, x1, y1 = CROWD_BOX
+            mask = np.zeros((size, size), np.uint8)
+            mask[y0:y1, x0:x1] = 1
+            image[mask > 0] = 230
+            rle = mask_utils.encode(np.asfortranarray(mask))
+            rle["counts"] = rle["counts"].decode()
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": index, "category_id": 2,
+                                        "segmentation": rle, "iscrowd": 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                        "area": int(mask.sum())})  # fmt: skip
+        elif polygon is not None:
+            cv2.fillPoly(image, [np.array(polygon).reshape(-1, 2)], 230)
+            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": index, "category_id": 1,
+                                        "segmentation": [polygon], "iscrowd": 0, "bbox": [0, 0, 1, 1], "area": 1})  # fmt: skip
+        name = f"{index}_jpg.rf.{index:04d}.jpg"
+        cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        coco["images"].append({"id": index, "file_name": name, "height": size, "width": size})
+    (folder / "_annotations.coco.json").write_text(json.dumps(coco))
+    return coco
+
+
+@pytest.fixture
+def coco_root(tmp_path: Path) -> Path:
+    root = tmp_path / "seg"
+    make_coco_split(root / "train", seed=0, count=8)
+    make_coco_split(root / "valid", seed=1, count=6)
+    return root

@@ -1,0 +1,157 @@
+"""Segmentation: COCO rasterisation, joint augmentation, metrics, encoder weights, module."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import lightning as L
+import numpy as np
+import pytest
+import torch
+
+from datamodules import DatasetError, SegmentationDataModule
+from datamodules.segmentation import read_coco_split
+from lightning_modules import SegmentationModule
+from lightning_modules.metrics import segmentation_scores, segmentation_stats
+from lightning_modules.models import create_segmenter
+from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
+
+
+def setup_datamodule(root, **kwargs) -> SegmentationDataModule:
+    dm = SegmentationDataModule(str(root), image_size=64, batch_size=4, num_workers=0, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_polygon_masks_match_the_drawn_polygons(coco_root):
+    _, masks, _ = read_coco_split(coco_root / "train", None)
+    for index, polygon in TUMOR_POLYGONS.items():
+        x, y = np.array(polygon[0::2], float), np.array(polygon[1::2], float)
+        area = 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))  # shoelace formula
+        assert abs(int(masks[index].sum()) - area) <= 0.03 * area
+        drawn = np.zeros_like(masks[index])
+        cv2.fillPoly(drawn, [np.array(polygon).reshape(-1, 2)], 1)
+        assert (masks[index] & drawn).sum() >= 0.97 * masks[index].sum()  # the same place, not just the same size
+
+
+def test_crowd_rle_and_empty_images(coco_root):
+    _, masks, report = read_coco_split(coco_root / "train", None)
+    x0, y0, x1, y1 = CROWD_BOX
+    expected = np.zeros_like(masks[CROWD_IMAGE])
+    expected[y0:y1, x0:x1] = 1
+    assert np.array_equal(masks[CROWD_IMAGE], expected)
+    assert not masks[EMPTY_IMAGE].any()
+    assert report.crowd_annotations == 1
+    assert report.empty_masks == 2  # images 4 and 7 have no annotation
+    assert report.category_ids == {1: 5, 2: 1}
+
+
+def test_problems_in_the_export_are_counted(coco_root):
+    annotation_file = coco_root / "train" / "_annotations.coco.json"
+    coco = json.loads(annotation_file.read_text())
+    coco["annotations"].append({"id": 99, "image_id": 0, "category_id": 1, "segmentation": [[1, 1, 3, 3]], "iscrowd": 0})
+    coco["annotations"].append({"id": 98, "image_id": 1, "category_id": 1, "segmentation": [], "iscrowd": 0})
+    coco["images"].append({"id": 50, "file_name": "gone.jpg", "height": 64, "width": 64})
+    annotation_file.write_text(json.dumps(coco))
+    cv2.imwrite(str(coco_root / "train" / "stray.jpg"), np.zeros((8, 8), np.uint8))
+    with pytest.warns(UserWarning, match="gone.jpg: listed in _annotations.coco.json but missing"):
+        paths, _, report = read_coco_split(coco_root / "train", None)
+    assert report.degenerate_polygons == 1 and report.missing_files == ["gone.jpg"] and report.unlisted_files == 1
+    assert len(paths) == 8
+
+
+def test_augmentation_moves_the_mask_with_the_image(coco_root):
+    dm = setup_datamodule(coco_root)
+    dataset = dm.datasets["train"]
+    torch.manual_seed(0)
+    for _ in range(20):
+        for index in (0, 1, CROWD_IMAGE):
+            image, mask = dataset[index]
+            assert mask.shape == (1, 64, 64) and set(mask.unique().tolist()) <= {0.0, 1.0}
+            bright = image.mean(dim=0) > image.mean(dim=0).quantile(0.99) * 0.8  # the drawn tumor
+            overlap = (bright & (mask[0] > 0)).sum() / (bright | (mask[0] > 0)).sum()
+            assert overlap > 0.8
+
+
+def test_test_split_falls_back_to_valid(coco_root):
+    dm = setup_datamodule(coco_root)
+    assert dm.test_split_name == "val" and set(dm.datasets) == {"train", "val"}
+
+
+def test_metrics_of_perfect_and_empty_predictions():
+    target = torch.zeros(3, 1, 8, 8, dtype=torch.int)
+    target[0, 0, 2:6, 2:6] = 1
+    target[1, 0, :3, :3] = 1  # image 2 has no tumor
+    perfect = segmentation_stats()
+    perfect.update(target.float(), target)
+    assert segmentation_scores(perfect.compute()) == {
+        "iou_global": 1.0, "dice_global": 1.0, "iou_per_image": 1.0, "dice_per_image": 1.0, "iou_per_tumor_image": 1.0,
+    }  # fmt: skip
+    empty = segmentation_stats()
+    empty.update(torch.zeros_like(target, dtype=torch.float), target)
+    scores = segmentation_scores(empty.compute())
+    assert scores["iou_global"] == 0.0 and scores["dice_global"] == 0.0 and scores["iou_per_tumor_image"] == 0.0
+    assert scores["iou_per_image"] == pytest.approx(1 / 3)  # only the empty image, correctly left empty
+
+
+def test_local_encoder_checkpoint_is_loaded_into_the_encoder(tmp_path):
+    torch.manual_seed(1)
+    source = create_segmenter("resnet18", None).encoder.state_dict()
+    checkpoint = {f"module.{k}": v for k, v in source.items()}  # a wrapped torchvision-style file
+    checkpoint["fc.weight"], checkpoint["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(checkpoint, path)
+    torch.manual_seed(2)
+    model = create_segmenter("resnet18", str(path))
+    for key, value in source.items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+
+
+def test_wrong_encoder_checkpoint_names_the_file(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, path)
+    with pytest.raises(ValueError, match="other.pth: does not fit this encoder"):
+        create_segmenter("resnet18", str(path))
+
+
+def test_module_runs_a_training_and_a_validation_step(coco_root, tmp_path):
+    dm = setup_datamodule(coco_root)
+    model = SegmentationModule(encoder_name="resnet18", preview_every_n_epochs=1)
+    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)  # fmt: skip
+    before = next(model.net.decoder.parameters()).detach().clone()
+    trainer.fit(model, datamodule=dm)
+    assert not torch.equal(before, next(model.net.decoder.parameters()))
+    assert {"train/loss", "val/loss", "val/iou_global", "val/iou_per_image", "val/dice_global"} <= set(
+        trainer.callback_metrics
+    )
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda f: f.unlink(), "_annotations.coco.json: annotation file missing"),
+        (lambda f: f.write_text("{not json"), "_annotations.coco.json: not valid JSON"),
+        (lambda f: f.write_text('{"images": {}}'), "_annotations.coco.json: not a COCO file"),
+    ],
+)
+def test_bad_annotation_files_name_the_file(coco_root, breakage, message):
+    breakage(coco_root / "train" / "_annotations.coco.json")
+    with pytest.raises(DatasetError, match=message):
+        setup_datamodule(coco_root)
+
+
+def test_all_empty_masks_is_an_error(coco_root):
+    annotation_file = coco_root / "train" / "_annotations.coco.json"
+    coco = json.loads(annotation_file.read_text())
+    annotation_file.write_text(json.dumps({**coco, "annotations": []}))
+    with pytest.raises(DatasetError, match="every mask is empty"):
+        setup_datamodule(coco_root)
+
+
+def test_unreadable_image_is_skipped_with_a_warning(coco_root):
+    (coco_root / "valid" / "0_jpg.rf.0000.jpg").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="0_jpg.rf.0000.jpg: unreadable or corrupt image, skipped"):
+        dm = setup_datamodule(coco_root)
+    assert len(dm.datasets["val"]) == 5
