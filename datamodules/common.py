@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import albumentations as A
 import cv2
@@ -62,10 +62,13 @@ def _load_one(path: Path, size: int, channels: int) -> LoadedImage | None:
         return None
     gray = image[:, :, 0] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     phash = int(str(imagehash.phash(Image.fromarray(gray))), 16)
+    return LoadedImage(resize_square(image, size), image.shape[:2], hashlib.sha1(raw).hexdigest(), phash)
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """HxWxC uint8 -> size x size x C; the one resize used in training and inference."""
     resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    if resized.ndim == 2:
-        resized = resized[:, :, None]
-    return LoadedImage(resized, image.shape[:2], hashlib.sha1(raw).hexdigest(), phash)
+    return resized[:, :, None] if resized.ndim == 2 else resized
 
 
 def load_images(paths: Sequence[Path], size: int, channels: int) -> list[LoadedImage | None]:

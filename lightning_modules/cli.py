@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from argparse import ArgumentError
-from typing import Callable
+from collections.abc import Callable
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI

@@ -35,6 +35,9 @@ class BasicBlock(nn.Module):
 class ResidualCNN(nn.Module):
     """A small ResNet for training from scratch on a few thousand images.
 
+    Splits into `forward_features` and `forward_head` as timm models do, so Grad-CAM
+    works the same on both.
+
     Args:
         num_classes: outputs of the linear head.
         in_chans: image channels (1 for grayscale MRI, 3 for RGB); timm's name for it.
@@ -68,8 +71,11 @@ class ResidualCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x))
 
 
 LOCAL_MODELS = {"residual_cnn": ResidualCNN}

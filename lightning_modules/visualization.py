@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")  # headless: figures are only ever saved or logged
@@ -69,3 +70,16 @@ def segmentation_figure(
             axes[row, col].set_title(f"{label}{' - ' + titles[row] if titles and col == 2 else ''}", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def heatmap_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """An HxW map in [0, 1] as a jet-coloured overlay on an HxWx3 uint8 RGB image."""
+    colours = cv2.applyColorMap(np.uint8(255 * np.clip(heatmap, 0, 1)), cv2.COLORMAP_JET)
+    return cv2.addWeighted(image, 1 - alpha, cv2.cvtColor(colours, cv2.COLOR_BGR2RGB), alpha, 0)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, colour: tuple[int, int, int] = (255, 40, 40)) -> np.ndarray:
+    """A binary HxW mask tinted and outlined on an HxWx3 uint8 RGB image."""
+    tinted = (overlay(image.astype(np.float32) / 255, mask, np.array(colour) / 255) * 255).astype(np.uint8)
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return cv2.drawContours(tinted, contours, -1, colour, max(1, image.shape[0] // 200))

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Train a config on real data from scratch, then evaluate its best checkpoint; the
 # numbers in BENCHMARKS.md come from this script's output.
-#   scripts/benchmark.sh cls ../shared/data/brain-tumor-classification-mri [extra train.py args]
+#   [RUN_NAME=name] scripts/benchmark.sh cls|seg DATA_ROOT [extra train.py/evaluate.py args]
+# Runs in benchmarks/<RUN_NAME or task>/ (runs/ for checkpoints and TensorBoard, report/).
 set -euo pipefail
-task=$1 root=$2
+task=$1
+root=$(realpath "$2")
 shift 2
-rm -rf "runs/$task"
+repo=$(cd "$(dirname "$0")/.." && pwd)
+work="$repo/benchmarks/${RUN_NAME:-$task}"
+rm -rf "$work" && mkdir -p "$work" && cd "$work"
+echo "$(date -u +%F) $(nproc) CPU cores$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | sed 's/^/, /')"
 start=$(date +%s)
-python train.py --config "configs/$task.yaml" --data.root "$root" --trainer.enable_progress_bar false "$@"
-echo "train wall time: $(($(date +%s) - start)) s on $(nproc) CPU cores$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name --format=csv,noheader | sed 's/^/ + /')"
-python evaluate.py --config "configs/$task.yaml" --data.root "$root" --ckpt_path "runs/$task/checkpoints/best.ckpt" "$@"
+python "$repo/train.py" --config "$repo/configs/$task.yaml" --data.root "$root" --trainer.enable_progress_bar false "$@"
+echo "train wall time: $(($(date +%s) - start)) s"
+python "$repo/evaluate.py" --config "$repo/configs/$task.yaml" --data.root "$root" \
+    --ckpt_path "runs/$task/checkpoints/best.ckpt" --output_dir report "$@"

@@ -1,0 +1,86 @@
+"""A local web page: upload an MRI slice, see the class probabilities, the tumor overlay and a Grad-CAM map.
+
+    python app.py --cls-ckpt runs/cls/checkpoints/best.ckpt [--seg-ckpt runs/seg/checkpoints/best.ckpt] [--port 7860]
+
+Research tool only: not a medical device and not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import gradio as gr
+
+from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.inference import Prediction, TumorPredictor
+from lightning_modules.visualization import heatmap_overlay, mask_overlay
+
+MAX_UPLOAD_MB = 20
+DISCLAIMER = (
+    "**Research tool, not a diagnosis.** These models were trained on public Kaggle datasets and have not been "
+    "validated clinically. Do not use them to make medical decisions; consult a radiologist."
+)
+
+
+def describe(prediction: Prediction) -> str:
+    lines = [f"**Predicted class:** {prediction.predicted_class.replace('_', ' ')} "
+             f"({prediction.probabilities[prediction.predicted_class]:.1%})"]  # fmt: skip
+    if prediction.tumor_mask is not None:
+        row = prediction.row()
+        lines.append(f"**Segmented tumor area:** {row['tumor_area_px']} px ({row['tumor_area_fraction']:.2%} of the image)")
+    return "\n\n".join(lines)
+
+
+def analyse(predictor: TumorPredictor, upload: str | None):
+    """Gradio callback: (probabilities, tumor overlay, Grad-CAM overlay, message)."""
+    if not upload:
+        return None, None, None, "Upload an MRI slice (JPEG or PNG) first."
+    size_mb = Path(upload).stat().st_size / 2**20
+    if size_mb > MAX_UPLOAD_MB:
+        return None, None, None, f"That file is {size_mb:.0f} MB; the limit is {MAX_UPLOAD_MB} MB."
+    prediction = next(predictor.predict_files([upload], batch_size=1, gradcam=True))
+    if prediction.error:
+        name = Path(upload).name
+        return None, None, None, f"Could not read **{name}**: {prediction.error.split(': ', 1)[-1]}."
+    tumor = mask_overlay(prediction.image, prediction.tumor_mask) if prediction.tumor_mask is not None else None
+    gradcam = heatmap_overlay(prediction.image, prediction.gradcam)
+    return prediction.probabilities, tumor, gradcam, describe(prediction)
+
+
+def build_app(predictor: TumorPredictor) -> gr.Blocks:
+    with gr.Blocks(title="Brain tumor MRI") as app:
+        gr.Markdown("# Brain tumor MRI: classification and segmentation")
+        gr.Markdown(DISCLAIMER, elem_id="disclaimer")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(label="MRI slice (JPEG or PNG)", file_types=["image"], type="filepath", elem_id="upload")
+                button = gr.Button("Analyse", variant="primary", elem_id="analyse")
+                message = gr.Markdown(elem_id="message")
+            with gr.Column(scale=1):
+                probabilities = gr.Label(label="Class probabilities", num_top_classes=4, elem_id="probabilities")
+        with gr.Row():
+            tumor = gr.Image(label="Segmented tumor" if predictor.segmenter else "Segmented tumor (no --seg-ckpt given)",
+                             elem_id="tumor")  # fmt: skip
+            gradcam = gr.Image(label="Grad-CAM: where the classifier looked", elem_id="gradcam")
+        outputs = [probabilities, tumor, gradcam, message]
+        button.click(lambda path: analyse(predictor, path), inputs=upload, outputs=outputs)
+        upload.upload(lambda path: analyse(predictor, path), inputs=upload, outputs=outputs)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    parser.add_argument("--port", type=int, default=7860)
+    args = parser.parse_args(argv)
+    predictor = TumorPredictor(args.cls_ckpt, args.seg_ckpt, args.device)
+    build_app(predictor).launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb",
+                                show_error=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    run_with_clean_errors(main)

@@ -1,0 +1,88 @@
+"""Export trained checkpoints to ONNX, with the model's preprocessing in a JSON sidecar.
+
+    python export.py --cls-ckpt runs/cls/checkpoints/best.ckpt [--seg-ckpt runs/seg/checkpoints/best.ckpt] \\
+        [--output-dir exports]
+
+classifier.onnx maps a normalized (N, C, H, W) float batch to the four class probabilities;
+segmenter.onnx maps one to per-pixel tumor probabilities (N, 1, H, W). The batch size is
+dynamic; H, W and C are those in the sidecar (*.json), as are the normalization and class names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from datamodules.classification import CLASS_NAMES
+from datamodules.common import imagenet_normalization
+from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.classification import ClassificationModule
+from lightning_modules.inference import TrainedModel
+from lightning_modules.segmentation import SegmentationModule
+
+OPSET = 17
+
+
+class WithActivation(torch.nn.Module):
+    """The network plus its output activation, so ONNX users get probabilities directly."""
+
+    def __init__(self, net: torch.nn.Module, activation: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.activation = net, activation
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.net(images))
+
+
+def export_model(model: TrainedModel, activation: torch.nn.Module, path: Path, extra: dict) -> Path:
+    """Write path (ONNX) and path.with_suffix('.json') (preprocessing); return the ONNX path."""
+    wrapped = WithActivation(model.module.net, activation).cpu().eval()
+    example = torch.zeros(1, model.channels, model.image_size, model.image_size)
+    # The TorchScript exporter: needs only `onnx`, and its output matches PyTorch (tests/test_inference.py).
+    warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
+    torch.onnx.export(
+        wrapped, (example,), str(path), input_names=["images"], output_names=["probabilities"],
+        dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+    )  # fmt: skip
+    normalize = imagenet_normalization(model.channels)
+    sidecar = {
+        "checkpoint": model.checkpoint,
+        "input": {"channels": model.channels, "height": model.image_size, "width": model.image_size,
+                  "scale": "pixel / 255", "mean": list(normalize.mean), "std": list(normalize.std)},
+        **extra,
+    }  # fmt: skip
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
+    return path
+
+
+def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: Path) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if cls_ckpt:
+        classifier = TrainedModel.load(cls_ckpt, ClassificationModule, torch.device("cpu"))
+        written.append(export_model(classifier, torch.nn.Softmax(dim=1), output_dir / "classifier.onnx",
+                                    {"class_names": list(CLASS_NAMES)}))  # fmt: skip
+    if seg_ckpt:
+        segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, torch.device("cpu"))
+        written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", {"threshold": 0.5}))
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cls-ckpt", help="classifier checkpoint")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint")
+    parser.add_argument("--output-dir", default="exports", help="default: %(default)s")
+    args = parser.parse_args(argv)
+    if not (args.cls_ckpt or args.seg_ckpt):
+        parser.error("give --cls-ckpt, --seg-ckpt or both")
+    for path in export_checkpoints(args.cls_ckpt, args.seg_ckpt, Path(args.output_dir)):
+        print(f"wrote {path} and {path.with_suffix('.json').name}")
+
+
+if __name__ == "__main__":
+    run_with_clean_errors(main)

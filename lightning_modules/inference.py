@@ -1,0 +1,176 @@
+"""Inference on image files with trained checkpoints: what predict.py, export.py and app.py share.
+
+Preprocessing (image size, channels, normalization) is read from the checkpoint's saved
+datamodule hyperparameters, so inference always matches how the model was trained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from datamodules.classification import CLASS_NAMES
+from datamodules.common import build_transform, read_image, resize_square
+from lightning_modules.base import TaskModule
+from lightning_modules.classification import ClassificationModule
+from lightning_modules.segmentation import SegmentationModule
+
+
+class InputImageError(ValueError):
+    """An input that is not a readable image; the message starts with its path."""
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" is the GPU when there is one; anything else is passed to torch ("cpu", "cuda:1")."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_image_file(path: str | Path, channels: int) -> np.ndarray:
+    """Decode like training does, with one clear error per kind of bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"{path}: empty file")
+    image = read_image(path, channels)
+    if image is None:
+        raise InputImageError(f"{path}: not an image, or a corrupt one (could not decode)")
+    return image
+
+
+@dataclass
+class TrainedModel:
+    """A task module in eval mode with the preprocessing it was trained with."""
+
+    module: TaskModule
+    image_size: int
+    channels: int
+    checkpoint: str
+
+    @classmethod
+    def load(cls, path: str | Path, module_class: type[TaskModule], device: torch.device) -> TrainedModel:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: checkpoint not found")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
+        if saved_class and not saved_class.endswith(module_class.__name__):
+            raise ValueError(f"{path}: a {saved_class.rsplit('.', 1)[-1]} checkpoint, expected {module_class.__name__}")
+        data = checkpoint.get("datamodule_hyper_parameters")
+        if not data or "image_size" not in data:
+            raise ValueError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
+        module = module_class.load_from_checkpoint(path, map_location=device).eval()
+        return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path))
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
+    def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded uint8 images of any size -> the normalized batch the model was trained on."""
+        transform = build_transform([], self.channels)
+        tensors = [transform(image=resize_square(image, self.image_size))["image"] for image in images]
+        return torch.stack(tensors).to(self.device)
+
+
+def grad_cam(classifier: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class probabilities and a Grad-CAM map (N, h, w in [0, 1]) for each predicted class.
+
+    Works on any network with timm's `forward_features` / `forward_head` split: the map
+    weights the last feature maps by the mean gradient of the predicted logit."""
+    with torch.enable_grad():
+        features = classifier.forward_features(batch).detach().requires_grad_(True)
+        logits = classifier.forward_head(features)
+        predicted = logits.argmax(dim=1)
+        (gradients,) = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), features)
+    cam = F.relu((gradients.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1))
+    cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
+    return logits.softmax(dim=1).detach(), cam.detach()
+
+
+@dataclass
+class Prediction:
+    """Everything known about one input image; `error` set means nothing else is."""
+
+    path: str
+    error: str | None = None
+    image: np.ndarray | None = None  # the input as HxWx3 RGB uint8
+    probabilities: dict[str, float] = field(default_factory=dict)
+    gradcam: np.ndarray | None = None  # HxW in [0, 1], at the input's size
+    tumor_mask: np.ndarray | None = None  # HxW {0, 1}, at the input's size
+
+    @property
+    def predicted_class(self) -> str | None:
+        return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
+
+    def row(self) -> dict:
+        """One line of the predictions table."""
+        row = {"file": self.path, "predicted_class": self.predicted_class}
+        row |= {f"p_{name}": round(p, 6) for name, p in self.probabilities.items()}
+        if self.tumor_mask is not None:
+            row["tumor_area_px"] = int(self.tumor_mask.sum())
+            row["tumor_area_fraction"] = round(float(self.tumor_mask.mean()), 6)
+        return row | {"error": self.error or ""}
+
+
+class TumorPredictor:
+    """The classifier, optionally with the segmenter, applied to image files in batches."""
+
+    def __init__(self, cls_ckpt: str | Path, seg_ckpt: str | Path | None = None, device: str = "auto") -> None:
+        self.device = resolve_device(device)
+        self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device)
+        self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
+
+    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True) -> Iterator[Prediction]:
+        """Predictions in input order; unreadable inputs come back with `error` set."""
+        pending: list[Prediction] = []
+        for path in paths:
+            pending.append(self._read(path))
+            if len(pending) == batch_size:
+                yield from self._predict(pending, gradcam)
+                pending = []
+        if pending:
+            yield from self._predict(pending, gradcam)
+
+    def _read(self, path: str | Path) -> Prediction:
+        try:
+            return Prediction(str(path), image=self._as_rgb(load_image_file(path, 3)))
+        except InputImageError as error:
+            return Prediction(str(path), error=str(error))
+
+    @staticmethod
+    def _as_rgb(image: np.ndarray) -> np.ndarray:
+        return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+    def _inputs(self, model: TrainedModel, predictions: list[Prediction]) -> torch.Tensor:
+        # Decode again in the model's own channel mode, exactly as its datamodule did.
+        return model.batch([load_image_file(p.path, model.channels) for p in predictions])
+
+    @torch.no_grad()
+    def _predict(self, batch: list[Prediction], gradcam: bool) -> list[Prediction]:
+        valid = [p for p in batch if p.error is None]
+        if valid:
+            inputs = self._inputs(self.classifier, valid)
+            if gradcam:
+                probabilities, cams = grad_cam(self.classifier.module.net, inputs)
+            else:
+                probabilities, cams = self.classifier.module(inputs).softmax(dim=1), None
+            for i, prediction in enumerate(valid):
+                prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
+                if cams is not None:
+                    prediction.gradcam = upsample(cams[i], prediction.image.shape[:2])
+            if self.segmenter is not None:
+                tumor = self.segmenter.module(self._inputs(self.segmenter, valid)).sigmoid()
+                for i, prediction in enumerate(valid):
+                    prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) > 0.5).astype(np.uint8)
+        return batch
+
+
+def upsample(map_2d: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A low-resolution map, bilinearly resized to the input image's (height, width)."""
+    return F.interpolate(map_2d[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()

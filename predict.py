@@ -1,0 +1,95 @@
+"""Classify MRI slices (and segment their tumors) with trained checkpoints.
+
+    python predict.py --cls-ckpt runs/cls/checkpoints/best.ckpt [--seg-ckpt runs/seg/checkpoints/best.ckpt] \\
+        [--output-dir predictions] IMAGE_OR_FOLDER...
+
+Writes predictions.csv and predictions.json (class, the four probabilities and, with a
+segmenter, tumor area in pixels and as a fraction of the image), plus per image a Grad-CAM
+overlay and, with a segmenter, the mask PNG and a mask overlay. A bad input gets one
+`error:` line and an error row; the other images are still processed (exit status 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import cv2
+from tqdm import tqdm
+
+from datamodules.common import IMAGE_SUFFIXES
+from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.inference import Prediction, TumorPredictor
+from lightning_modules.visualization import heatmap_overlay, mask_overlay
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given (checked later, so a bad one is reported, not fatal); folders searched recursively."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(item)
+    return paths
+
+
+def save_images(prediction: Prediction, output_dir: Path, name: str) -> None:
+    def write(folder: str, image) -> None:
+        (output_dir / folder).mkdir(parents=True, exist_ok=True)
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(output_dir / folder / f"{name}.png"), image)
+
+    if prediction.gradcam is not None:
+        write("gradcam", heatmap_overlay(prediction.image, prediction.gradcam))
+    if prediction.tumor_mask is not None:
+        write("masks", prediction.tumor_mask * 255)
+        write("overlays", mask_overlay(prediction.image, prediction.tumor_mask))
+
+
+def write_tables(rows: list[dict], output_dir: Path) -> None:
+    (output_dir / "predictions.json").write_text(json.dumps(rows, indent=2))
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(output_dir / "predictions.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint (train.py --config configs/cls.yaml)")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint (train.py --config configs/seg.yaml)")
+    parser.add_argument("--output-dir", default="predictions", help="where tables and images go (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat maps")
+    args = parser.parse_args(argv)
+
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
+    predictor = TumorPredictor(args.cls_ckpt, args.seg_ckpt, args.device)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows, failures = [], 0
+    predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam)
+    for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
+        if prediction.error:
+            failures += 1
+            tqdm.write(f"error: {prediction.error}", file=sys.stderr)
+        else:
+            save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
+        rows.append(prediction.row())
+    write_tables(rows, output_dir)
+    print(f"{len(rows) - failures} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    run_with_clean_errors(lambda: sys.exit(main()))
