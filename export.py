@@ -19,8 +19,8 @@ import torch
 
 from datamodules.classification import CLASS_NAMES
 from datamodules.common import imagenet_normalization
-from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.classification import ClassificationModule
+from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import TrainedModel
 from lightning_modules.segmentation import SegmentationModule
 

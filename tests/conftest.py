@@ -118,3 +118,35 @@ def coco_root(tmp_path: Path) -> Path:
     make_coco_split(root / "train", seed=0, count=8)
     make_coco_split(root / "valid", seed=1, count=6)
     return root
+
+
+CLS_CONFIG = str(REPO / "configs" / "cls.yaml")
+SEG_CONFIG = str(REPO / "configs" / "seg.yaml")
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+TINY_CLS = ["--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
+            "--model.model_kwargs", "{width: 8, depths: [1, 1]}", *QUIET]  # fmt: skip
+TINY_SEG = ["--model.encoder_name", "resnet18", "--data.image_size", "64", "--data.batch_size", "4",
+            "--data.num_workers", "0", *QUIET]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tmp_path_factory) -> Path:
+    """best.ckpt of a 1-epoch train.py run on a tiny SARTAJ-layout dataset (shared by tests that only read it)."""
+    work = tmp_path_factory.mktemp("cls_run")
+    root = make_classification_dataset(work / "data", SARTAJ_FOLDERS)
+    result = run_script("train.py", "--config", CLS_CONFIG, "--data.root", str(root), *TINY_CLS,
+                        "--trainer.max_epochs", "1", cwd=work)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "runs" / "cls" / "checkpoints" / "best.ckpt"
+
+
+@pytest.fixture(scope="session")
+def trained_segmenter(tmp_path_factory) -> Path:
+    """best.ckpt of a 1-epoch train.py run on a tiny generated COCO export."""
+    work = tmp_path_factory.mktemp("seg_run")
+    make_coco_split(work / "data" / "train", seed=0, count=8)
+    make_coco_split(work / "data" / "valid", seed=1, count=6)
+    result = run_script("train.py", "--config", SEG_CONFIG, "--data.root", str(work / "data"), *TINY_SEG,
+                        "--trainer.max_epochs", "1", cwd=work)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work / "runs" / "seg" / "checkpoints" / "best.ckpt"

@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, run_script
-
-CONFIG = str(REPO / "configs" / "cls.yaml")
-TINY = [
-    "--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-    "--model.model_kwargs", "{width: 8, depths: [1, 1]}",
-    "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-]  # fmt: skip
+from tests.conftest import CLS_CONFIG as CONFIG
+from tests.conftest import TINY_CLS as TINY
+from tests.conftest import run_script
 
 
 def train(root: Path, cwd: Path, *extra: str):

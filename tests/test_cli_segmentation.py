@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 
-from tests.conftest import REPO, run_script
-
-CONFIG = str(REPO / "configs" / "seg.yaml")
-TINY = [
-    "--model.encoder_name", "resnet18", "--data.image_size", "64", "--data.batch_size", "4",
-    "--data.num_workers", "0", "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-]  # fmt: skip
+from tests.conftest import SEG_CONFIG as CONFIG
+from tests.conftest import TINY_SEG as TINY
+from tests.conftest import run_script
 
 
 def test_train_then_evaluate_segmentation(coco_root, tmp_path):

@@ -1,0 +1,82 @@
+"""Single-image inference latency of a config's model, in PyTorch and in onnxruntime.
+
+    python scripts/latency.py --config configs/cls.yaml [--config configs/seg.yaml] [--runs 100] [--threads N]
+
+The model is built from the config exactly as train.py builds it (weights do not change the
+cost, so none are loaded), exported with export.py's code, and timed on one preprocessed
+image of the config's size: the median of --runs calls after --warmup calls. Prints a
+Markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import onnxruntime
+import torch
+
+from export import export_model
+from lightning_modules.cli import BrainTumorCLI
+from lightning_modules.inference import TrainedModel
+
+
+def median_ms(call: Callable[[], object], runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def model_from_config(config: str) -> TrainedModel:
+    """The config's LightningModule (untrained) with the datamodule's input size and channels."""
+    cli = BrainTumorCLI(["--config", config, "--data.root", "unused"])
+    data = cli.datamodule.hparams
+    return TrainedModel(cli.model.eval(), int(data.image_size), int(data.channels), checkpoint=f"{config} (untrained)")
+
+
+def measure(config: str, runs: int, warmup: int, threads: int) -> dict:
+    model = model_from_config(config)
+    image = torch.rand(1, model.channels, model.image_size, model.image_size)
+    with torch.inference_mode():
+        torch_ms = median_ms(lambda: model.module(image), runs, warmup)
+    with tempfile.TemporaryDirectory() as folder:
+        onnx_path = export_model(model, torch.nn.Identity(), Path(folder) / "model.onnx", {})
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        inputs = {"images": image.numpy()}
+        onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
+    network = model.module.hparams.get("model") or model.module.hparams.get("encoder_name")
+    return {"config": config, "network": network, "input": f"{model.channels}x{model.image_size}x{model.image_size}",
+            "torch_ms": torch_ms, "onnx_ms": onnx_ms}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="append", required=True, help="a train.py config; repeat for several")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both runtimes")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [measure(config, args.runs, args.warmup, args.threads) for config in args.config]
+    print(f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}, "
+          f"onnxruntime {onnxruntime.__version__}; median of {args.runs} runs after {args.warmup} warm-up, batch 1")  # fmt: skip
+    print("| config | network | input | PyTorch (ms) | onnxruntime (ms) |\n|---|---|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['config']} | {row['network']} | {row['input']} | {row['torch_ms']:.1f} | {row['onnx_ms']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
