@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_modules.cli import BrainTumorCLI, run_with_clean_errors
 
@@ -23,6 +25,20 @@ class EvaluateCLI(BrainTumorCLI):
         parser.add_argument("--output_dir", type=str | None, default=None, help="Where the report goes.")
 
 
+PREPROCESSING_KEYS = ("image_size", "channels")
+
+
+def with_checkpoint_preprocessing(datamodule: L.LightningDataModule, ckpt_path: str) -> L.LightningDataModule:
+    """The datamodule, rebuilt if the checkpoint was trained at another image size or channel count."""
+    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
+    trained = {key: saved[key] for key in PREPROCESSING_KEYS if key in saved}
+    if all(datamodule.hparams.get(key) == value for key, value in trained.items()):
+        return datamodule
+    rank_zero_warn(f"{ckpt_path}: evaluating with the checkpoint's preprocessing {trained}, not the config's")
+    arguments = {key: value for key, value in datamodule.hparams.items() if not key.startswith("_")}  # "_class_path"
+    return type(datamodule)(**{**arguments, **trained})
+
+
 def main(args: list[str] | None = None) -> None:
     cli = EvaluateCLI(args)
     ckpt_path = cli.config.ckpt_path
@@ -30,10 +46,11 @@ def main(args: list[str] | None = None) -> None:
         raise ValueError("--ckpt_path is required: the checkpoint to evaluate")
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
-    # The architecture comes from the checkpoint's saved hyperparameters, not the config:
-    # the config only says where the data is and how to run.
+    # The architecture and the preprocessing come from the checkpoint, not the config: the
+    # config only says where the data is and how to run. A UNet runs at any input size, so a
+    # size mismatch would otherwise give different numbers without any error.
     model = type(cli.model).load_from_checkpoint(ckpt_path, map_location="cpu")
-    datamodule = cli.datamodule
+    datamodule = with_checkpoint_preprocessing(cli.datamodule, ckpt_path)
     trainer = L.Trainer(
         accelerator=cli.config.trainer.accelerator,
         devices=1,  # per-image results are gathered in one process
@@ -45,7 +62,8 @@ def main(args: list[str] | None = None) -> None:
 
     output_dir = Path(cli.config.output_dir or Path("reports") / Path(ckpt_path).parent.parent.name)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = {"checkpoint": str(ckpt_path), "split": datamodule.test_split_name, **model.test_results}
+    preprocessing = {key: datamodule.hparams[key] for key in PREPROCESSING_KEYS}
+    results = {"checkpoint": str(ckpt_path), "split": datamodule.test_split_name, **preprocessing, **model.test_results}
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for name, figure in model.evaluation_figures(datamodule).items():
         figure.savefig(output_dir / f"{name}.png", bbox_inches="tight")

@@ -56,11 +56,15 @@ def mri_dataset_root(tmp_path: Path) -> Path:
     return make_classification_dataset(tmp_path / "mri", MRI_DATASET_FOLDERS, with_testing=False)
 
 
+def script_env() -> dict[str, str]:
+    """The environment the repo's scripts run in during tests: offline, quiet."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+
+
 def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run one of the repo's scripts as a user would, from `cwd`."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=env, capture_output=True, text=True,
+        [sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=script_env(), capture_output=True, text=True,
         timeout=timeout,
     )  # fmt: skip
 

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, synthetic_slice
+from tests.conftest import REPO, script_env, synthetic_slice
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out of a closed network.
@@ -33,7 +33,7 @@ def free_port() -> int:
 @pytest.fixture
 def app_url(trained_classifier, trained_segmenter, tmp_path):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env = {**script_env(), "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen(
         [sys.executable, str(REPO / "app.py"), "--cls-ckpt", str(trained_classifier), "--seg-ckpt",
          str(trained_segmenter), "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import CLS_CONFIG as CONFIG
+from tests.conftest import REPO, run_script, script_env
 from tests.conftest import TINY_CLS as TINY
-from tests.conftest import run_script
 
 
 def train(root: Path, cwd: Path, *extra: str):
@@ -27,10 +31,11 @@ def test_train_writes_checkpoints_and_tensorboard_then_evaluate_writes_report(sa
 
     result = run_script(
         "evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
-        "--ckpt_path", str(checkpoints / "best.ckpt"), "--output_dir", "report", cwd=tmp_path,
+        "--ckpt_path", str(checkpoints / "best.ckpt"), "--output_dir", "report", "--data.image_size", "48", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["image_size"] == 32  # the size it was trained at, not the mistyped 48
     assert report["split"] == "test"
     assert report["num_images"] == 4 * 2  # Testing/ holds 2 images per class
     assert set(report["per_class"]) == {"glioma", "meningioma", "no_tumor", "pituitary"}
@@ -86,3 +91,23 @@ def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "runs/cls/checkpoints/last.ckpt").is_file()
+
+
+def test_ctrl_c_leaves_a_checkpoint_that_resumes(sartaj_root, tmp_path):
+    command = [sys.executable, str(REPO / "train.py"), "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
+               "--trainer.max_epochs", "1000"]  # fmt: skip
+    process = subprocess.Popen(command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoints = tmp_path / "runs/cls/checkpoints"
+    deadline = time.time() + 120
+    while not (checkpoints / "last.ckpt").is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    output = process.communicate(timeout=120)[0].decode()
+    interrupted = checkpoints / "last-interrupted.ckpt"
+    assert interrupted.is_file(), output[-3000:]
+    epoch = torch.load(interrupted, map_location="cpu", weights_only=False)["epoch"]
+    assert epoch >= 1
+
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", str(epoch + 1), "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restored all states from the checkpoint" in result.stderr + result.stdout

@@ -1,0 +1,46 @@
+"""Screenshot of the web page after an upload, for the README (needs Chromium and playwright).
+
+    python scripts/screenshot_app.py --cls-ckpt CLS.ckpt --seg-ckpt SEG.ckpt --image SLICE.jpg --output docs/app.png
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from playwright.sync_api import sync_playwright
+
+from app import build_app
+from lightning_modules.inference import TumorPredictor
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cls-ckpt", required=True)
+    parser.add_argument("--seg-ckpt")
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--output", default="docs/app.png")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+
+    app = build_app(TumorPredictor(args.cls_ckpt, args.seg_ckpt, "cpu"))
+    app.launch(prevent_thread_lock=True, server_port=None)
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(app.local_url)
+            page.set_input_files("#upload input[type=file]", args.image)
+            page.wait_for_function("(document.querySelector('#message')?.innerText || '').includes('Predicted')")
+            page.wait_for_selector("#gradcam img")
+            page.wait_for_timeout(1000)  # let the images finish fading in
+            page.screenshot(path=args.output, full_page=True)
+            browser.close()
+    finally:
+        app.close()
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
