@@ -14,8 +14,9 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from datamodules.common import DatasetError
+from lightning_modules.models import PretrainedWeightsError
 
-USER_ERRORS = (DatasetError, FileNotFoundError, ValueError, ArgumentError)
+USER_ERRORS = (DatasetError, FileNotFoundError, ValueError, ArgumentError, PretrainedWeightsError)
 
 # jsonargparse explains a bad key against every member of a Union; these lines say nothing
 # about the user's mistake.

@@ -81,6 +81,10 @@ class ResidualCNN(nn.Module):
 LOCAL_MODELS = {"residual_cnn": ResidualCNN}
 
 
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be downloaded; the message says how to use a local file."""
+
+
 def create_classifier(
     name: str = "residual_cnn",
     num_classes: int = 4,
@@ -113,10 +117,15 @@ def create_classifier(
             in_chans=in_chans,
             **kwargs,
         )
+    except TypeError as error:  # configs/cls.yaml's model_kwargs are the residual CNN's
+        raise ValueError(
+            f"model_kwargs {kwargs} do not fit timm model '{name}' ({error}); set model.init_args.model_kwargs "
+            "to {} or to that model's own arguments"
+        ) from error
     except (OSError, RuntimeError) as error:
         if weights_path:
             raise
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"could not download pretrained weights for '{name}' ({type(error).__name__}); "
             "on an offline machine pass model.init_args.weights_path=/path/to/weights (.pth or .safetensors)"
         ) from error
@@ -169,7 +178,7 @@ def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None
             classes=1,
         )
     except (OSError, RuntimeError, ConnectionError) as error:
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"could not download '{encoder_weights}' weights for encoder '{encoder_name}' "
             f"({type(error).__name__}); on an offline machine set model.init_args.encoder_weights to a local "
             "checkpoint file (torchvision or timm layout), or to null to train from scratch"

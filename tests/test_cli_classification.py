@@ -68,6 +68,9 @@ def test_print_config_shows_the_resolved_overrides(tmp_path):
         (["--data.root", "/no/such/folder"], "error: /no/such/folder: data root does not exist"),
         (["--model.learning_rate", "1"], "learning_rate"),
         (["--model.optimizer", "sgd"], "sgd"),
+        (["--model.model", "resnet10t"], "do not fit timm model 'resnet10t'"),
+        (["--model.model", "resnet10t", "--model.model_kwargs", "{}", "--model.pretrained", "true"],
+         "weights_path=/path/to/weights"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected, tmp_path):
