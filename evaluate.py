@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_modules.cli import BrainTumorCLI, run_with_clean_errors
+from lightning_modules.inference import TrainedModel
 
 
 class EvaluateCLI(BrainTumorCLI):
@@ -25,18 +26,14 @@ class EvaluateCLI(BrainTumorCLI):
         parser.add_argument("--output_dir", type=str | None, default=None, help="Where the report goes.")
 
 
-PREPROCESSING_KEYS = ("image_size", "channels")
-
-
-def with_checkpoint_preprocessing(datamodule: L.LightningDataModule, ckpt_path: str) -> L.LightningDataModule:
+def with_preprocessing(datamodule: L.LightningDataModule, trained: TrainedModel) -> L.LightningDataModule:
     """The datamodule, rebuilt if the checkpoint was trained at another image size or channel count."""
-    saved = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("datamodule_hyper_parameters", {})
-    trained = {key: saved[key] for key in PREPROCESSING_KEYS if key in saved}
-    if all(datamodule.hparams.get(key) == value for key, value in trained.items()):
+    preprocessing = {"image_size": trained.image_size, "channels": trained.channels}
+    if all(datamodule.hparams.get(key) == value for key, value in preprocessing.items()):
         return datamodule
-    rank_zero_warn(f"{ckpt_path}: evaluating with the checkpoint's preprocessing {trained}, not the config's")
+    rank_zero_warn(f"{trained.checkpoint}: evaluating with the checkpoint's preprocessing {preprocessing}, not the config's")
     arguments = {key: value for key, value in datamodule.hparams.items() if not key.startswith("_")}  # "_class_path"
-    return type(datamodule)(**{**arguments, **trained})
+    return type(datamodule)(**{**arguments, **preprocessing})
 
 
 def main(args: list[str] | None = None) -> None:
@@ -44,13 +41,12 @@ def main(args: list[str] | None = None) -> None:
     ckpt_path = cli.config.ckpt_path
     if not ckpt_path:
         raise ValueError("--ckpt_path is required: the checkpoint to evaluate")
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"{ckpt_path}: checkpoint not found")
     # The architecture and the preprocessing come from the checkpoint, not the config: the
     # config only says where the data is and how to run. A UNet runs at any input size, so a
     # size mismatch would otherwise give different numbers without any error.
-    model = type(cli.model).load_from_checkpoint(ckpt_path, map_location="cpu")
-    datamodule = with_checkpoint_preprocessing(cli.datamodule, ckpt_path)
+    trained = TrainedModel.load(ckpt_path, type(cli.model), torch.device("cpu"))
+    model = trained.module
+    datamodule = with_preprocessing(cli.datamodule, trained)
     trainer = L.Trainer(
         accelerator=cli.config.trainer.accelerator,
         devices=1,  # per-image results are gathered in one process
@@ -62,8 +58,8 @@ def main(args: list[str] | None = None) -> None:
 
     output_dir = Path(cli.config.output_dir or Path("reports") / Path(ckpt_path).parent.parent.name)
     output_dir.mkdir(parents=True, exist_ok=True)
-    preprocessing = {key: datamodule.hparams[key] for key in PREPROCESSING_KEYS}
-    results = {"checkpoint": str(ckpt_path), "split": datamodule.test_split_name, **preprocessing, **model.test_results}
+    results = {"checkpoint": str(ckpt_path), "split": datamodule.test_split_name, "image_size": trained.image_size,
+               "channels": trained.channels, **model.test_results}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for name, figure in model.evaluation_figures(datamodule).items():
         figure.savefig(output_dir / f"{name}.png", bbox_inches="tight")

@@ -118,6 +118,8 @@ def create_classifier(
             **kwargs,
         )
     except TypeError as error:  # configs/cls.yaml's model_kwargs are the residual CNN's
+        if not kwargs:
+            raise
         raise ValueError(
             f"model_kwargs {kwargs} do not fit timm model '{name}' ({error}); set model.init_args.model_kwargs "
             "to {} or to that model's own arguments"
