@@ -108,9 +108,11 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes(sartaj_root, tmp_path):
     output = process.communicate(timeout=120)[0].decode()
     interrupted = checkpoints / "last-interrupted.ckpt"
     assert interrupted.is_file(), output[-3000:]
-    epoch = torch.load(interrupted, map_location="cpu", weights_only=False)["epoch"]
-    assert epoch >= 1
+    # The signal can land just before or just after the epoch counter moves on, so the
+    # checkpoint's epoch may be 0 or more; its step count shows training had run.
+    saved = torch.load(interrupted, map_location="cpu", weights_only=False)
+    assert saved["global_step"] > 0
 
-    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", str(epoch + 1), "--ckpt_path", "last")
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", str(saved["epoch"] + 2), "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored all states from the checkpoint" in result.stderr + result.stdout
