@@ -20,11 +20,10 @@ class GracefulInterrupt(L.Callback):
 
     def __init__(self) -> None:
         self._requested = False
-        self._previous_handler = None
+        self._previous_handler = None  # restored at teardown
 
     def _handle(self, signum, frame) -> None:
-        if self._requested:
-            raise KeyboardInterrupt
+        self._stop_if_requested()
         self._requested = True
         rank_zero_info("Ctrl-C: stopping after this batch and saving a checkpoint (press again to stop now)")
 
@@ -36,6 +35,7 @@ class GracefulInterrupt(L.Callback):
     on_validation_batch_end = _stop_if_requested
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requested = False  # a Trainer fitted again starts with a clean slate
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._previous_handler = signal.signal(signal.SIGINT, self._handle)
 
