@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from lightning_modules.base import TaskModule
@@ -23,6 +25,9 @@ class ClassificationModule(TaskModule):
         weights_path: local pretrained weights for a timm model, for offline machines.
         model_kwargs: extra constructor arguments, e.g. {width: 32, depths: [1, 2, 2, 2]}.
         label_smoothing: cross-entropy label smoothing.
+        mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
+        cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.
+        mix_prob: fraction of training batches that are mixed (mixup or cutmix, half each when both are on).
         **kwargs: optimizer and schedule options of `TaskModule`.
     """
 
@@ -36,11 +41,24 @@ class ClassificationModule(TaskModule):
         weights_path: str | None = None,
         model_kwargs: dict | None = None,
         label_smoothing: float = 0.1,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        mix_prob: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         num_classes = len(CLASS_NAMES)
         self.net = create_classifier(model, num_classes, in_channels, pretrained, weights_path, **(model_kwargs or {}))
+        self.mixup = None
+        if mixup_alpha > 0 or cutmix_alpha > 0:
+            self.mixup = Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                prob=mix_prob,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            self.soft_target_loss = SoftTargetCrossEntropy()
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
         self.test_results: dict = {}
@@ -50,8 +68,13 @@ class ClassificationModule(TaskModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        logits = self(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        if self.mixup is None:
+            logits = self(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        else:  # Mixup returns soft targets with the label smoothing already applied
+            images, targets = self.mixup(images, labels)
+            logits = self(images)
+            loss = self.soft_target_loss(logits, targets)
         accuracy = (logits.argmax(dim=1) == labels).float().mean()
         self.log_dict({"train/loss": loss, "train/acc": accuracy}, on_step=True, on_epoch=True, prog_bar=True)
         return loss

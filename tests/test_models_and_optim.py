@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import timm
 import torch
 
+from lightning_modules.classification import ClassificationModule
 from lightning_modules.models import ResidualCNN, create_classifier
 from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
 
@@ -78,3 +80,20 @@ def test_schedule_warms_up_linearly_then_decays_to_zero(decay):
     assert lrs[peak + (total - peak) // 2] == pytest.approx(0.5 * base_lr, rel=0.05)  # both shapes halve midway
     quarter = lrs[peak + (total - peak) // 4] / base_lr
     assert quarter == pytest.approx(0.854 if decay == "cosine" else 0.75, abs=0.02)
+
+
+@pytest.mark.parametrize("mixup_alpha", [0.0, 0.4])
+def test_mixup_blends_each_image_with_its_batch_partner(mixup_alpha):
+    np.random.seed(0)  # timm's Mixup draws lam with numpy
+    module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}, mixup_alpha=mixup_alpha)
+    module.log_dict = lambda *args, **kwargs: None  # no Trainer to log to
+    seen = []
+    module.net.register_forward_pre_hook(lambda net, inputs: seen.append(inputs[0].clone()))
+    images, labels = torch.randn(6, 1, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
+    loss = module.training_step((images.clone(), labels), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    # batch-mode mixup: x * lam + x.flip(0) * (1 - lam), one lam for the batch
+    lam = 1.0 if mixup_alpha == 0 else ((seen[0] - images.flip(0)) / (images - images.flip(0)))[0, 0, 0, 0].item()
+    assert torch.allclose(seen[0], images * lam + images.flip(0) * (1 - lam), atol=1e-5)
+    assert (lam < 1.0) == (mixup_alpha > 0)
