@@ -68,7 +68,7 @@ class ClassificationModule(TaskModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self.mixup is None:
+        if self.mixup is None or len(images) % 2:  # timm's Mixup pairs images, so an odd batch stays unmixed
             logits = self(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
         else:  # Mixup returns soft targets with the label smoothing already applied

@@ -97,3 +97,9 @@ def test_mixup_blends_each_image_with_its_batch_partner(mixup_alpha):
     lam = 1.0 if mixup_alpha == 0 else ((seen[0] - images.flip(0)) / (images - images.flip(0)))[0, 0, 0, 0].item()
     assert torch.allclose(seen[0], images * lam + images.flip(0) * (1 - lam), atol=1e-5)
     assert (lam < 1.0) == (mixup_alpha > 0)
+
+
+def test_odd_sized_batch_trains_unmixed():
+    module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}, mixup_alpha=0.4, cutmix_alpha=1.0)
+    module.log_dict = lambda *args, **kwargs: None
+    assert torch.isfinite(module.training_step((torch.randn(5, 1, 32, 32), torch.tensor([0, 1, 2, 3, 0])), 0))
