@@ -1,6 +1,8 @@
 """A local web page: upload an MRI slice, see the class probabilities, the tumor overlay and a Grad-CAM map.
 
-    python app.py --cls-ckpt runs/cls/checkpoints/best.ckpt [--seg-ckpt runs/seg/checkpoints/best.ckpt] [--port 7860]
+    python app.py --cls-ckpt runs/cls/version_0 [--seg-ckpt runs/seg/version_0] [--port 7860]
+
+A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
 
 Research tool only: not a medical device and not a diagnosis.
 """
@@ -29,6 +31,7 @@ def describe(prediction: Prediction) -> str:
     if prediction.tumor_mask is not None:
         row = prediction.row()
         lines.append(f"**Segmented tumor area:** {row['tumor_area_px']} px ({row['tumor_area_fraction']:.2%} of the image)")
+    lines += [f"**Warning:** {warning.split(': ', 1)[-1]}" for warning in prediction.warnings]
     return "\n\n".join(lines)
 
 
@@ -44,8 +47,11 @@ def analyse(predictor: TumorPredictor, upload: str | None):
         name = Path(upload).name
         return None, None, None, f"Could not read **{name}**: {prediction.error.split(': ', 1)[-1]}."
     tumor = mask_overlay(prediction.image, prediction.tumor_mask) if prediction.tumor_mask is not None else None
-    gradcam = heatmap_overlay(prediction.image, prediction.gradcam)
-    return prediction.probabilities, tumor, gradcam, describe(prediction)
+    gradcam = heatmap_overlay(prediction.image, prediction.gradcam) if prediction.gradcam is not None else None
+    message = describe(prediction)
+    if predictor.gradcam_unavailable:
+        message += f"\n\n{predictor.gradcam_unavailable}."
+    return prediction.probabilities, tumor, gradcam, message
 
 
 def build_app(predictor: TumorPredictor) -> gr.Blocks:
@@ -71,8 +77,8 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint")
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint")
+    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint or run folder")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)

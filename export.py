@@ -1,7 +1,8 @@
 """Export trained checkpoints to ONNX, with the model's preprocessing in a JSON sidecar.
 
-    python export.py --cls-ckpt runs/cls/checkpoints/best.ckpt [--seg-ckpt runs/seg/checkpoints/best.ckpt] \\
-        [--output-dir exports]
+    python export.py --cls-ckpt runs/cls/version_0 [--seg-ckpt runs/seg/version_0] [--output-dir exports]
+
+A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
 
 classifier.onnx maps a normalized (N, C, H, W) float batch to the four class probabilities;
 segmenter.onnx maps one to per-pixel tumor probabilities (N, 1, H, W). The batch size is
@@ -74,8 +75,8 @@ def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: P
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", help="classifier checkpoint")
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint")
+    parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
     parser.add_argument("--output-dir", default="exports", help="default: %(default)s")
     args = parser.parse_args(argv)
     if not (args.cls_ckpt or args.seg_ckpt):

@@ -1,12 +1,15 @@
 """Classify MRI slices (and segment their tumors) with trained checkpoints.
 
-    python predict.py --cls-ckpt runs/cls/checkpoints/best.ckpt [--seg-ckpt runs/seg/checkpoints/best.ckpt] \\
+    python predict.py --cls-ckpt runs/cls/version_0 [--seg-ckpt runs/seg/version_0] \\
         [--output-dir predictions] IMAGE_OR_FOLDER...
+
+A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
 
 Writes predictions.csv and predictions.json (class, the four probabilities and, with a
 segmenter, tumor area in pixels and as a fraction of the image), plus per image a Grad-CAM
 overlay and, with a segmenter, the mask PNG and a mask overlay. A bad input gets one
-`error:` line and an error row; the other images are still processed (exit status 1).
+`error:` line and an error row; the other images are still processed (exit status 1). An
+image far smaller than the model's input is predicted with a `warning:` line.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import cv2
 from tqdm import tqdm
 
 from datamodules.common import IMAGE_SUFFIXES
+from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import Prediction, TumorPredictor
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
@@ -63,8 +67,8 @@ def write_tables(rows: list[dict], output_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint (train.py --config configs/cls.yaml)")
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint (train.py --config configs/seg.yaml)")
+    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint or run folder (configs/cls.yaml)")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder (configs/seg.yaml)")
     parser.add_argument("--output-dir", default="predictions", help="where tables and images go (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -73,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = expand_inputs(args.inputs)
     if not paths:
-        raise FileNotFoundError(f"no images found in {' '.join(args.inputs)}")
+        raise UserError(f"no images found in {' '.join(args.inputs)}")
     predictor = TumorPredictor(args.cls_ckpt, args.seg_ckpt, args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, failures = [], 0
     predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam)
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
+        for warning in prediction.warnings:
+            tqdm.write(f"warning: {warning}", file=sys.stderr)
         if prediction.error:
             failures += 1
             tqdm.write(f"error: {prediction.error}", file=sys.stderr)
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
         rows.append(prediction.row())
     write_tables(rows, output_dir)
+    if predictor.gradcam_unavailable:
+        print(f"warning: {predictor.gradcam_unavailable}; no heat maps written", file=sys.stderr)
     print(f"{len(rows) - failures} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")
     return 1 if failures else 0
 

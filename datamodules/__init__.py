@@ -7,7 +7,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from datamodules.classification import CLASS_NAMES, ClassificationDataModule  # noqa: E402
-from datamodules.common import DatasetError  # noqa: E402
+from datamodules.errors import DatasetError, UserError  # noqa: E402
 from datamodules.segmentation import SegmentationDataModule  # noqa: E402
 
-__all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError", "SegmentationDataModule"]
+__all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError", "SegmentationDataModule", "UserError"]

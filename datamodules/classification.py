@@ -10,18 +10,18 @@ from typing import Literal
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import Dataset
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.common import (
     CachedDataModule,
-    DatasetError,
+    CachedDataset,
     build_transform,
     default_geometric_augmentations,
     find_duplicate_groups,
     list_images,
     load_images,
 )
+from datamodules.errors import DatasetError
 
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
@@ -62,6 +62,13 @@ def scan_class_folders(split_dir: Path) -> tuple[list[Path], list[int]]:
     return paths, labels
 
 
+def check_every_class_readable(split_dir: Path, labels: np.ndarray) -> None:
+    """A class whose every image was unreadable is as unusable as a missing class folder."""
+    empty = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if not np.any(labels == c)]
+    if empty:
+        raise DatasetError(f"{split_dir}: no readable image for class(es) {empty} (every one was skipped)")
+
+
 def stratified_group_split(
     labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -84,16 +91,17 @@ def stratified_group_split(
     return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
 
 
-class ImageLabelDataset(Dataset):
+class ImageLabelDataset(CachedDataset):
     """Cached uint8 images (N, H, W, C) with integer labels; transforms run per item."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.images, self.labels, self.transform = images, labels, transform
+        super().__init__(transform)
+        self.images, self.labels = images, labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def get(self, index: int) -> tuple[torch.Tensor, int]:
         return self.transform(image=self.images[index])["image"], int(self.labels[index])
 
 
@@ -105,13 +113,12 @@ class ClassificationDataModule(CachedDataModule):
         image_size: images are resized to image_size x image_size.
         channels: 1 reads MRI slices as grayscale, 3 as RGB (for ImageNet backbones).
         val_fraction: share of each class held out from Training for validation.
-        seed: seed of the validation split.
         duplicates: "remove" drops exact and near copies from the later split
             (val after train, test after both); "keep" only reports them.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the
             same image (re-encoded or re-saved copies); None checks exact bytes only.
         augment: flips, affine jitter and brightness/contrast on training images.
-        **kwargs: batch size and DataLoader options of `CachedDataModule`.
+        **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
     """
 
     class_names = CLASS_NAMES
@@ -122,7 +129,6 @@ class ClassificationDataModule(CachedDataModule):
         image_size: int = 128,
         channels: Literal[1, 3] = 1,
         val_fraction: float = 0.15,
-        seed: int = 42,
         duplicates: Literal["remove", "keep"] = "remove",
         max_phash_distance: int | None = 2,
         augment: bool = True,
@@ -150,16 +156,14 @@ class ClassificationDataModule(CachedDataModule):
             test_paths, test_labels = scan_class_folders(testing_dir)
             paths, labels = paths + test_paths, labels + test_labels
 
-        loaded = load_images(paths, hp.image_size, self.channels)
-        unreadable = [p for p, item in zip(paths, loaded) if item is None]
-        for path in unreadable:
-            rank_zero_warn(f"{path}: unreadable or corrupt image, skipped")
-        ok = np.array([item is not None for item in loaded])
-        is_test = np.arange(len(paths)) >= num_training
-        kept = [item for item in loaded if item is not None]
+        kept, kept_indices = load_images(paths, hp.image_size, self.channels)
+        labels_arr = np.asarray(labels)[kept_indices]
+        is_test = kept_indices >= num_training
+        check_every_class_readable(training_dir, labels_arr[~is_test])
+        if testing_dir is not None:
+            check_every_class_readable(testing_dir, labels_arr[is_test])
+        unreadable = len(paths) - len(kept)
         images = np.stack([item.pixels for item in kept])
-        labels_arr = np.asarray(labels)[ok]
-        is_test = is_test[ok]
         sha1s = [item.sha1 for item in kept]
 
         groups = find_duplicate_groups(sha1s, [item.phash for item in kept], hp.max_phash_distance)
@@ -169,6 +173,9 @@ class ClassificationDataModule(CachedDataModule):
         split_indices = {"train": train_pool[train_rel], "val": train_pool[val_rel]}
         if testing_dir is not None:
             split_indices["test"] = np.nonzero(keep & is_test)[0]
+            if not len(split_indices["test"]):
+                raise DatasetError(f"{testing_dir}: every image copies a Training image; nothing is left to test "
+                                   "(data.duplicates: keep keeps them)")  # fmt: skip
 
         train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
         eval_transform = build_transform([], self.channels)
@@ -177,7 +184,7 @@ class ClassificationDataModule(CachedDataModule):
             self.datasets[split] = ImageLabelDataset(images[indices], labels_arr[indices], transform)
         counts = {split: np.bincount(ds.labels, minlength=len(CLASS_NAMES)).tolist() for split, ds in self.datasets.items()}
         rank_zero_info(
-            f"Classification data {self.root}: {len(unreadable)} unreadable skipped; "
+            f"Classification data {self.root}: {unreadable} unreadable skipped; "
             f"per-class counts {dict(zip(CLASS_NAMES, zip(*counts.values())))} for splits {list(counts)}"
         )
 

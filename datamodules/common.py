@@ -1,12 +1,12 @@
 """Pieces both datamodules share: image decoding, the in-memory image cache,
-duplicate detection, transforms, DataLoader plumbing and the error type that the CLI
-turns into one line."""
+duplicate detection, transforms and the DataLoader plumbing that makes every epoch's
+order and augmentations a function of the seed alone."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,31 +18,33 @@ import lightning as L
 import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
-
-
-class DatasetError(ValueError):
-    """Bad input data; train.py and evaluate.py print it as one line and exit."""
 
 
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image(path: Path, channels: int) -> np.ndarray | None:
-    """Decode any image mode (gray, RGB, RGBA, palette, 16-bit) to uint8 HxWxC; None if unreadable.
-
-    Decoding from bytes rather than cv2.imread keeps non-ASCII paths working."""
+def decode_image(data: bytes, channels: int) -> np.ndarray | None:
+    """Decode any image mode (gray, RGB, RGBA, palette, 16-bit) to uint8 HxWxC; None if unreadable."""
+    if not data:  # cv2.imdecode raises on an empty buffer instead of returning None
+        return None
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flag)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if image is None:
         return None
     if channels == 1:
         return image[:, :, None]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: Path, channels: int) -> np.ndarray | None:
+    """`decode_image` of a file's bytes (reading bytes rather than cv2.imread keeps non-ASCII paths working)."""
+    return decode_image(Path(path).read_bytes(), channels)
 
 
 @dataclass
@@ -57,7 +59,7 @@ class LoadedImage:
 
 def _load_one(path: Path, size: int, channels: int) -> LoadedImage | None:
     raw = path.read_bytes()
-    image = read_image(path, channels)
+    image = decode_image(raw, channels)
     if image is None:
         return None
     gray = image[:, :, 0] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
@@ -71,13 +73,19 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return resized[:, :, None] if resized.ndim == 2 else resized
 
 
-def load_images(paths: Sequence[Path], size: int, channels: int) -> list[LoadedImage | None]:
+def load_images(paths: Sequence[Path], size: int, channels: int) -> tuple[list[LoadedImage], np.ndarray]:
     """Decode and resize every image once, in threads (OpenCV releases the GIL).
 
     Keeping the resized pixels in memory means each epoch costs no JPEG decoding,
-    which is most of the time on a CPU machine. Unreadable files come back as None."""
+    which is most of the time on a CPU machine. Unreadable files are skipped with a
+    warning each; returns the images that loaded and their indices into `paths`."""
     with ThreadPoolExecutor() as pool:
-        return list(pool.map(lambda p: _load_one(p, size, channels), paths))
+        loaded = list(pool.map(lambda p: _load_one(p, size, channels), paths))
+    for path, item in zip(paths, loaded):
+        if item is None:
+            rank_zero_warn(f"{path}: unreadable or corrupt image, skipped")
+    kept = np.array([i for i, item in enumerate(loaded) if item is not None], dtype=np.int64)
+    return [loaded[i] for i in kept], kept
 
 
 def find_duplicate_groups(
@@ -130,6 +138,42 @@ def default_geometric_augmentations() -> list[A.BasicTransform]:
     ]
 
 
+def augmentation_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's augmentation in one epoch."""
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+
+class SeededSampler(DistributedSampler):
+    """Shuffles by (seed, epoch) as `DistributedSampler` does, and hands each index its own
+    augmentation seed as an `(index, seed)` item.
+
+    An epoch's order and augmentations are then a function of the seed and the epoch alone:
+    the same with any number of DataLoader workers, persistent or not, and the same after
+    a resume as in an uninterrupted run. Lightning calls `set_epoch` every epoch; being a
+    DistributedSampler, it is used as it is under DDP, each process taking its own share."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in super().__iter__():
+            yield index, augmentation_seed(self.seed, self.epoch, index)
+
+
+class CachedDataset(Dataset):
+    """Cached uint8 arrays and a transform. An item is an index, or an `(index, seed)` pair from
+    `SeededSampler`, which reseeds the transform first (albumentations keeps its own random
+    state, independent of torch's and numpy's global seeds)."""
+
+    def __init__(self, transform: A.Compose) -> None:
+        self.transform = transform
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        if isinstance(item, tuple):
+            item, seed = item
+            self.transform.set_random_seed(seed)
+        return self.get(item)
+
+    def get(self, index: int):
+        raise NotImplementedError
+
 
 class CachedDataModule(L.LightningDataModule):
     """DataLoader plumbing shared by the task datamodules, which fill `self.datasets`
@@ -139,6 +183,9 @@ class CachedDataModule(L.LightningDataModule):
 
     Args:
         batch_size: images per batch (per device).
+        seed: seeds the order of the training images and their augmentations in every epoch
+            (and the classification validation split); the model's own randomness follows
+            `seed_everything`.
         num_workers: DataLoader workers; None picks min(8, CPU count).
         pin_memory: None pins when CUDA is available.
         persistent_workers: keep workers alive between epochs.
@@ -147,6 +194,7 @@ class CachedDataModule(L.LightningDataModule):
     def __init__(
         self,
         batch_size: int = 32,
+        seed: int = 42,
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
@@ -156,6 +204,14 @@ class CachedDataModule(L.LightningDataModule):
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.datasets: dict[str, Dataset] = {}
+        self._next_epoch = 0  # the epoch a resumed run goes on with (load_state_dict)
+
+    def state_dict(self) -> dict:
+        # Lightning restores this before it builds the first loader; its own loop state comes later.
+        return {"next_epoch": self.trainer.fit_loop.epoch_progress.current.processed} if self.trainer else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._next_epoch = state_dict.get("next_epoch", 0)
 
     @property
     def test_split_name(self) -> str:
@@ -165,14 +221,28 @@ class CachedDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
+        dataset, hp = self.datasets[split], self.hparams
+        sampler = None
+        if shuffle:
+            trainer = self.trainer  # None when the datamodule is used on its own
+            sampler = SeededSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
+                                    rank=trainer.global_rank if trainer else 0, seed=hp.seed)  # fmt: skip
+            if trainer:
+                # Lightning sets the epoch only after creating the first iterator, whose workers start
+                # fetching at once, and on resume it creates it before restoring its loops: without
+                # this, a resumed run's first epoch would get epoch 0's order and augmentations.
+                sampler.set_epoch(max(trainer.fit_loop.epoch_progress.current.processed, self._next_epoch))
         return DataLoader(
-            self.datasets[split],
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(self.datasets[split]) > self.hparams.batch_size,
+            dataset,
+            batch_size=hp.batch_size,
+            sampler=sampler,
+            drop_last=shuffle and len(dataset) > hp.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+            persistent_workers=hp.persistent_workers and self.num_workers > 0,
+            # Its own generator: creating an iterator then draws nothing from torch's global
+            # random state, which dropout and mixup use and a resume restores.
+            generator=torch.Generator().manual_seed(hp.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -19,19 +19,20 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
 
 from datamodules.common import (
     CachedDataModule,
-    DatasetError,
+    CachedDataset,
     build_transform,
     default_geometric_augmentations,
     list_images,
     load_images,
 )
+from datamodules.errors import DatasetError
 
 ANNOTATION_FILE = "_annotations.coco.json"
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
+REQUIRED_KEYS = {"images": ("id", "file_name", "height", "width"), "annotations": ("id", "image_id", "category_id", "segmentation")}
 
 
 @dataclass
@@ -65,6 +66,12 @@ def load_coco(annotation_file: Path) -> COCO:
         raise DatasetError(f"{annotation_file}: not valid JSON ({error})") from error
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise DatasetError(f"{annotation_file}: not a COCO file (needs 'images' and 'annotations' lists)")
+    for section, keys in REQUIRED_KEYS.items():
+        for position, entry in enumerate(data[section]):
+            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
+            if missing:
+                name = entry.get("id", f"#{position}") if isinstance(entry, dict) else f"#{position}"
+                raise DatasetError(f"{annotation_file}: {section[:-1]} {name} has no {', '.join(map(repr, missing))}")
     data.setdefault("categories", [])
     coco = COCO()
     coco.dataset = data
@@ -117,19 +124,22 @@ def read_coco_split(split_dir: Path, category_names: list[str] | None) -> tuple[
     report.images = len(paths)
     for name in report.missing_files[:5]:
         rank_zero_warn(f"{split_dir / name}: listed in {ANNOTATION_FILE} but missing, skipped")
+    if not paths:
+        raise DatasetError(f"{split_dir / ANNOTATION_FILE}: none of its {len(coco.imgs)} listed images is in {split_dir}")
     return paths, masks, report
 
 
-class ImageMaskDataset(Dataset):
+class ImageMaskDataset(CachedDataset):
     """Cached uint8 images (N, H, W, C) and masks (N, H, W); one joint transform per item."""
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, transform) -> None:
-        self.images, self.masks, self.transform = images, masks, transform
+        super().__init__(transform)
+        self.images, self.masks = images, masks
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def get(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.transform(image=self.images[index], mask=self.masks[index])
         return out["image"], out["mask"].unsqueeze(0).float()  # ToTensorV2 leaves masks channel-less
 
@@ -173,15 +183,14 @@ class SegmentationDataModule(CachedDataModule):
         eval_transform = build_transform([], self.channels)
         for split, folder in splits.items():
             paths, masks, report = read_coco_split(folder, hp.category_names)
-            if split == "train" and report.empty_masks == report.images:
+            loaded, kept = load_images(paths, hp.image_size, self.channels)
+            if not loaded:
+                raise DatasetError(f"{folder}: none of its {len(paths)} annotated images is readable")
+            masks = [masks[i] for i in kept]
+            if split == "train" and not any(mask.any() for mask in masks):
                 raise DatasetError(f"{folder / ANNOTATION_FILE}: every mask is empty; no tumor annotations to learn from")
-            loaded = load_images(paths, hp.image_size, self.channels)
-            keep = [i for i, item in enumerate(loaded) if item is not None]
-            for i in set(range(len(paths))) - set(keep):
-                rank_zero_warn(f"{paths[i]}: unreadable or corrupt image, skipped")
-            images = np.stack([loaded[i].pixels for i in keep])
             size = (hp.image_size, hp.image_size)
-            resized_masks = np.stack([cv2.resize(masks[i], size, interpolation=cv2.INTER_NEAREST) for i in keep])
+            resized_masks = np.stack([cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) for mask in masks])
             transform = train_transform if split == "train" else eval_transform
-            self.datasets[split] = ImageMaskDataset(images, resized_masks, transform)
-            rank_zero_info(f"Segmentation data {report.summary(split)}, {len(paths) - len(keep)} unreadable skipped")
+            self.datasets[split] = ImageMaskDataset(np.stack([item.pixels for item in loaded]), resized_masks, transform)
+            rank_zero_info(f"Segmentation data {report.summary(split)}, {len(paths) - len(loaded)} unreadable skipped")

@@ -1,4 +1,5 @@
-"""Training machinery every task module shares: optimizer, schedule, image logging."""
+"""Training machinery every task module shares: optimizer, schedule, pretrained-weight
+initialisation, exact resume, image logging."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
+from lightning_modules.callbacks import RandomStateCheckpoint
 from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
 
 
@@ -35,6 +37,21 @@ class TaskModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+
+    def load_pretrained_weights(self) -> None:
+        """Copy pretrained weights named by the hyperparameters into the network (tasks override this).
+
+        Called when a fit starts from scratch, never when a checkpoint is loaded or resumed: the
+        checkpoint holds every weight, so it loads on machines without the pretrained files and
+        without network access."""
+
+    def on_fit_start(self) -> None:
+        if self.trainer.ckpt_path is None:  # set by now when resuming: the checkpoint is being restored
+            self.load_pretrained_weights()
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        # Part of the module, not of a config a user might edit: without it a resume is not exact.
+        return [RandomStateCheckpoint()]
 
     def setup(self, stage: str) -> None:
         # NHWC convolutions run about 1.2x faster on CPU (oneDNN) and on tensor-core GPUs; the

@@ -1,11 +1,15 @@
-"""Trainer callbacks the configs add beside Lightning's own."""
+"""Trainer callbacks beside Lightning's own: the configs add GracefulInterrupt, every task
+module adds RandomStateCheckpoint."""
 
 from __future__ import annotations
 
+import random
 import signal
 import threading
 
 import lightning as L
+import numpy as np
+import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -43,3 +47,31 @@ class GracefulInterrupt(L.Callback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+
+
+class RandomStateCheckpoint(L.Callback):
+    """Stores the global random states (torch, CUDA, numpy, Python) in every checkpoint and restores
+    them on resume, so that what draws from them (weight init aside: dropout, mixup) draws after a
+    resume exactly what it would have drawn in an uninterrupted run.
+
+    Kept as tensors and plain Python values, which `torch.load(weights_only=True)` accepts."""
+
+    def state_dict(self) -> dict:
+        _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                      "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+            "python": random.getstate(),
+        }  # fmt: skip
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["torch"])
+        if state_dict["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+        numpy_state = state_dict["numpy"]
+        np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
+        version, internal_state, gauss = state_dict["python"]
+        random.setstate((version, tuple(internal_state), gauss))

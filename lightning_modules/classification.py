@@ -11,7 +11,7 @@ from timm.loss import SoftTargetCrossEntropy
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from lightning_modules.base import TaskModule
 from lightning_modules.metrics import classification_metrics, classification_report
-from lightning_modules.models import create_classifier
+from lightning_modules.models import check_pretrained_source, create_classifier
 from lightning_modules.visualization import confusion_matrix_figure
 
 
@@ -21,8 +21,9 @@ class ClassificationModule(TaskModule):
     Args:
         model: "residual_cnn" (trained from scratch) or any timm model name.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
-        pretrained: start a timm model from ImageNet weights (downloaded from the hub).
-        weights_path: local pretrained weights for a timm model, for offline machines.
+        pretrained: start a timm model from ImageNet weights (downloaded from the hub when training starts).
+        weights_path: local pretrained weights for a timm model, for offline machines (read when training starts;
+            a trained checkpoint no longer needs the file).
         model_kwargs: extra constructor arguments, e.g. {width: 32, depths: [1, 2, 2, 2]}.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
@@ -48,13 +49,14 @@ class ClassificationModule(TaskModule):
     ) -> None:
         super().__init__(**kwargs)
         num_classes = len(CLASS_NAMES)
-        self.net = create_classifier(model, num_classes, in_channels, pretrained, weights_path, **(model_kwargs or {}))
+        check_pretrained_source(model, pretrained, weights_path)
+        self.net = create_classifier(model, num_classes, in_channels, **(model_kwargs or {}))
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(
                 mixup_alpha=mixup_alpha,
                 cutmix_alpha=cutmix_alpha,
-                prob=mix_prob,
+                prob=1.0,  # training_step draws which batches mix, so it knows which ones did
                 label_smoothing=label_smoothing,
                 num_classes=num_classes,
             )
@@ -66,17 +68,29 @@ class ClassificationModule(TaskModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
+    def load_pretrained_weights(self) -> None:
+        hp = self.hparams
+        if hp.pretrained or hp.weights_path:
+            pretrained = create_classifier(hp.model, len(CLASS_NAMES), hp.in_channels, hp.pretrained, hp.weights_path,
+                                           **(hp.model_kwargs or {}))  # fmt: skip
+            self.net.load_state_dict(pretrained.state_dict())
+
+    def _mixes(self, images: torch.Tensor) -> bool:
+        # timm's Mixup pairs images, so an odd batch stays unmixed
+        return self.mixup is not None and len(images) % 2 == 0 and float(torch.rand(())) < self.hparams.mix_prob
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self.mixup is None or len(images) % 2:  # timm's Mixup pairs images, so an odd batch stays unmixed
+        if self._mixes(images):  # Mixup returns soft targets with the label smoothing already applied
+            images, targets = self.mixup(images, labels)
+            loss = self.soft_target_loss(self(images), targets)
+        else:
             logits = self(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
-        else:  # Mixup returns soft targets with the label smoothing already applied
-            images, targets = self.mixup(images, labels)
-            logits = self(images)
-            loss = self.soft_target_loss(logits, targets)
-        accuracy = (logits.argmax(dim=1) == labels).float().mean()
-        self.log_dict({"train/loss": loss, "train/acc": accuracy}, on_step=True, on_epoch=True, prog_bar=True)
+            # Only here: on a blended image, neither of the two labels is "the" right answer.
+            self.log("train/acc", (logits.argmax(dim=1) == labels).float().mean(), on_step=True, on_epoch=True,
+                     prog_bar=True)  # fmt: skip
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

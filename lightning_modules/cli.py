@@ -13,10 +13,10 @@ from collections.abc import Callable
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from datamodules.common import DatasetError
-from lightning_modules.models import PretrainedWeightsError
+from datamodules.errors import UserError
 
-USER_ERRORS = (DatasetError, FileNotFoundError, ValueError, ArgumentError, PretrainedWeightsError)
+# A mistake in a file or option the user gave; anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, ArgumentError)
 
 # jsonargparse explains a bad key against every member of a Union; these lines say nothing
 # about the user's mistake.
@@ -27,12 +27,12 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
 def one_line(error: BaseException) -> str:
     """The gist of an error message on one line."""
     lines = [line.strip() for line in str(error).splitlines()]
-    kept = [line.lstrip("- ") for line in lines if line and not line.startswith(_NOISE)]
+    kept = [line.removeprefix("- ") for line in lines if line and not line.startswith(_NOISE)]
     return " ".join(kept) or type(error).__name__
 
 
 class BrainTumorCLI(LightningCLI):
-    """LightningCLI without subcommands (`python train.py --config cfg.yaml`) plus `--ckpt_path`."""
+    """LightningCLI without subcommands (`python train.py --config cfg.yaml`)."""
 
     def __init__(self, args: list[str] | None = None, **kwargs) -> None:
         super().__init__(
@@ -49,21 +49,32 @@ class BrainTumorCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument(
-            "--ckpt_path", type=str | None, default=None,
-            help="Checkpoint to resume training from (train.py) or to evaluate (evaluate.py); 'last' resumes the newest.",
-        )  # fmt: skip
         # The image channels are the data's decision; the model follows.
         parser.link_arguments("data.channels", "model.init_args.in_channels", apply_on="instantiate")
+        # One option moves every output: the logger's folder is the run folder (lightning_modules.checkpoints),
+        # and the checkpoints and config.yaml follow the logger.
+        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
+                              compute_fn=lambda root: root or ".")  # fmt: skip
+
+
+def user_error_behind(error: BaseException) -> BaseException | None:
+    """The user mistake that caused `error`: itself, or one it was explicitly raised from
+    (jsonargparse re-raises what a constructor raised as its own ValueError)."""
+    while error is not None:
+        if isinstance(error, USER_ERRORS):
+            return error
+        error = error.__cause__
+    return None
 
 
 def run_with_clean_errors(main: Callable[[], None]) -> None:
-    """Bad input becomes one `error:` line naming the file or key, not a traceback
-    (set BRAIN_TUMOR_TRACEBACK=1 to see it)."""
+    """A user mistake becomes one `error:` line naming the file or key, not a traceback (set
+    BRAIN_TUMOR_TRACEBACK=1 to see it); any other exception is a bug and shows its traceback."""
     try:
         main()
-    except USER_ERRORS as error:
-        if os.environ.get("BRAIN_TUMOR_TRACEBACK"):
+    except Exception as error:
+        user_error = user_error_behind(error)
+        if user_error is None or os.environ.get("BRAIN_TUMOR_TRACEBACK"):
             raise
-        print(f"error: {one_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(user_error)}", file=sys.stderr)
         sys.exit(2)

@@ -1,10 +1,12 @@
-"""Inference on image files with trained checkpoints: what predict.py, export.py and app.py share.
+"""Inference on image files with trained checkpoints: what predict.py, export.py, app.py and
+evaluate.py share.
 
 Preprocessing (image size, channels, normalization) is read from the checkpoint's saved
 datamodule hyperparameters, so inference always matches how the model was trained."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +17,18 @@ import torch.nn.functional as F
 
 from datamodules.classification import CLASS_NAMES
 from datamodules.common import build_transform, read_image, resize_square
+from datamodules.errors import UserError
 from lightning_modules.base import TaskModule
+from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.segmentation import SegmentationModule
 
+# An input whose shorter side is below this share of the model's input size is blown up so much
+# that the model sees mostly interpolation: it is still predicted, with a warning.
+SMALL_INPUT_FRACTION = 0.25
 
-class InputImageError(ValueError):
+
+class InputImageError(UserError):
     """An input that is not a readable image; the message starts with its path."""
 
 
@@ -55,16 +63,17 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | Path, module_class: type[TaskModule], device: torch.device) -> TrainedModel:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: checkpoint not found")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        """A checkpoint file, or the best checkpoint of a run folder. Loading reads only the file:
+        no pretrained weights, no network (see TaskModule.load_pretrained_weights)."""
+        path = find_checkpoint(path)
+        checkpoint = read_checkpoint(path)
         saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
         if saved_class and not saved_class.endswith(module_class.__name__):
-            raise ValueError(f"{path}: a {saved_class.rsplit('.', 1)[-1]} checkpoint, expected {module_class.__name__}")
+            raise CheckpointError(f"{path}: a {saved_class.rsplit('.', 1)[-1]} checkpoint, expected {module_class.__name__}")
         data = checkpoint.get("datamodule_hyper_parameters")
         if not data or "image_size" not in data:
-            raise ValueError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
-        module = module_class.load_from_checkpoint(path, map_location=device).eval()
+            raise CheckpointError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
+        module = module_class.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path))
 
     @property
@@ -78,19 +87,60 @@ class TrainedModel:
         return torch.stack(tensors).to(self.device)
 
 
-def grad_cam(classifier: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def as_feature_grid(classifier: torch.nn.Module, features: torch.Tensor) -> torch.Tensor | None:
+    """The last features of a timm-style classifier as (N, C, h, w), whatever their layout:
+    NCHW (CNNs), NHWC (timm's `output_fmt`, e.g. Swin) or transformer tokens (N, prefix + h*w, C)
+    with `num_prefix_tokens` class/register tokens first. None when they have no spatial grid."""
+    if features.ndim == 4:
+        return features.permute(0, 3, 1, 2) if getattr(classifier, "output_fmt", "NCHW") == "NHWC" else features
+    if features.ndim == 3:
+        tokens = features[:, getattr(classifier, "num_prefix_tokens", 0) :]
+        grid = getattr(getattr(classifier, "patch_embed", None), "grid_size", None)
+        height, width = grid if grid and grid[0] * grid[1] == tokens.shape[1] else (math.isqrt(tokens.shape[1]),) * 2
+        if height * width == tokens.shape[1]:
+            return tokens.transpose(1, 2).reshape(len(tokens), -1, height, width)
+    return None
+
+
+def grad_cam_layer(classifier: torch.nn.Module) -> torch.nn.Module | None:
+    """Where Grad-CAM reads a transformer that classifies from its class token: the input
+    norm of the last block (as pytorch-grad-cam advises), since after that block the patch
+    tokens no longer reach the prediction and get no gradient. None: the features
+    `forward_features` returns, which every other timm-style network classifies from."""
+    blocks = getattr(classifier, "blocks", None)
+    if getattr(classifier, "global_pool", None) == "token" and blocks is not None and hasattr(blocks[-1], "norm1"):
+        return blocks[-1].norm1
+    return None
+
+
+def grad_cam(classifier: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Class probabilities and a Grad-CAM map (N, h, w in [0, 1]) for each predicted class.
 
-    Works on any network with timm's `forward_features` / `forward_head` split: the map
-    weights the last feature maps by the mean gradient of the predicted logit."""
+    Works on any network with timm's `forward_features` / `forward_head` split, CNN or
+    transformer: the map weights the last feature maps by the mean gradient of the predicted
+    logit. The maps are None for a network whose features have no spatial layout."""
+    layer = grad_cam_layer(classifier)
     with torch.enable_grad():
-        features = classifier.forward_features(batch).detach().requires_grad_(True)
-        logits = classifier.forward_head(features)
+        if layer is None:
+            features = classifier.forward_features(batch).detach().requires_grad_(True)
+            logits = classifier.forward_head(features)
+        else:
+            captured: list[torch.Tensor] = []
+            handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+            try:
+                logits = classifier(batch.detach().requires_grad_(True))  # so the hooked output is in the graph
+            finally:
+                handle.remove()
+            features = captured[-1]
         predicted = logits.argmax(dim=1)
         (gradients,) = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), features)
+    probabilities = logits.softmax(dim=1).detach()
+    features, gradients = as_feature_grid(classifier, features.detach()), as_feature_grid(classifier, gradients)
+    if features is None:
+        return probabilities, None
     cam = F.relu((gradients.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1))
     cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
-    return logits.softmax(dim=1).detach(), cam.detach()
+    return probabilities, cam.detach()
 
 
 @dataclass
@@ -99,6 +149,7 @@ class Prediction:
 
     path: str
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # predicted, but with a reason for doubt
     image: np.ndarray | None = None  # the input as HxWx3 RGB uint8
     probabilities: dict[str, float] = field(default_factory=dict)
     gradcam: np.ndarray | None = None  # HxW in [0, 1], at the input's size
@@ -115,7 +166,7 @@ class Prediction:
         if self.tumor_mask is not None:
             row["tumor_area_px"] = int(self.tumor_mask.sum())
             row["tumor_area_fraction"] = round(float(self.tumor_mask.mean()), 6)
-        return row | {"error": self.error or ""}
+        return row | {"warning": "; ".join(self.warnings), "error": self.error or ""}
 
 
 class TumorPredictor:
@@ -125,6 +176,7 @@ class TumorPredictor:
         self.device = resolve_device(device)
         self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device)
         self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
+        self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
 
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True) -> Iterator[Prediction]:
         """Predictions in input order; unreadable inputs come back with `error` set."""
@@ -139,9 +191,15 @@ class TumorPredictor:
 
     def _read(self, path: str | Path) -> Prediction:
         try:
-            return Prediction(str(path), image=self._as_rgb(load_image_file(path, 3)))
+            prediction = Prediction(str(path), image=self._as_rgb(load_image_file(path, 3)))
         except InputImageError as error:
             return Prediction(str(path), error=str(error))
+        input_size = max(model.image_size for model in (self.classifier, self.segmenter) if model is not None)
+        height, width = prediction.image.shape[:2]
+        if min(height, width) < SMALL_INPUT_FRACTION * input_size:
+            prediction.warnings.append(f"{path}: a {width}x{height} image, far smaller than the {input_size}x{input_size} "
+                                       "the model was trained at; the result is unreliable")  # fmt: skip
+        return prediction
 
     @staticmethod
     def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -158,6 +216,9 @@ class TumorPredictor:
             inputs = self._inputs(self.classifier, valid)
             if gradcam:
                 probabilities, cams = grad_cam(self.classifier.module.net, inputs)
+                if cams is None:
+                    self.gradcam_unavailable = (f"Grad-CAM is not available for model '{self.classifier.module.hparams.model}': "
+                                                "its features have no spatial layout")  # fmt: skip
             else:
                 probabilities, cams = self.classifier.module(inputs).softmax(dim=1), None
             for i, prediction in enumerate(valid):

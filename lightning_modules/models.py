@@ -1,12 +1,16 @@
-"""Classifier factory: the project's residual CNN, or any timm model by name."""
+"""Network factories: the classifier (the project's residual CNN, or any timm model by name)
+and the segmenter (an smp UNet), each optionally from pretrained weights."""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
+
+from datamodules.errors import UserError
 
 
 class BasicBlock(nn.Module):
@@ -81,8 +85,16 @@ class ResidualCNN(nn.Module):
 LOCAL_MODELS = {"residual_cnn": ResidualCNN}
 
 
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights could not be downloaded; the message says how to use a local file."""
+class PretrainedWeightsError(UserError):
+    """Pretrained weights that cannot be had: not downloadable (the message says how to use a
+    local file instead), a file that is missing or does not fit the network."""
+
+
+def check_pretrained_source(name: str, pretrained: bool, weights_path: str | None) -> None:
+    """Fail early, at construction, on pretrained options that can never work for this classifier.
+    (Whether the weights file exists is checked when they are loaded: a resumed run needs no file.)"""
+    if name in LOCAL_MODELS and (pretrained or weights_path):
+        raise UserError(f"model '{name}' is trained from scratch; it has no pretrained weights")
 
 
 def create_classifier(
@@ -97,17 +109,14 @@ def create_classifier(
 
     For timm models, `pretrained` downloads ImageNet weights from the Hugging Face hub;
     `weights_path` loads them from a local file instead (for offline machines)."""
+    check_pretrained_source(name, pretrained, weights_path)
+    if weights_path and not Path(weights_path).is_file():
+        raise PretrainedWeightsError(f"{weights_path}: pretrained weights file not found")
     if name in LOCAL_MODELS:
-        if pretrained or weights_path:
-            raise ValueError(f"model '{name}' is trained from scratch; it has no pretrained weights")
         return LOCAL_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
     if not timm.is_model(name):
-        raise ValueError(f"unknown model '{name}': use 'residual_cnn' or a name from timm.list_models()")
-    overlay = None
-    if weights_path:
-        if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"{weights_path}: pretrained weights file not found")
-        overlay = {"file": str(weights_path)}
+        raise UserError(f"unknown model '{name}': use 'residual_cnn' or a name from timm.list_models()")
+    overlay = {"file": str(weights_path)} if weights_path else None
     try:
         return timm.create_model(
             name,
@@ -120,13 +129,13 @@ def create_classifier(
     except TypeError as error:  # configs/cls.yaml's model_kwargs are the residual CNN's
         if not kwargs:
             raise
-        raise ValueError(
+        raise UserError(
             f"model_kwargs {kwargs} do not fit timm model '{name}' ({error}); set model.init_args.model_kwargs "
             "to {} or to that model's own arguments"
         ) from error
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
         if weights_path:
-            raise
+            raise PretrainedWeightsError(f"{weights_path}: could not load it into '{name}' ({error})") from error
         raise PretrainedWeightsError(
             f"could not download pretrained weights for '{name}' ({type(error).__name__}); "
             "on an offline machine pass model.init_args.weights_path=/path/to/weights (.pth or .safetensors)"
@@ -143,9 +152,11 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     Classification heads are dropped and wrapper prefixes stripped; anything else that
     does not match is an error naming the file, so a wrong checkpoint never half-loads."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: encoder weights file not found")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    check_encoder_weights(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise PretrainedWeightsError(f"{path}: not a readable weights file ({str(error).splitlines()[0]})") from error
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -158,10 +169,21 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     # nn.Module's own method: smp encoders override it and return nothing
     missing, unexpected = nn.Module.load_state_dict(encoder, cleaned, strict=False)
     if missing or unexpected:
-        raise ValueError(
+        raise PretrainedWeightsError(
             f"{path}: does not fit this encoder ({len(missing)} weights missing, e.g. {missing[:2]}; "
             f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
         )
+
+
+def is_local_weights(encoder_weights: str | None) -> bool:
+    """Whether `encoder_weights` names a file rather than None (random) or "imagenet" (downloaded)."""
+    return encoder_weights not in (None, "imagenet")
+
+
+def check_encoder_weights(encoder_weights: str | None) -> None:
+    """A one-line error for a local encoder weights file that is not there."""
+    if is_local_weights(encoder_weights) and not Path(encoder_weights).is_file():
+        raise PretrainedWeightsError(f"{encoder_weights}: encoder weights file not found")
 
 
 def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3) -> nn.Module:
@@ -171,7 +193,10 @@ def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None
     a local ImageNet checkpoint for offline machines."""
     import segmentation_models_pytorch as smp
 
-    local_file = encoder_weights not in (None, "imagenet")
+    if encoder_name not in smp.encoders.encoders:
+        raise UserError(f"unknown encoder '{encoder_name}': use a name from segmentation_models_pytorch.encoders.encoders")
+    check_encoder_weights(encoder_weights)
+    local_file = is_local_weights(encoder_weights)
     try:
         model = smp.Unet(
             encoder_name=encoder_name,

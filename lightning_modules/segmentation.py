@@ -19,7 +19,8 @@ class SegmentationModule(TaskModule):
 
     Args:
         encoder_name: any smp encoder ("resnet50", "mobilenet_v2", "resnet18", ...).
-        encoder_weights: "imagenet" (downloaded), null, or a local ImageNet checkpoint path.
+        encoder_weights: "imagenet" (downloaded), null, or a local ImageNet checkpoint path; read when training
+            starts, so a trained checkpoint needs neither the file nor the network.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss.
         bce_weight: weight of the binary cross-entropy loss.
@@ -40,7 +41,7 @@ class SegmentationModule(TaskModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self.net = create_segmenter(encoder_name, encoder_weights, in_channels)
+        self.net = create_segmenter(encoder_name, None, in_channels)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss()
         self.val_stats = segmentation_stats()
@@ -49,6 +50,12 @@ class SegmentationModule(TaskModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def load_pretrained_weights(self) -> None:
+        hp = self.hparams
+        if hp.encoder_weights is not None:
+            pretrained = create_segmenter(hp.encoder_name, hp.encoder_weights, hp.in_channels)
+            self.net.encoder.load_state_dict(pretrained.encoder.state_dict())
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams

@@ -15,4 +15,4 @@ start=$(date +%s)
 python "$repo/train.py" --config "$repo/configs/$task.yaml" --data.root "$root" --trainer.enable_progress_bar false "$@"
 echo "train wall time: $(($(date +%s) - start)) s"
 python "$repo/evaluate.py" --config "$repo/configs/$task.yaml" --data.root "$root" \
-    --ckpt_path "runs/$task/checkpoints/best.ckpt" --output_dir report "$@"
+    --ckpt_path "runs/$task/version_0" --output_dir report "$@"

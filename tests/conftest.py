@@ -19,12 +19,14 @@ MRI_DATASET_FOLDERS = ("glioma", "meningioma", "notumor", "pituitary")
 
 
 def synthetic_slice(rng: np.random.Generator, label: int, size: int = 48) -> np.ndarray:
-    """Smooth random 'tissue' (so no two images share a perceptual hash) with a bright
-    blob whose position depends on the class; class 2 (no tumor) has none."""
+    """Smooth random 'tissue' (so no two images share a perceptual hash) with a bright tumor
+    somewhere near the centre whose shape gives the class: a small disc (0), a large disc (1),
+    a ring (3); class 2 (no tumor) has none. Shape survives flips, shifts and pooling."""
     tissue = cv2.resize(rng.integers(20, 140, (6, 6)).astype(np.uint8), (size, size), interpolation=cv2.INTER_CUBIC)
     if label != 2:
-        centre = [(size // 3, size // 3), (2 * size // 3, size // 3), None, (size // 2, 2 * size // 3)][label]
-        cv2.circle(tissue, centre, size // 8, 230, -1)
+        centre = tuple(int(c) for c in rng.integers(size * 2 // 5, size * 3 // 5, 2))
+        radius, thickness = {0: (size // 10, -1), 1: (size // 5, -1), 3: (size // 5, max(2, size // 16))}[label]
+        cv2.circle(tissue, centre, radius, 230, thickness)
     return tissue
 
 
@@ -133,24 +135,48 @@ TINY_SEG = ["--model.encoder_name", "resnet18", "--data.image_size", "64", "--da
             "--data.num_workers", "0", *QUIET]  # fmt: skip
 
 
+def run_folder(work: Path, task: str = "cls", version: int = 0) -> Path:
+    """Where train.py run from `work` with a config's default root puts its run number `version`."""
+    return work / "runs" / task / f"version_{version}"
+
+
+def tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every event of `tag` in a run folder, as TensorBoard shows them: events
+    that a resumed run purged are gone."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+
+
+def evaluate_on_training_data(config: str, tiny: list[str], checkpoint: Path, cwd: Path) -> dict:
+    """metrics.json of evaluate.py on the data that a fixture below trained `checkpoint` on."""
+    data = checkpoint.parents[4] / "data"  # work/data beside work/runs/<task>/version_0/checkpoints/best.ckpt
+    result = run_script("evaluate.py", "--config", config, "--data.root", str(data), *tiny, "--ckpt_path",
+                        str(checkpoint), "--output_dir", "report", cwd=cwd)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((cwd / "report" / "metrics.json").read_text())
+
+
 @pytest.fixture(scope="session")
 def trained_classifier(tmp_path_factory) -> Path:
-    """best.ckpt of a 1-epoch train.py run on a tiny SARTAJ-layout dataset (shared by tests that only read it)."""
+    """best.ckpt of a short train.py run that learns the tiny SARTAJ-layout dataset (shared by tests that only read it)."""
     work = tmp_path_factory.mktemp("cls_run")
-    root = make_classification_dataset(work / "data", SARTAJ_FOLDERS)
+    root = make_classification_dataset(work / "data", SARTAJ_FOLDERS, per_class=16)
     result = run_script("train.py", "--config", CLS_CONFIG, "--data.root", str(root), *TINY_CLS,
-                        "--trainer.max_epochs", "1", cwd=work)  # fmt: skip
+                        "--trainer.max_epochs", "12", "--model.lr", "0.01", cwd=work)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return work / "runs" / "cls" / "checkpoints" / "best.ckpt"
+    return run_folder(work) / "checkpoints" / "best.ckpt"
 
 
 @pytest.fixture(scope="session")
 def trained_segmenter(tmp_path_factory) -> Path:
-    """best.ckpt of a 1-epoch train.py run on a tiny generated COCO export."""
+    """best.ckpt of a short train.py run on a tiny generated COCO export."""
     work = tmp_path_factory.mktemp("seg_run")
     make_coco_split(work / "data" / "train", seed=0, count=8)
     make_coco_split(work / "data" / "valid", seed=1, count=6)
     result = run_script("train.py", "--config", SEG_CONFIG, "--data.root", str(work / "data"), *TINY_SEG,
-                        "--trainer.max_epochs", "1", cwd=work)  # fmt: skip
+                        "--trainer.max_epochs", "6", cwd=work)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return work / "runs" / "seg" / "checkpoints" / "best.ckpt"
+    return run_folder(work, "seg") / "checkpoints" / "best.ckpt"

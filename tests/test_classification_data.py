@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from datamodules import CLASS_NAMES, ClassificationDataModule, DatasetError
-from datamodules.common import find_duplicate_groups, read_image
+from datamodules.common import SeededSampler, find_duplicate_groups, read_image
+from tests.conftest import SARTAJ_FOLDERS
 
 
 def setup_datamodule(root: Path, **kwargs) -> ClassificationDataModule:
@@ -29,7 +32,7 @@ def test_both_folder_layouts_map_to_the_same_classes(layout, request):
     assert np.bincount(labels, minlength=4).tolist() == [8, 8, 8, 8]
     assert dm.class_names == CLASS_NAMES
     image, label = dm.datasets["val"][0]
-    assert tuple(image.shape) == (1, 32, 32) and 0 <= label < 4
+    assert tuple(image.shape) == (1, 32, 32) and label == dm.datasets["val"].labels[0]
 
 
 def test_testing_split_is_used_when_present_and_val_otherwise(sartaj_root, mri_dataset_root):
@@ -118,9 +121,44 @@ def test_unknown_class_folder_names_the_folder(sartaj_root):
         setup_datamodule(sartaj_root)
 
 
-def test_corrupt_image_is_skipped_with_a_warning(sartaj_root):
-    corrupt = sartaj_root / "Training" / "glioma_tumor" / "broken.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+@pytest.mark.parametrize("content", [b"\xff\xd8\xff\xe0 not really a jpeg", b""], ids=["corrupt", "empty"])
+def test_unreadable_image_is_skipped_with_a_warning(sartaj_root, content):
+    (sartaj_root / "Training" / "glioma_tumor" / "broken.jpg").write_bytes(content)
     with pytest.warns(UserWarning, match="broken.jpg: unreadable or corrupt image, skipped"):
         dm = setup_datamodule(sartaj_root)
     assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32
+
+
+@pytest.mark.parametrize(("folders", "expected"), [
+    (["pituitary_tumor"], "['pituitary']"),
+    (SARTAJ_FOLDERS, "['glioma', 'meningioma', 'no_tumor', 'pituitary']"),
+])  # fmt: skip
+def test_a_class_left_without_readable_images_is_an_error(sartaj_root, folders, expected):
+    for folder in folders:
+        for image in (sartaj_root / "Training" / folder).iterdir():
+            image.write_bytes(b"")
+    with pytest.warns(UserWarning, match="unreadable or corrupt image, skipped"):
+        with pytest.raises(DatasetError, match=rf"Training: no readable image for class\(es\) {re.escape(expected)}"):
+            setup_datamodule(sartaj_root)
+
+
+def test_an_item_with_a_seed_is_augmented_the_same_every_time(sartaj_root):
+    dataset = setup_datamodule(sartaj_root).datasets["train"]
+    first = [dataset[(index, 7)][0] for index in range(8)]
+    assert all(torch.equal(dataset[(index, 7)][0], first[index]) for index in range(8))
+    assert not all(torch.equal(dataset[(index, 8)][0], first[index]) for index in range(8))
+
+
+def test_seeded_sampler_orders_by_seed_and_epoch_only():
+    def epoch_items(seed: int, epoch: int, num_replicas: int = 1, rank: int = 0) -> list[tuple[int, int]]:
+        sampler = SeededSampler(range(10), num_replicas=num_replicas, rank=rank, seed=seed)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    items = epoch_items(0, 3)
+    assert sorted(index for index, _ in items) == list(range(10))
+    assert items == epoch_items(0, 3)
+    assert items != epoch_items(0, 4) and items != epoch_items(1, 3)
+    assert len({seed for _, seed in items}) == 10  # every image its own augmentation
+    shards = epoch_items(0, 3, 2, 0) + epoch_items(0, 3, 2, 1)  # DDP: two processes share the epoch
+    assert sorted(shards) == sorted(items)

@@ -1,4 +1,5 @@
-"""train.py and evaluate.py as a user runs them, on a tiny generated dataset."""
+"""train.py and evaluate.py as a user runs them, on a tiny generated dataset: run folders,
+exact resume, determinism, one-line errors."""
 
 from __future__ import annotations
 
@@ -11,55 +12,146 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from datamodules.errors import UserError
+from lightning_modules.cli import run_with_clean_errors
 from tests.conftest import CLS_CONFIG as CONFIG
-from tests.conftest import REPO, run_script, script_env
+from tests.conftest import (
+    REPO,
+    SARTAJ_FOLDERS,
+    evaluate_on_training_data,
+    make_classification_dataset,
+    run_folder,
+    run_script,
+    script_env,
+    tensorboard_scalars,
+)
 from tests.conftest import TINY_CLS as TINY
 
 
-def train(root: Path, cwd: Path, *extra: str):
+def train(root: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     return run_script("train.py", "--config", CONFIG, "--data.root", str(root), *TINY, *extra, cwd=cwd)
 
 
-def test_train_writes_checkpoints_and_tensorboard_then_evaluate_writes_report(sartaj_root, tmp_path):
+def load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_each_run_gets_its_own_folder_and_evaluate_reports_on_it(sartaj_root, tmp_path):
     result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    checkpoints = tmp_path / "runs" / "cls" / "checkpoints"
-    assert (checkpoints / "best.ckpt").is_file() and (checkpoints / "last.ckpt").is_file()
-    events = list((tmp_path / "runs" / "cls").glob("version_*/events.out.tfevents.*"))
-    assert events and events[0].stat().st_size > 0
+    run = run_folder(tmp_path)
+    assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert load(run / "checkpoints" / "last.ckpt")["epoch"] == 1  # the newest epoch, whether it improved or not
 
-    result = run_script(
-        "evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
-        "--ckpt_path", str(checkpoints / "best.ckpt"), "--output_dir", "report", "--data.image_size", "48", cwd=tmp_path,
-    )  # fmt: skip
+    # A second run (another seed) never replaces the first one's files.
+    first_best = (run / "checkpoints" / "best.ckpt").read_bytes()
+    assert train(sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--seed_everything", "7").returncode == 0
+    assert (run_folder(tmp_path, version=1) / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "checkpoints" / "best.ckpt").read_bytes() == first_best
+
+    result = run_script("evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
+                        "--ckpt_path", str(run), "--data.image_size", "48", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    report = json.loads((run / "evaluation" / "metrics.json").read_text())  # in the run folder by default
+    assert report["checkpoint"] == str(run / "checkpoints" / "best.ckpt")
     assert report["image_size"] == 32  # the size it was trained at, not the mistyped 48
-    assert report["split"] == "test"
-    assert report["num_images"] == 4 * 2  # Testing/ holds 2 images per class
-    assert set(report["per_class"]) == {"glioma", "meningioma", "no_tumor", "pituitary"}
-    assert 0 <= report["accuracy"] <= 1 and 0 <= report["tumor_sensitivity"] <= 1
-    assert sum(map(sum, report["confusion_matrix"])) == 8
-    assert (tmp_path / "report" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    assert "tumor vs no tumor: sensitivity" in result.stdout
+    assert report["split"] == "test" and report["num_images"] == 4 * 2  # Testing/ holds 2 images per class
+    confmat = torch.tensor(report["confusion_matrix"])
+    assert confmat.sum() == 8
+    assert report["accuracy"] == pytest.approx(float(confmat.trace() / confmat.sum()))
+    tumor = [0, 1, 3]  # no_tumor is class 2
+    assert report["tumor_sensitivity"] == pytest.approx(float(confmat[tumor][:, tumor].sum() / confmat[tumor].sum()))
+    assert (run / "evaluation" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_resume_from_last_checkpoint_continues_the_epoch_count(sartaj_root, tmp_path):
-    last = tmp_path / "runs/cls/checkpoints/last.ckpt"
-    assert train(sartaj_root, tmp_path, "--trainer.max_epochs", "1").returncode == 0
-    first = torch.load(last, map_location="cpu", weights_only=False)
-    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "2", "--ckpt_path", "last")
+def test_a_short_run_learns(trained_classifier, tmp_path):
+    report = evaluate_on_training_data(CONFIG, TINY, trained_classifier, tmp_path)
+    assert report["num_images"] == 16
+    assert report["accuracy"] >= 0.6  # chance is 0.25
+
+
+def test_default_root_dir_moves_every_output(sartaj_root, tmp_path):
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "Restored all states from the checkpoint" in result.stderr + result.stdout
-    resumed = torch.load(last, map_location="cpu", weights_only=False)
-    assert resumed["global_step"] == 2 * first["global_step"]  # one more epoch on top, not two from scratch
+    run = tmp_path / "elsewhere" / "cls" / "version_0"
+    assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert not (tmp_path / "runs").exists()
 
 
-def test_print_config_shows_the_resolved_overrides(tmp_path):
-    result = run_script("train.py", "--config", CONFIG, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "max_epochs: 3" in result.stdout and "warmup_fraction: 0.25" in result.stdout
+RESUME_EPOCHS = ["--trainer.max_epochs", "4", "--trainer.log_every_n_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory) -> tuple[Path, Path]:
+    """Data and run folder of a 4-epoch run without workers."""
+    work = tmp_path_factory.mktemp("uninterrupted")
+    root = make_classification_dataset(work / "data", SARTAJ_FOLDERS)
+    result = train(root, work, *RESUME_EPOCHS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, run_folder(work)
+
+
+def logged_history(run: Path) -> list[tuple[int, float]]:
+    return [event for tag in ("train/loss_step", "val/loss", "val/acc") for event in tensorboard_scalars(run, tag)]
+
+
+def assert_same_training(run: Path, reference: Path) -> None:
+    assert logged_history(run) == logged_history(reference)  # exactly: same steps, same floats
+    weights, expected = (load(r / "checkpoints" / "last.ckpt")["state_dict"] for r in (run, reference))
+    assert all(torch.equal(weights[key], expected[key]) for key in expected)
+
+
+def test_same_seed_trains_identically_with_any_number_of_workers(uninterrupted_run, tmp_path):
+    root, reference = uninterrupted_run
+    # Two worker processes (persistent): augmentations are seeded per image and epoch, not per process.
+    result = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_training(run_folder(tmp_path), reference)
+
+
+def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
+    root, reference = uninterrupted_run
+    kill = ["--trainer.callbacks+=tests.helpers.SigkillAt", "--trainer.callbacks.epoch", "2",
+            "--trainer.callbacks.batch", "1"]  # fmt: skip
+    killed = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", *kill)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    run = run_folder(tmp_path)
+    assert not (run / "checkpoints" / "last-interrupted.ckpt").exists()  # nothing could be caught
+    assert load(run / "checkpoints" / "last.ckpt")["epoch"] == 1  # the end of the last finished epoch
+
+    result = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"Restored all states from the checkpoint at {Path('runs/cls/version_0/checkpoints/last.ckpt')}" in result.stderr
+    assert not run_folder(tmp_path, version=1).exists()  # the run went on in its own folder
+    final = load(run / "checkpoints" / "last.ckpt")
+    assert (final["epoch"], final["global_step"]) == (3, load(reference / "checkpoints" / "last.ckpt")["global_step"])
+    epochs_logged = [step for step, _ in tensorboard_scalars(run, "val/acc")]
+    assert len(epochs_logged) == len(set(epochs_logged)) == 4  # each epoch once
+    steps_logged = [step for step, _ in tensorboard_scalars(run, "train/loss_step")]
+    assert steps_logged == list(range(final["global_step"]))  # the killed run's steps after the checkpoint are gone
+    assert_same_training(run, reference)
+
+
+def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
+    result = train(sartaj_root, tmp_path, "--ckpt_path", "last")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --ckpt_path last: no run with a last.ckpt or last-interrupted.ckpt under runs/cls"
+    )
+
+
+def test_printed_config_trains_the_same_run(tmp_path):
+    printed = run_script("train.py", "--config", CONFIG, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    (tmp_path / "printed.yaml").write_text(printed.stdout)
+    assert yaml.safe_load(printed.stdout)["trainer"]["max_epochs"] == 3
+    again = run_script("train.py", "--config", "printed.yaml", "--print_config", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == printed.stdout  # the printed config is a complete, valid config of the same run
 
 
 @pytest.mark.parametrize(
@@ -68,16 +160,61 @@ def test_print_config_shows_the_resolved_overrides(tmp_path):
         (["--data.root", "/no/such/folder"], "error: /no/such/folder: data root does not exist"),
         (["--model.learning_rate", "1"], "learning_rate"),
         (["--model.optimizer", "sgd"], "sgd"),
+        (["--data.val_fraction", "2"], "error: val_fraction must be between 0 and 1, got 2.0"),
         (["--model.model", "resnet10t"], "do not fit timm model 'resnet10t'"),
-        (["--model.model", "resnet10t", "--model.model_kwargs", "{}", "--model.pretrained", "true"],
-         "weights_path=/path/to/weights"),
+        (["--model.weights_path", "missing.pth"], "model 'residual_cnn' is trained from scratch"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected, tmp_path):
     result = run_script("train.py", "--config", CONFIG, *args, cwd=tmp_path)
-    assert result.returncode != 0
-    assert expected in result.stderr
+    assert result.returncode == 2
+    assert expected in result.stderr.strip().splitlines()[-1]
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--model.pretrained", "true"], "on an offline machine pass model.init_args.weights_path=/path/to/weights"),
+        (["--model.weights_path", "missing.pth"], "error: missing.pth: pretrained weights file not found"),
+    ],
+)
+def test_unavailable_pretrained_weights_are_one_line(args, expected, sartaj_root, tmp_path):
+    result = train(sartaj_root, tmp_path, "--model.model", "resnet10t", "--model.model_kwargs", "{}", *args,
+                   "--trainer.max_epochs", "1")  # fmt: skip
+    assert result.returncode == 2
+    assert expected in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_bug_keeps_its_traceback_and_a_user_mistake_is_one_line(capsys):
+    def bug() -> None:
+        raise ValueError("shapes do not match")
+
+    with pytest.raises(ValueError, match="shapes do not match"):
+        run_with_clean_errors(bug)
+
+    def mistake() -> None:
+        raise UserError("data/x.json: not valid JSON")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_with_clean_errors(mistake)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: data/x.json: not valid JSON\n"
+
+
+@pytest.mark.parametrize(
+    ("script", "truncated"),
+    [("evaluate.py", False), ("train.py", True)],  # a text file to evaluate, a cut-off copy to resume from
+)
+def test_unreadable_checkpoint_is_one_line(script, truncated, trained_classifier, sartaj_root, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(trained_classifier.read_bytes()[:5000] if truncated else b"not a checkpoint\n")
+    result = run_script(script, "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--ckpt_path", str(bad),
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}: not a PyTorch checkpoint (another kind of file, or a truncated copy)"
+    )
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(sartaj_root, tmp_path):
@@ -93,14 +230,16 @@ def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
         "--trainer.devices", "2", "--trainer.strategy", "ddp",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "runs/cls/checkpoints/last.ckpt").is_file()
+    checkpoints = run_folder(tmp_path) / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert not run_folder(tmp_path, version=1).exists()  # both processes wrote to the same run folder
 
 
 def test_ctrl_c_leaves_a_checkpoint_that_resumes(sartaj_root, tmp_path):
     command = [sys.executable, str(REPO / "train.py"), "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
                "--trainer.max_epochs", "1000"]  # fmt: skip
     process = subprocess.Popen(command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    checkpoints = tmp_path / "runs/cls/checkpoints"
+    checkpoints = run_folder(tmp_path) / "checkpoints"
     deadline = time.time() + 300  # generous: a loaded CI machine starts Python slowly
     while not (checkpoints / "last.ckpt").is_file() and process.poll() is None and time.time() < deadline:
         time.sleep(0.2)
@@ -113,9 +252,10 @@ def test_ctrl_c_leaves_a_checkpoint_that_resumes(sartaj_root, tmp_path):
     assert "Ctrl-C: stopping after this batch" in output  # GracefulInterrupt, not a stray KeyboardInterrupt
     # The signal can land just before or just after the epoch counter moves on, so the
     # checkpoint's epoch may be 0 or more; its step count shows training had run.
-    saved = torch.load(interrupted, map_location="cpu", weights_only=False)
+    saved = load(interrupted)
     assert saved["global_step"] > 0
 
     result = train(sartaj_root, tmp_path, "--trainer.max_epochs", str(saved["epoch"] + 2), "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Restored all states from the checkpoint" in result.stderr + result.stdout
+    assert not run_folder(tmp_path, version=1).exists()

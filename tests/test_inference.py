@@ -1,19 +1,23 @@
-"""predict.py, Grad-CAM and ONNX export on tiny checkpoints trained by train.py."""
+"""predict.py, app.py, Grad-CAM, checkpoint loading and ONNX export on tiny checkpoints trained by train.py."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 
 import cv2
 import numpy as np
 import pytest
+import timm
 import torch
 
+from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.inference import TrainedModel, grad_cam
+from lightning_modules.models import create_segmenter
 from lightning_modules.segmentation import SegmentationModule
-from tests.conftest import run_script, synthetic_slice
+from tests.conftest import SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
 
 
 @pytest.fixture
@@ -37,11 +41,12 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
         probabilities = [float(row[f"p_{name}"]) for name in ("glioma", "meningioma", "no_tumor", "pituitary")]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert row["predicted_class"] == ["glioma", "meningioma", "no_tumor", "pituitary"][int(np.argmax(probabilities))]
-        assert 0 <= float(row["tumor_area_fraction"]) <= 1 and row["error"] == ""
+        assert row["error"] == "" and row["warning"] == ""
     assert json.loads((out / "predictions.json").read_text())[0]["file"] == rows[0]["file"]
     mask = cv2.imread(str(next((out / "masks").glob("*_b.png"))), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (70, 70) and set(np.unique(mask)) <= {0, 255}  # at the input's own size
     assert int(rows[1]["tumor_area_px"]) == int((mask > 0).sum())
+    assert float(rows[1]["tumor_area_fraction"]) == pytest.approx(int((mask > 0).sum()) / (70 * 70), abs=1e-6)
     for folder in ("overlays", "gradcam"):
         assert len(list((out / folder).glob("*.png"))) == 2
 
@@ -50,16 +55,24 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifi
     (images / "notes.jpg").write_text("this is not an image")
     cv2.imwrite(str(images / "c.jpg"), cv2.imread(str(images / "a.png")))
     (images / "truncated.jpg").write_bytes((images / "c.jpg").read_bytes()[:40])
-    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--output-dir", str(tmp_path / "out"),
-                        str(images), str(tmp_path / "missing.png"), cwd=tmp_path)  # fmt: skip
+    (images / "empty.png").write_bytes(b"")
+    cv2.imwrite(str(images / "dot.png"), np.full((1, 1), 200, np.uint8))
+    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier.parents[1]),  # a run folder
+                        "--output-dir", str(tmp_path / "out"), str(images), str(tmp_path / "missing.png"),
+                        cwd=tmp_path)  # fmt: skip
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 3, result.stderr
+    assert len(errors) == 4, result.stderr
     assert any("notes.jpg: not an image" in e for e in errors)
     assert any("truncated.jpg: not an image" in e for e in errors)
+    assert any("empty.png: empty file" in e for e in errors)
     assert any("missing.png: file not found" in e for e in errors)
-    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert sum(r["error"] == "" for r in rows) == 3  # a.png, b.jpg and c.jpg
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: {images / 'dot.png'}: a 1x1 image, far smaller than the 32x32 the model was "
+                        "trained at; the result is unreliable"]  # fmt: skip
+    rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
+    assert {name for name, row in rows.items() if row["error"] == ""} == {"a.png", "b.jpg", "c.jpg", "dot.png"}
+    assert "far smaller" in rows["dot.png"]["warning"] and rows["dot.png"]["predicted_class"]
 
 
 def test_grad_cam_maps_are_normalized_per_image(trained_classifier):
@@ -67,14 +80,113 @@ def test_grad_cam_maps_are_normalized_per_image(trained_classifier):
     rng = np.random.default_rng(0)
     batch = model.batch([synthetic_slice(rng, label, 40)[:, :, None] for label in range(4)])
     probabilities, cams = grad_cam(model.module.net, batch)
-    assert probabilities.shape == (4, 4) and torch.allclose(probabilities.sum(dim=1), torch.ones(4))
     assert torch.allclose(probabilities, model.module(batch).softmax(dim=1), atol=1e-6)
-    assert cams.shape[0] == 4 and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+    assert cams.shape == (4, 8, 8)  # the residual CNN's last feature map: 32 px / 4
+    assert cams.min() >= 0 and torch.equal(cams.flatten(1).amax(dim=1), torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "grid"),
+    [
+        ("vit_tiny_patch16_224", {"img_size": 64}, 4),  # class-token transformer: 16 px patches
+        ("deit_tiny_distilled_patch16_224", {"img_size": 64}, 4),  # two prefix tokens
+        ("swin_tiny_patch4_window7_224", {"img_size": 64, "window_size": 2}, 2),  # NHWC features
+        ("vit_tiny_patch16_224", {"img_size": 64, "global_pool": "avg", "class_token": False}, 4),
+    ],
+)
+def test_grad_cam_on_transformers(name, kwargs, grid):
+    torch.manual_seed(0)
+    classifier = timm.create_model(name, num_classes=4, in_chans=1, **kwargs).eval()
+    batch = torch.randn(2, 1, 64, 64)
+    probabilities, cams = grad_cam(classifier, batch)
+    assert torch.allclose(probabilities, classifier(batch).softmax(dim=1), atol=1e-5)
+    assert cams.shape == (2, grid, grid) and cams.min() >= 0 and cams.max() == 1
+
+
+class FlatFeatures(torch.nn.Module):
+    """A classifier whose features are plain vectors: no map for Grad-CAM to show."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(16, 4)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flatten(1)[:, :16]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.linear(features)
+
+
+def test_grad_cam_degrades_to_no_map():
+    probabilities, cams = grad_cam(FlatFeatures(), torch.randn(3, 1, 4, 4))
+    assert probabilities.shape == (3, 4) and cams is None
 
 
 def test_checkpoint_of_the_other_task_is_refused(trained_segmenter):
-    with pytest.raises(ValueError, match="a SegmentationModule checkpoint, expected ClassificationModule"):
+    with pytest.raises(CheckpointError, match="a SegmentationModule checkpoint, expected ClassificationModule"):
         TrainedModel.load(trained_segmenter, ClassificationModule, torch.device("cpu"))
+
+
+class RunsCode:
+    """Unpickling this calls os.makedirs: what a malicious checkpoint would do, harmlessly."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.makedirs, (self.marker,)
+
+
+def test_checkpoint_with_code_in_it_is_refused_unrun(trained_classifier, tmp_path):
+    checkpoint = torch.load(trained_classifier, map_location="cpu", weights_only=True)
+    marker = tmp_path / "code-ran"
+    checkpoint["hyper_parameters"]["model_kwargs"] = RunsCode(str(marker))
+    malicious = tmp_path / "malicious.ckpt"
+    torch.save(checkpoint, malicious)
+    with pytest.raises(CheckpointError, match="malicious.ckpt: refused: it holds Python objects"):
+        TrainedModel.load(malicious, ClassificationModule, torch.device("cpu"))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("script", ["predict.py", "app.py"])
+def test_not_a_checkpoint_is_one_line(script, images, tmp_path):
+    bad = tmp_path / "notes.ckpt"
+    bad.write_text("not a checkpoint")
+    result = run_script(script, "--cls-ckpt", str(bad), *([str(images)] if script == "predict.py" else []),
+                        cwd=tmp_path, timeout=120)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {bad}: not a PyTorch checkpoint (another kind of file, or a truncated copy)"
+    )
+
+
+def test_checkpoints_need_no_pretrained_weights_file(trained_classifier, images, tmp_path):
+    """Trained from a local encoder weights file that is then deleted: evaluate, predict, export
+    and resume all still work, from the checkpoint alone."""
+    weights = tmp_path / "resnet18_imagenet.pth"
+    torch.manual_seed(5)
+    torch.save(create_segmenter("resnet18").encoder.state_dict(), weights)
+    data = tmp_path / "data"
+    make_coco_split(data / "train", seed=0, count=8)
+    make_coco_split(data / "valid", seed=1, count=6)
+    common = ["--config", SEG_CONFIG, "--data.root", str(data), *TINY_SEG]
+    result = run_script("train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "1",
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights.unlink()
+    run = run_folder(tmp_path, "seg")
+
+    result = run_script("evaluate.py", *common, "--ckpt_path", str(run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(run),
+                        "--output-dir", "out", str(images), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("export.py", "--seg-ckpt", str(run), "--output-dir", "exports", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "exports" / "segmenter.onnx").is_file()
+    result = run_script("train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "2",
+                        "--ckpt_path", "last", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 ONNX_TOLERANCE = 1e-4  # absolute, on probabilities in [0, 1]

@@ -7,8 +7,9 @@ import pytest
 import timm
 import torch
 
+from datamodules.errors import UserError
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.models import ResidualCNN, create_classifier
+from lightning_modules.models import PretrainedWeightsError, ResidualCNN, create_classifier
 from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
 
 
@@ -37,13 +38,23 @@ def test_pretrained_without_network_says_how_to_use_a_local_file(monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail fast instead of retrying
-    with pytest.raises(RuntimeError, match="weights_path"):
+    with pytest.raises(PretrainedWeightsError, match="weights_path"):
         create_classifier("resnet10t", pretrained=True)
 
 
 def test_unknown_model_name_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model 'resnet_9000'"):
+    with pytest.raises(UserError, match="unknown model 'resnet_9000'"):
         create_classifier("resnet_9000")
+
+
+def test_pretrained_weights_are_read_when_training_starts_not_when_built(tmp_path):
+    path = tmp_path / "resnet10t.pth"
+    module = ClassificationModule(model="resnet10t", model_kwargs={}, in_channels=3, weights_path=str(path))  # no file yet
+    source = timm.create_model("resnet10t", num_classes=1000)
+    torch.save(source.state_dict(), path)
+    assert not torch.equal(module.net.conv1[0].weight, source.conv1[0].weight)
+    module.load_pretrained_weights()  # what on_fit_start does when a fit starts from scratch
+    assert torch.equal(module.net.conv1[0].weight, source.conv1[0].weight)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "adopt"])
@@ -86,7 +97,7 @@ def test_schedule_warms_up_linearly_then_decays_to_zero(decay):
 def test_mixup_blends_each_image_with_its_batch_partner(mixup_alpha):
     np.random.seed(0)  # timm's Mixup draws lam with numpy
     module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}, mixup_alpha=mixup_alpha)
-    module.log_dict = lambda *args, **kwargs: None  # no Trainer to log to
+    module.log = lambda *args, **kwargs: None  # no Trainer to log to
     seen = []
     module.net.register_forward_pre_hook(lambda net, inputs: seen.append(inputs[0].clone()))
     images, labels = torch.randn(6, 1, 32, 32), torch.tensor([0, 1, 2, 3, 0, 1])
@@ -101,5 +112,14 @@ def test_mixup_blends_each_image_with_its_batch_partner(mixup_alpha):
 
 def test_odd_sized_batch_trains_unmixed():
     module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}, mixup_alpha=0.4, cutmix_alpha=1.0)
-    module.log_dict = lambda *args, **kwargs: None
+    module.log = lambda *args, **kwargs: None
     assert torch.isfinite(module.training_step((torch.randn(5, 1, 32, 32), torch.tensor([0, 1, 2, 3, 0])), 0))
+
+
+@pytest.mark.parametrize(("mix_prob", "logs_accuracy"), [(1.0, False), (0.0, True)])
+def test_training_accuracy_is_logged_only_on_unblended_batches(mix_prob, logs_accuracy):
+    module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}, mixup_alpha=0.4, mix_prob=mix_prob)
+    logged = []
+    module.log = lambda name, *args, **kwargs: logged.append(name)
+    module.training_step((torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])), 0)
+    assert ("train/acc" in logged) == logs_accuracy and "train/loss" in logged

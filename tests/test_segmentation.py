@@ -14,7 +14,7 @@ from datamodules import DatasetError, SegmentationDataModule
 from datamodules.segmentation import read_coco_split
 from lightning_modules import SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
-from lightning_modules.models import create_segmenter
+from lightning_modules.models import PretrainedWeightsError, create_segmenter
 from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
 
 
@@ -111,7 +111,7 @@ def test_local_encoder_checkpoint_is_loaded_into_the_encoder(tmp_path):
 def test_wrong_encoder_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, path)
-    with pytest.raises(ValueError, match="other.pth: does not fit this encoder"):
+    with pytest.raises(PretrainedWeightsError, match="other.pth: does not fit this encoder"):
         create_segmenter("resnet18", str(path))
 
 
@@ -150,8 +150,45 @@ def test_all_empty_masks_is_an_error(coco_root):
         setup_datamodule(coco_root)
 
 
-def test_unreadable_image_is_skipped_with_a_warning(coco_root):
-    (coco_root / "valid" / "0_jpg.rf.0000.jpg").write_bytes(b"garbage")
+@pytest.mark.parametrize("content", [b"garbage", b""], ids=["corrupt", "empty"])
+def test_unreadable_image_is_skipped_with_a_warning(coco_root, content):
+    (coco_root / "valid" / "0_jpg.rf.0000.jpg").write_bytes(content)
     with pytest.warns(UserWarning, match="0_jpg.rf.0000.jpg: unreadable or corrupt image, skipped"):
         dm = setup_datamodule(coco_root)
     assert len(dm.datasets["val"]) == 5
+
+
+def test_a_split_without_readable_images_is_an_error(coco_root):
+    for image in (coco_root / "valid").glob("*.jpg"):
+        image.write_bytes(b"")
+    with pytest.warns(UserWarning), pytest.raises(DatasetError, match="valid: none of its 6 annotated images is readable"):
+        setup_datamodule(coco_root)
+
+
+def test_annotation_without_segmentation_names_file_and_annotation(coco_root):
+    annotation_file = coco_root / "train" / "_annotations.coco.json"
+    coco = json.loads(annotation_file.read_text())
+    del coco["annotations"][1]["segmentation"]
+    annotation_file.write_text(json.dumps(coco))
+    with pytest.raises(DatasetError, match=r"train/_annotations.coco.json: annotation 1 has no 'segmentation'"):
+        setup_datamodule(coco_root)
+
+
+def test_export_whose_images_are_all_missing_says_so(coco_root):
+    annotation_file = coco_root / "train" / "_annotations.coco.json"
+    coco = json.loads(annotation_file.read_text())
+    annotation_file.write_text(json.dumps({**coco, "images": coco["images"][:1]}))
+    (coco_root / "train" / coco["images"][0]["file_name"]).unlink()
+    with pytest.warns(UserWarning, match="listed in _annotations.coco.json but missing"):
+        with pytest.raises(DatasetError, match=r"train/_annotations.coco.json: none of its 1 listed images is in"):
+            setup_datamodule(coco_root)
+
+
+def test_encoder_weights_are_read_when_training_starts_not_when_built(tmp_path):
+    path = tmp_path / "resnet18_imagenet.pth"
+    module = SegmentationModule(encoder_name="resnet18", encoder_weights=str(path))  # no file yet: builds anyway
+    torch.manual_seed(3)
+    source = create_segmenter("resnet18").encoder.state_dict()
+    torch.save(source, path)
+    module.load_pretrained_weights()  # what on_fit_start does when a fit starts from scratch
+    assert all(torch.equal(module.net.encoder.state_dict()[key], value) for key, value in source.items())
