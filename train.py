@@ -29,6 +29,7 @@ class TrainCLI(BrainTumorCLI):
         )  # fmt: skip
 
     def before_instantiate_classes(self) -> None:
+        super().before_instantiate_classes()
         if not self.config.ckpt_path:
             return
         logger = self.config.trainer.logger

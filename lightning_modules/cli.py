@@ -12,8 +12,10 @@ from collections.abc import Callable
 
 import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.errors import UserError
+from lightning_modules.precision import Hardware, fastest_precision
 
 # A mistake in a file or option the user gave; anything else is a bug and keeps its traceback.
 USER_ERRORS = (UserError, ArgumentError)
@@ -55,6 +57,12 @@ class BrainTumorCLI(LightningCLI):
         # and the checkpoints and config.yaml follow the logger.
         parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
                               compute_fn=lambda root: root or ".")  # fmt: skip
+
+    def before_instantiate_classes(self) -> None:
+        trainer = self.config.trainer
+        if trainer.precision is None:  # the configs leave it to the machine; an explicit value wins
+            trainer.precision, reason = fastest_precision(trainer.accelerator, Hardware.detect())
+            rank_zero_info(f"Precision {trainer.precision}: {reason} (--trainer.precision overrides)")
 
 
 def user_error_behind(error: BaseException) -> BaseException | None:

@@ -16,6 +16,7 @@ import yaml
 
 from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.precision import Hardware, fastest_precision
 from tests.conftest import CLS_CONFIG as CONFIG
 from tests.conftest import (
     REPO,
@@ -41,7 +42,10 @@ def load(path: Path) -> dict:
 def test_each_run_gets_its_own_folder_and_evaluate_reports_on_it(sartaj_root, tmp_path):
     result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "2")
     assert result.returncode == 0, result.stderr[-3000:]
+    precision, reason = fastest_precision("auto", Hardware.detect())  # the config leaves it to the machine
+    assert f"Precision {precision}: {reason}" in result.stderr
     run = run_folder(tmp_path)
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == precision
     assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "best.ckpt").is_file()
     assert load(run / "checkpoints" / "last.ckpt")["epoch"] == 1  # the newest epoch, whether it improved or not
@@ -74,8 +78,10 @@ def test_a_short_run_learns(trained_classifier, tmp_path):
 
 
 def test_default_root_dir_moves_every_output(sartaj_root, tmp_path):
-    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere")
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere",
+                   "--trainer.precision", "32-true")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "Precision " not in result.stderr  # an explicit precision is used as given
     run = tmp_path / "elsewhere" / "cls" / "version_0"
     assert (run / "config.yaml").is_file() and list(run.glob("events.out.tfevents.*"))
     assert (run / "checkpoints" / "last.ckpt").is_file()

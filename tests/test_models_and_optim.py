@@ -11,6 +11,7 @@ from datamodules.errors import UserError
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.models import PretrainedWeightsError, ResidualCNN, create_classifier
 from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
+from lightning_modules.precision import Hardware, fastest_precision
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -123,3 +124,21 @@ def test_training_accuracy_is_logged_only_on_unblended_batches(mix_prob, logs_ac
     module.log = lambda name, *args, **kwargs: logged.append(name)
     module.training_step((torch.randn(4, 1, 32, 32), torch.tensor([0, 1, 2, 3])), 0)
     assert ("train/acc" in logged) == logs_accuracy and "train/loss" in logged
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "hardware", "expected"),
+    [
+        ("auto", Hardware(cuda_capability=(9, 0), cpu_bf16=False), "bf16-mixed"),  # H100/H200
+        ("gpu", Hardware(cuda_capability=(8, 0), cpu_bf16=False), "bf16-mixed"),  # A100
+        ("auto", Hardware(cuda_capability=(7, 5), cpu_bf16=True), "16-mixed"),  # T4: fp16 tensor cores, no bf16
+        ("auto", Hardware(cuda_capability=(6, 1), cpu_bf16=True), "32-true"),  # no tensor cores
+        ("cpu", Hardware(cuda_capability=(9, 0), cpu_bf16=False), "32-true"),  # a GPU there, but training on the CPU
+        ("auto", Hardware(cuda_capability=None, cpu_bf16=True), "bf16-mixed"),  # AVX512-BF16 / AMX
+        ("auto", Hardware(cuda_capability=None, cpu_bf16=False), "32-true"),  # AVX2 only: bf16 would be emulated
+        ("mps", Hardware(cuda_capability=None, cpu_bf16=False), "32-true"),
+    ],
+)
+def test_precision_is_the_fastest_the_hardware_computes_natively(accelerator, hardware, expected):
+    precision, reason = fastest_precision(accelerator, hardware)
+    assert precision == expected and reason
