@@ -25,6 +25,8 @@ class TaskModule(L.LightningModule):
         weight_decay: L2 (adam, adopt) or decoupled (adamw) weight decay.
         warmup_fraction: share of all optimizer steps spent warming up linearly from 0.
         lr_decay: shape of the decay from the base lr to 0 after the warmup.
+        compile: run the network through `torch.compile` while training (its first steps then
+            take longer; see BENCHMARKS.md). Checkpoints, export and resume are unaffected.
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class TaskModule(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_fraction: float = 0.25,
         lr_decay: DecayName = "cosine",
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -57,6 +60,9 @@ class TaskModule(L.LightningModule):
         # NHWC convolutions run about 1.2x faster on CPU (oneDNN) and on tensor-core GPUs; the
         # parameters are converted in place, so optimizer references stay valid.
         self.to(memory_format=torch.channels_last)
+        if self.hparams.compile and stage == "fit":
+            # In place (nn.Module.compile): parameter names, and so checkpoints, stay those of the network.
+            self.net.compile()
 
     def configure_optimizers(self):
         hp = self.hparams

@@ -75,6 +75,10 @@ class ClassificationModule(TaskModule):
                                            **(hp.model_kwargs or {}))  # fmt: skip
             self.net.load_state_dict(pretrained.state_dict())
 
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of an unblended batch (label-smoothed cross-entropy)."""
+        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+
     def _mixes(self, images: torch.Tensor) -> bool:
         # timm's Mixup pairs images, so an odd batch stays unmixed
         return self.mixup is not None and len(images) % 2 == 0 and float(torch.rand(())) < self.hparams.mix_prob
@@ -86,7 +90,7 @@ class ClassificationModule(TaskModule):
             loss = self.soft_target_loss(self(images), targets)
         else:
             logits = self(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+            loss = self.loss(logits, labels)
             # Only here: on a blended image, neither of the two labels is "the" right answer.
             self.log("train/acc", (logits.argmax(dim=1) == labels).float().mean(), on_step=True, on_epoch=True,
                      prog_bar=True)  # fmt: skip

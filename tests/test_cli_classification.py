@@ -150,8 +150,10 @@ def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
     )
 
 
-def test_printed_config_trains_the_same_run(tmp_path):
-    printed = run_script("train.py", "--config", CONFIG, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
+@pytest.mark.parametrize("config", ["cls.yaml", "cls_fast.yaml", "seg.yaml", "seg_fast.yaml"])
+def test_printed_config_trains_the_same_run(config, tmp_path):
+    config = str(REPO / "configs" / config)
+    printed = run_script("train.py", "--config", config, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
     assert printed.returncode == 0, printed.stderr
     (tmp_path / "printed.yaml").write_text(printed.stdout)
     assert yaml.safe_load(printed.stdout)["trainer"]["max_epochs"] == 3

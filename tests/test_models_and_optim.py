@@ -142,3 +142,17 @@ def test_training_accuracy_is_logged_only_on_unblended_batches(mix_prob, logs_ac
 def test_precision_is_the_fastest_the_hardware_computes_natively(accelerator, hardware, expected):
     precision, reason = fastest_precision(accelerator, hardware)
     assert precision == expected and reason
+
+
+def test_compile_option_compiles_in_place_and_keeps_checkpoint_names():
+    torch.manual_seed(0)
+    module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}, compile=True).eval()
+    eager = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]}).eval()
+    eager.load_state_dict(module.state_dict())
+    names = list(module.state_dict())
+    module.setup("fit")  # what Trainer.fit calls
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(module(images), eager(images), atol=1e-5)
+    assert module.net._compiled_call_impl is not None  # the compiled forward is in use
+    assert list(module.state_dict()) == names  # no "_orig_mod." prefix: checkpoints, export and resume as before
