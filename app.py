@@ -35,14 +35,14 @@ def describe(prediction: Prediction) -> str:
     return "\n\n".join(lines)
 
 
-def analyse(predictor: TumorPredictor, upload: str | None):
+def analyse(predictor: TumorPredictor, upload: str | None, tta: bool = False):
     """Gradio callback: (probabilities, tumor overlay, Grad-CAM overlay, message)."""
     if not upload:
         return None, None, None, "Upload an MRI slice (JPEG or PNG) first."
     size_mb = Path(upload).stat().st_size / 2**20
     if size_mb > MAX_UPLOAD_MB:
         return None, None, None, f"That file is {size_mb:.0f} MB; the limit is {MAX_UPLOAD_MB} MB."
-    prediction = next(predictor.predict_files([upload], batch_size=1, gradcam=True))
+    prediction = next(predictor.predict_files([upload], batch_size=1, gradcam=True, tta="hflip" if tta else "none"))
     if prediction.error:
         name = Path(upload).name
         return None, None, None, f"Could not read **{name}**: {prediction.error.split(': ', 1)[-1]}."
@@ -61,6 +61,7 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(label="MRI slice (JPEG or PNG)", file_types=["image"], type="filepath", elem_id="upload")
+                tta = gr.Checkbox(label="Also look at the mirrored slice (test-time augmentation)", elem_id="tta")
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=1):
@@ -70,8 +71,8 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
                              elem_id="tumor")  # fmt: skip
             gradcam = gr.Image(label="Grad-CAM: where the classifier looked", elem_id="gradcam")
         outputs = [probabilities, tumor, gradcam, message]
-        button.click(lambda path: analyse(predictor, path), inputs=upload, outputs=outputs)
-        upload.upload(lambda path: analyse(predictor, path), inputs=upload, outputs=outputs)
+        button.click(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
+        upload.upload(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
     return app
 
 

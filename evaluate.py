@@ -1,35 +1,46 @@
-"""Evaluate a checkpoint on the test split (the validation split when the dataset has no test split).
+"""Evaluate a trained model, from its checkpoint alone, with 95% bootstrap intervals.
 
-    python evaluate.py --config configs/cls.yaml --data.root DATA --ckpt_path runs/cls/version_0 [--output_dir DIR]
+    python evaluate.py --ckpt_path runs/cls/version_0                       # its own data: test split, else validation
+    python evaluate.py --ckpt_path runs/cls/version_0 --data.root FOLDER    # any labelled folder(s)
+    python evaluate.py --ckpt_path runs/seg/version_0 [--data.root COCO_EXPORT] [--output_dir DIR]
 
---ckpt_path is a .ckpt file or a run folder (its checkpoints/best.ckpt). Writes DIR/metrics.json
-and the task's figures (PNG) and prints a table. DIR defaults to the run folder's evaluation/
-(next to the checkpoint, for one kept outside a run folder).
+--ckpt_path is a .ckpt file or a run folder (its checkpoints/best.ckpt); the task, the image size,
+the channels and the data settings come from it. A classifier's --data.root is a folder with class
+sub-folders, or a dataset root (its Testing/, else its Training/): images that copy one the model
+trained or was validated on (exact, or near by perceptual hash) are counted and left out of a second
+set of results, so that a model is never scored on what it has seen. A segmenter's --data.root is a
+COCO export (its test/, else valid/). Writes DIR/metrics.json (every number, its interval, every
+image's prediction) and figures, and prints a table; DIR defaults to the run folder's evaluation/.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset
 
+from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.errors import UserError
+from evaluation.calibration import auroc_per_class, calibration_error, reliability_diagram, roc_and_pr_figure
+from evaluation.classification import (
+    ClassPredictions,
+    classification_figures,
+    classification_report,
+    format_classification_report,
+)
+from evaluation.segmentation import case_figure, format_segmentation_report, segmentation_report, worst_and_best
 from lightning_modules.checkpoints import run_folder_of
-from lightning_modules.cli import BrainTumorCLI, run_with_clean_errors
-from lightning_modules.inference import TrainedModel
-
-
-class EvaluateCLI(BrainTumorCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        super().add_arguments_to_parser(parser)
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="The checkpoint to evaluate: a .ckpt file or a run folder (its best.ckpt).")  # fmt: skip
-        parser.add_argument("--output_dir", type=str | None, default=None,
-                            help="Where the report goes (default: the run folder's evaluation/).")  # fmt: skip
+from lightning_modules.classification import ClassificationModule
+from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.inference import TTA_VIEWS, TrainedModel, resolve_device, run_with_tta
+from lightning_modules.metrics import segmentation_stats
+from lightning_modules.precision import Hardware, fastest_precision
 
 
 def default_output_dir(checkpoint: Path) -> Path:
@@ -37,46 +48,136 @@ def default_output_dir(checkpoint: Path) -> Path:
     return run / "evaluation" if run else checkpoint.with_name(f"{checkpoint.stem}-evaluation")
 
 
-def with_preprocessing(datamodule: L.LightningDataModule, trained: TrainedModel) -> L.LightningDataModule:
-    """The datamodule, rebuilt if the checkpoint was trained at another image size or channel count."""
-    preprocessing = {"image_size": trained.image_size, "channels": trained.channels}
-    if all(datamodule.hparams.get(key) == value for key, value in preprocessing.items()):
-        return datamodule
-    rank_zero_warn(f"{trained.checkpoint}: evaluating with the checkpoint's preprocessing {preprocessing}, not the config's")
-    arguments = {key: value for key, value in datamodule.hparams.items() if not key.startswith("_")}  # "_class_path"
-    return type(datamodule)(**{**arguments, **preprocessing})
+def autocast(device: torch.device):
+    """Inference in the precision training would pick on this device."""
+    precision, _ = fastest_precision(device.type, Hardware.detect())
+    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
 
 
-def main(args: list[str] | None = None) -> None:
-    cli = EvaluateCLI(args)
-    ckpt_path = cli.config.ckpt_path
-    if not ckpt_path:
-        raise UserError("--ckpt_path is required: the checkpoint or run folder to evaluate")
-    # The architecture and the preprocessing come from the checkpoint, not the config: the
-    # config only says where the data is and how to run. A UNet runs at any input size, so a
-    # size mismatch would otherwise give different numbers without any error.
-    trained = TrainedModel.load(ckpt_path, type(cli.model), torch.device("cpu"))
-    model = trained.module
-    datamodule = with_preprocessing(cli.datamodule, trained)
-    trainer = L.Trainer(
-        accelerator=cli.config.trainer.accelerator,
-        devices=1,  # per-image results are gathered in one process
-        precision=cli.config.trainer.precision,
-        logger=False,
-        enable_checkpointing=False,
-    )
-    trainer.test(model, datamodule=datamodule, verbose=False)
+@torch.no_grad()
+def model_outputs(trained: TrainedModel, dataset: Dataset, batch_size: int, num_workers: int, tta: str = "none"):
+    """(model output, target) per batch, in dataset order."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    for images, targets in loader:
+        with autocast(trained.device):
+            yield run_with_tta(trained.module, images.to(trained.device), tta).float().cpu(), targets
 
+
+def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
+    datamodule = trained.datamodule()
+    if args.data_root:
+        parts = [datamodule.labelled_images(root) for root in args.data_root]
+        datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
+        fingerprints = trained.training_fingerprints
+        if fingerprints is None:
+            raise UserError(f"{trained.checkpoint}: records no training images (trained before fingerprints were "
+                            "kept), so copies of them cannot be left out; retrain it")  # fmt: skip
+        copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance"))
+        source = f"{', '.join(args.data_root)}"
+    else:
+        datamodule.setup("test")
+        datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
+        source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
+    outputs = [output for dataset in datasets
+               for output in model_outputs(trained, dataset, args.batch_size, args.num_workers, args.tta)]  # fmt: skip
+    logits, labels = torch.cat([logits for logits, _ in outputs]), torch.cat([labels for _, labels in outputs])
+    probabilities = trained.module.probabilities(logits)  # calibrated
+    predictions = ClassPredictions([file for dataset in datasets for file in dataset.files], labels.numpy(),
+                                   probabilities.numpy())  # fmt: skip
+
+    def report(subset: ClassPredictions) -> dict:
+        return classification_report(subset, CLASS_NAMES, NO_TUMOR_CLASS, args.bootstrap, args.seed)
+
+    results = {"data": source, "all_images": report(predictions)}
+    per_image = predictions.per_image(CLASS_NAMES)
+    text = format_classification_report(results["all_images"], f"All {len(per_image)} images of {source}")
+    shown, scored = results["all_images"], np.ones(len(labels), dtype=bool)
+    if copies is not None:
+        scored = np.array([copy is None for copy in copies])
+        results["copies_of_training_images"] = {"exact copy": copies.count("exact copy"),
+                                                "near copy": copies.count("near copy")}  # fmt: skip
+        results["unseen_images"] = shown = report(predictions.subset(scored))
+        for row, copy in zip(per_image, copies):
+            row["copy_of_training_image"] = copy
+        text += (f"\n\nWithout the {int((~scored).sum())} images that copy one the model trained or was validated on "
+                 f"({results['copies_of_training_images']}):\n"
+                 + format_classification_report(shown, f"{int(scored.sum())} unseen images"))  # fmt: skip
+    results["per_image"] = per_image
+
+    # Calibration and ranking, on the images scored last (the unseen ones when copies were left out).
+    scored = torch.from_numpy(scored)
+    uncalibrated, calibrated, truth = logits[scored].softmax(dim=1), probabilities[scored], labels[scored]
+    temperature = float(trained.module.temperature)
+    results["calibration"] = {
+        "temperature": temperature,
+        "ece_uncalibrated": calibration_error(uncalibrated, truth),
+        "ece_calibrated": calibration_error(calibrated, truth),
+        "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
+    }
+    flagged = trained.module.is_unfamiliar(logits)
+    for row, unfamiliar in zip(per_image, flagged.tolist()):
+        row["unlike_training_data"] = unfamiliar
+    results["unlike_training_data"] = {"energy_threshold": float(trained.module.unfamiliar_threshold),
+                                       "share_flagged": float(flagged[scored].float().mean())}  # fmt: skip
+    calibration = results["calibration"]
+    text += (f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
+             f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
+             + ", ".join(f"{name} {value:.3f}" for name, value in calibration["auroc_one_vs_rest"].items())
+             + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
+             "(5% of the validation split by construction)")  # fmt: skip
+    title = f"{source}: accuracy {shown['accuracy']['value']:.1%}" + (" (unseen images)" if copies is not None else "")
+    figures = classification_figures(shown, CLASS_NAMES, title)
+    figures["reliability"] = reliability_diagram({"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}, truth)
+    figures["roc_pr"] = roc_and_pr_figure(calibrated, truth, CLASS_NAMES)
+    return results, figures, text
+
+
+def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
+    datamodule = trained.datamodule(args.data_root[0] if args.data_root else None)
+    datamodule.setup("test")
+    split = datamodule.test_split_name
+    dataset = datamodule.datasets[split]
+    stats = segmentation_stats()
+    for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, args.tta):
+        stats.update(logits.sigmoid(), masks.int())
+    source = f"{datamodule.root}, {split} split"
+    report = segmentation_report(stats.compute(), dataset.files, args.bootstrap, args.seed)
+    figures = {}
+    for name, indices in worst_and_best(report).items():
+        images, masks = map(torch.stack, zip(*(dataset[i] for i in indices)))
+        subset = torch.utils.data.Subset(dataset, indices)
+        predicted = next(model_outputs(trained, subset, len(indices), 0, args.tta))[0] > 0
+        figures[name] = case_figure(report, indices, images, masks, predicted)
+    return {"data": source, **report}, figures, format_segmentation_report(report, source)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt_path", required=True, help="a .ckpt file or a run folder (its checkpoints/best.ckpt)")
+    parser.add_argument("--data.root", dest="data_root", nargs="+", help="what to evaluate (default: the model's own data)")
+    parser.add_argument("--output_dir", help="where metrics.json and the figures go (default: RUN/evaluation)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the 95%% intervals (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the resamples (default: %(default)s)")
+    parser.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
+                        help="test-time augmentation: average over flipped views (default: %(default)s)")  # fmt: skip
+    args = parser.parse_args(argv)
+
+    trained = TrainedModel.load(args.ckpt_path, None, resolve_device(args.device))
+    evaluate = evaluate_classifier if isinstance(trained.module, ClassificationModule) else evaluate_segmenter
+    results, figures, text = evaluate(trained, args)
     checkpoint = Path(trained.checkpoint)
-    output_dir = Path(cli.config.output_dir) if cli.config.output_dir else default_output_dir(checkpoint)
+    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(checkpoint)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = {"checkpoint": str(checkpoint), "split": datamodule.test_split_name, "image_size": trained.image_size,
-               "channels": trained.channels, **model.test_results}  # fmt: skip
+    results = {"checkpoint": str(checkpoint), "image_size": trained.image_size, "channels": trained.channels,
+               "tta": args.tta, "bootstrap_resamples": args.bootstrap, "bootstrap_seed": args.seed, **results}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
-    for name, figure in model.evaluation_figures(datamodule).items():
+    for name, figure in figures.items():
         figure.savefig(output_dir / f"{name}.png", bbox_inches="tight")
-    print(model.format_report(results))
-    print(f"wrote {output_dir}/metrics.json and figures", file=sys.stderr)
+    print(text)
+    print(f"wrote {output_dir}/metrics.json and {', '.join(f'{name}.png' for name in figures)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 
 A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
 
-classifier.onnx maps a normalized (N, C, H, W) float batch to the four class probabilities;
+classifier.onnx maps a normalized (N, C, H, W) float batch to the four class probabilities
+(calibrated: the temperature fitted in training is part of the graph);
 segmenter.onnx maps one to per-pixel tumor probabilities (N, 1, H, W). The batch size is
 dynamic; H, W and C are those in the sidecar (*.json), as are the normalization and class names.
 """
@@ -26,6 +27,17 @@ from lightning_modules.inference import TrainedModel
 from lightning_modules.segmentation import SegmentationModule
 
 OPSET = 17
+
+
+class CalibratedSoftmax(torch.nn.Module):
+    """The classifier's calibrated probabilities: softmax of the logits over its temperature."""
+
+    def __init__(self, temperature: float) -> None:
+        super().__init__()
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return (logits / self.temperature).softmax(dim=1)
 
 
 class WithActivation(torch.nn.Module):
@@ -65,8 +77,9 @@ def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: P
     written = []
     if cls_ckpt:
         classifier = TrainedModel.load(cls_ckpt, ClassificationModule, torch.device("cpu"))
-        written.append(export_model(classifier, torch.nn.Softmax(dim=1), output_dir / "classifier.onnx",
-                                    {"class_names": list(CLASS_NAMES)}))  # fmt: skip
+        temperature = float(classifier.module.temperature)
+        written.append(export_model(classifier, CalibratedSoftmax(temperature), output_dir / "classifier.onnx",
+                                    {"class_names": list(CLASS_NAMES), "temperature": temperature}))  # fmt: skip
     if seg_ckpt:
         segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, torch.device("cpu"))
         written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", {"threshold": 0.5}))

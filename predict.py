@@ -26,7 +26,7 @@ from tqdm import tqdm
 from datamodules.common import IMAGE_SUFFIXES
 from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import Prediction, TumorPredictor
+from lightning_modules.inference import TTA_VIEWS, Prediction, TumorPredictor
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat maps")
+    parser.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
+                        help="test-time augmentation: average over flipped views (default: %(default)s)")  # fmt: skip
     args = parser.parse_args(argv)
 
     paths = expand_inputs(args.inputs)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, failures = [], 0
-    predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam)
+    predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam, tta=args.tta)
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
         for warning in prediction.warnings:
             tqdm.write(f"warning: {warning}", file=sys.stderr)

@@ -5,6 +5,7 @@ they differ only in folder names, which map onto the same four canonical classes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.common import (
     CachedDataModule,
     CachedDataset,
+    Fingerprints,
+    LoadedImage,
     build_transform,
     default_geometric_augmentations,
     find_duplicate_groups,
@@ -39,8 +42,34 @@ def find_split_folder(root: Path, name: str) -> Path | None:
     return matches[0] if matches else None
 
 
-def scan_class_folders(split_dir: Path) -> tuple[list[Path], list[int]]:
-    """Image paths and canonical labels under split_dir/<class folder>/."""
+@dataclass
+class ClassFolders:
+    """One split folder of one dataset root: its images and canonical labels."""
+
+    root_index: int
+    folder: Path
+    is_test: bool
+    paths: list[Path]
+    labels: np.ndarray
+
+
+def find_class_folders(root: Path, root_index: int = 0) -> list[ClassFolders]:
+    """ROOT/Training (required) and ROOT/Testing (optional), scanned."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root does not exist or is not a folder")
+    training_dir = find_split_folder(root, "Training")
+    if training_dir is None:
+        raise DatasetError(f"{root}: no Training/ folder (expected ROOT/Training/<class>/*.jpg)")
+    splits = [(training_dir, False)]
+    testing_dir = find_split_folder(root, "Testing")
+    if testing_dir is not None:
+        splits.append((testing_dir, True))
+    return [ClassFolders(root_index, folder, is_test, *scan_class_folders(folder)) for folder, is_test in splits]
+
+
+def scan_class_folders(split_dir: Path, require_every_class: bool = True) -> tuple[list[Path], np.ndarray]:
+    """Image paths and canonical labels under split_dir/<class folder>/ (every class needs one,
+    unless `require_every_class` is off, as for a folder that is only evaluated)."""
     paths: list[Path] = []
     labels: list[int] = []
     seen_classes: set[int] = set()
@@ -57,9 +86,9 @@ def scan_class_folders(split_dir: Path) -> tuple[list[Path], list[int]]:
         paths += images
         labels += [label] * len(images)
     missing = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if c not in seen_classes]
-    if missing:
+    if missing and (require_every_class or not seen_classes):
         raise DatasetError(f"{split_dir}: no folder for class(es) {missing}")
-    return paths, labels
+    return paths, np.asarray(labels, dtype=np.int64)
 
 
 def check_every_class_readable(split_dir: Path, labels: np.ndarray) -> None:
@@ -94,8 +123,8 @@ def stratified_group_split(
 class ImageLabelDataset(CachedDataset):
     """Cached uint8 images (N, H, W, C) with integer labels; transforms run per item."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform) -> None:
-        super().__init__(transform)
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, files: list[str]) -> None:
+        super().__init__(transform, files)
         self.images, self.labels = images, labels
 
     def __len__(self) -> int:
@@ -109,7 +138,8 @@ class ClassificationDataModule(CachedDataModule):
     """Brain-tumor MRI classification data with a leakage-free validation split.
 
     Args:
-        root: dataset folder holding Training/ (and optionally Testing/).
+        root: dataset folder holding Training/ (and optionally Testing/), or a list of them: their
+            images are merged into the four classes, and copies are found across them too.
         image_size: images are resized to image_size x image_size.
         channels: 1 reads MRI slices as grayscale, 3 as RGB (for ImageNet backbones).
         val_fraction: share of each class held out from Training for validation.
@@ -125,7 +155,7 @@ class ClassificationDataModule(CachedDataModule):
 
     def __init__(
         self,
-        root: str,
+        root: str | list[str],
         image_size: int = 128,
         channels: Literal[1, 3] = 1,
         val_fraction: float = 0.15,
@@ -137,56 +167,81 @@ class ClassificationDataModule(CachedDataModule):
         super().__init__(**kwargs)
         if not 0 < val_fraction < 1:
             raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-        self.root = Path(root)
+        self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
         self.channels = channels
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         hp = self.hparams
-        if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data root does not exist or is not a folder")
-        training_dir = find_split_folder(self.root, "Training")
-        if training_dir is None:
-            raise DatasetError(f"{self.root}: no Training/ folder (expected ROOT/Training/<class>/*.jpg)")
-        paths, labels = scan_class_folders(training_dir)
-        num_training = len(paths)
-        testing_dir = find_split_folder(self.root, "Testing")
-        if testing_dir is not None:
-            test_paths, test_labels = scan_class_folders(testing_dir)
-            paths, labels = paths + test_paths, labels + test_labels
+        # Every root's Training before any Testing: of two exact copies the first is kept, and when
+        # a Testing image copies a Training image, the Testing one must be the one that goes.
+        sources = sorted((s for index, root in enumerate(self.roots) for s in find_class_folders(root, index)),
+                         key=lambda source: source.is_test)  # fmt: skip
+        paths = [path for source in sources for path in source.paths]
+        source_of = np.repeat(np.arange(len(sources)), [len(source.paths) for source in sources])
 
         kept, kept_indices = load_images(paths, hp.image_size, self.channels)
-        labels_arr = np.asarray(labels)[kept_indices]
-        is_test = kept_indices >= num_training
-        check_every_class_readable(training_dir, labels_arr[~is_test])
-        if testing_dir is not None:
-            check_every_class_readable(testing_dir, labels_arr[is_test])
-        unreadable = len(paths) - len(kept)
-        images = np.stack([item.pixels for item in kept])
+        source_of = source_of[kept_indices]
+        labels = np.concatenate([source.labels for source in sources])[kept_indices]
+        for index, source in enumerate(sources):
+            check_every_class_readable(source.folder, labels[source_of == index])
+        is_test = np.array([sources[index].is_test for index in source_of], dtype=bool)
+        root_of = np.array([sources[index].root_index for index in source_of])
         sha1s = [item.sha1 for item in kept]
 
         groups = find_duplicate_groups(sha1s, [item.phash for item in kept], hp.max_phash_distance)
-        keep = self._deduplicate(sha1s, groups, labels_arr, is_test)
+        keep = self._deduplicate(sha1s, groups, labels, is_test)
         train_pool = np.nonzero(keep & ~is_test)[0]
-        train_rel, val_rel = stratified_group_split(labels_arr[train_pool], groups[train_pool], hp.val_fraction, hp.seed)
+        train_rel, val_rel = stratified_group_split(labels[train_pool], groups[train_pool], hp.val_fraction, hp.seed)
         split_indices = {"train": train_pool[train_rel], "val": train_pool[val_rel]}
-        if testing_dir is not None:
+        if is_test.any():
             split_indices["test"] = np.nonzero(keep & is_test)[0]
             if not len(split_indices["test"]):
-                raise DatasetError(f"{testing_dir}: every image copies a Training image; nothing is left to test "
-                                   "(data.duplicates: keep keeps them)")  # fmt: skip
+                raise DatasetError(f"{', '.join(str(s.folder) for s in sources if s.is_test)}: every image copies a "
+                                   "Training image; nothing is left to test (data.duplicates: keep keeps them)")  # fmt: skip
+        seen = np.concatenate([split_indices["train"], split_indices["val"]])
+        self.training_fingerprints = Fingerprints.of([kept[i] for i in seen])
 
+        images = np.stack([item.pixels for item in kept])
         train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
         eval_transform = build_transform([], self.channels)
         for split, indices in split_indices.items():
             transform = train_transform if split == "train" else eval_transform
-            self.datasets[split] = ImageLabelDataset(images[indices], labels_arr[indices], transform)
+            files = [str(paths[kept_indices[i]]) for i in indices]
+            self.datasets[split] = ImageLabelDataset(images[indices], labels[indices], transform, files)
+        for index, root in enumerate(self.roots):
+            mine = root_of == index
+            listed = sum(len(source.paths) for source in sources if source.root_index == index)
+            rank_zero_info(
+                f"{root}: {listed} images, {listed - int(mine.sum())} unreadable, {int((mine & ~keep).sum())} "
+                f"dropped as copies, {int(np.isin(groups[mine], groups[~mine]).sum())} with a copy in another root"
+            )
         counts = {split: np.bincount(ds.labels, minlength=len(CLASS_NAMES)).tolist() for split, ds in self.datasets.items()}
         rank_zero_info(
-            f"Classification data {self.root}: {unreadable} unreadable skipped; "
-            f"per-class counts {dict(zip(CLASS_NAMES, zip(*counts.values())))} for splits {list(counts)}"
+            f"Classification data: per-class counts {dict(zip(CLASS_NAMES, zip(*counts.values())))} "
+            f"for splits {list(counts)}"
         )
+
+    def labelled_images(self, root: str | Path) -> tuple[ImageLabelDataset, list[LoadedImage]]:
+        """Every labelled image under `root` (ROOT/<class>/, else ROOT/Testing/<class>/, else
+        ROOT/Training/<class>/), decoded and resized as for training, for evaluation; with the
+        loaded images, whose hashes tell copies of training images."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError(f"{root}: folder to evaluate does not exist or is not a folder")
+        has_class_folders = any(p.is_dir() and p.name.lower() in FOLDER_TO_CLASS for p in root.iterdir())
+        folder = root if has_class_folders else find_split_folder(root, "Testing") or find_split_folder(root, "Training")
+        if folder is None:
+            raise DatasetError(f"{root}: no class folders, Testing/ or Training/ in it (expected e.g. ROOT/glioma/*.jpg)")
+        paths, labels = scan_class_folders(folder, require_every_class=False)
+        kept, kept_indices = load_images(paths, self.hparams.image_size, self.channels)
+        if not kept:
+            raise DatasetError(f"{folder}: none of its {len(paths)} images is readable")
+        files = [str(paths[i]) for i in kept_indices]
+        dataset = ImageLabelDataset(np.stack([item.pixels for item in kept]), labels[kept_indices],
+                                    build_transform([], self.channels), files)  # fmt: skip
+        return dataset, kept
 
     def _deduplicate(self, sha1s: list[str], groups: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> np.ndarray:
         """Mask of images to keep: later copies of an exact or near duplicate are dropped.

@@ -117,6 +117,47 @@ def find_duplicate_groups(
     return np.array([find(i) for i in range(n)])
 
 
+@dataclass
+class Fingerprints:
+    """Compact identities of a set of images, a few bytes each: the SHA-1 of the file and its
+    64-bit perceptual hash. A checkpoint keeps those of every image its model trained or was
+    validated on, so that any later test set can be checked for copies of them."""
+
+    sha1: np.ndarray  # (N, 20) uint8
+    phash: np.ndarray  # (N,) uint64
+
+    @classmethod
+    def of(cls, images: Sequence[LoadedImage]) -> Fingerprints:
+        sha1 = np.array([np.frombuffer(bytes.fromhex(image.sha1), np.uint8) for image in images], np.uint8)
+        return cls(sha1.reshape(len(images), 20), np.array([image.phash for image in images], np.uint64))
+
+    def to_state(self) -> dict[str, torch.Tensor]:
+        """As tensors, which `torch.load(weights_only=True)` reads back."""
+        return {"sha1": torch.from_numpy(self.sha1.copy()), "phash": torch.from_numpy(self.phash.view(np.int64).copy())}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Fingerprints:
+        return cls(state["sha1"].numpy().astype(np.uint8), state["phash"].numpy().view(np.uint64))
+
+    def __len__(self) -> int:
+        return len(self.phash)
+
+    def copies_in(self, images: Sequence[LoadedImage], max_phash_distance: int | None) -> list[str | None]:
+        """For each image: "exact copy" or "near copy" of one of these, or None."""
+        known = {row.tobytes() for row in self.sha1}
+        found: list[str | None] = []
+        for image in images:
+            if bytes.fromhex(image.sha1) in known:
+                found.append("exact copy")
+            elif max_phash_distance is not None and len(self) and (
+                np.bitwise_count(self.phash ^ np.uint64(image.phash)).min() <= max_phash_distance
+            ):
+                found.append("near copy")
+            else:
+                found.append(None)
+        return found
+
+
 def imagenet_normalization(channels: int) -> A.Normalize:
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     if channels == 1:
@@ -158,12 +199,13 @@ class SeededSampler(DistributedSampler):
 
 
 class CachedDataset(Dataset):
-    """Cached uint8 arrays and a transform. An item is an index, or an `(index, seed)` pair from
-    `SeededSampler`, which reseeds the transform first (albumentations keeps its own random
-    state, independent of torch's and numpy's global seeds)."""
+    """Cached uint8 arrays and a transform, and the file each item came from. An item is an
+    index, or an `(index, seed)` pair from `SeededSampler`, which reseeds the transform first
+    (albumentations keeps its own random state, independent of torch's and numpy's global seeds)."""
 
-    def __init__(self, transform: A.Compose) -> None:
+    def __init__(self, transform: A.Compose, files: Sequence[str]) -> None:
         self.transform = transform
+        self.files = list(files)
 
     def __getitem__(self, item: int | tuple[int, int]):
         if isinstance(item, tuple):
@@ -204,11 +246,16 @@ class CachedDataModule(L.LightningDataModule):
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.datasets: dict[str, Dataset] = {}
+        self.training_fingerprints: Fingerprints | None = None  # of train + val, once set up
         self._next_epoch = 0  # the epoch a resumed run goes on with (load_state_dict)
 
     def state_dict(self) -> dict:
-        # Lightning restores this before it builds the first loader; its own loop state comes later.
-        return {"next_epoch": self.trainer.fit_loop.epoch_progress.current.processed} if self.trainer else {}
+        state = {}
+        if self.trainer:  # Lightning restores this before it builds the first loader; its own loop state comes later
+            state["next_epoch"] = self.trainer.fit_loop.epoch_progress.current.processed
+        if self.training_fingerprints is not None:  # what evaluate.py checks other data against
+            state["training_fingerprints"] = self.training_fingerprints.to_state()
+        return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._next_epoch = state_dict.get("next_epoch", 0)

@@ -132,8 +132,8 @@ def read_coco_split(split_dir: Path, category_names: list[str] | None) -> tuple[
 class ImageMaskDataset(CachedDataset):
     """Cached uint8 images (N, H, W, C) and masks (N, H, W); one joint transform per item."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform) -> None:
-        super().__init__(transform)
+    def __init__(self, images: np.ndarray, masks: np.ndarray, transform, files: list[str]) -> None:
+        super().__init__(transform, files)
         self.images, self.masks = images, masks
 
     def __len__(self) -> int:
@@ -192,5 +192,7 @@ class SegmentationDataModule(CachedDataModule):
             size = (hp.image_size, hp.image_size)
             resized_masks = np.stack([cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) for mask in masks])
             transform = train_transform if split == "train" else eval_transform
-            self.datasets[split] = ImageMaskDataset(np.stack([item.pixels for item in loaded]), resized_masks, transform)
+            files = [str(paths[i]) for i in kept]
+            self.datasets[split] = ImageMaskDataset(np.stack([item.pixels for item in loaded]), resized_masks, transform,
+                                                    files)  # fmt: skip
             rank_zero_info(f"Segmentation data {report.summary(split)}, {len(paths) - len(loaded)} unreadable skipped")

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
-from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
+from datamodules.classification import CLASS_NAMES
+from evaluation.calibration import calibration_error, fit_temperature
 from lightning_modules.base import TaskModule
-from lightning_modules.metrics import classification_metrics, classification_report
+from lightning_modules.metrics import classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier
 from lightning_modules.visualization import confusion_matrix_figure
+
+UNFAMILIAR_VALIDATION_SHARE = 0.05  # of validation images called unlike the training data
 
 
 class ClassificationModule(TaskModule):
@@ -62,11 +64,28 @@ class ClassificationModule(TaskModule):
             )
             self.soft_target_loss = SoftTargetCrossEntropy()
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
-        self.test_metrics = classification_metrics(num_classes).clone(prefix="test/")
-        self.test_results: dict = {}
+        # Divides the logits before the softmax wherever probabilities are shown (predict.py, the web page,
+        # evaluate.py); fitted on each epoch's validation logits, so every checkpoint has its own.
+        self.register_buffer("temperature", torch.ones(()))
+        # Energy scores above this are "unlike the training data"; set so that 5% of each epoch's
+        # validation images score above it.
+        self.register_buffer("unfamiliar_threshold", torch.tensor(float("inf")))
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities: the softmax of the logits over the fitted temperature."""
+        return (logits.float() / self.temperature).softmax(dim=1)
+
+    def unfamiliarity(self, logits: torch.Tensor) -> torch.Tensor:
+        """The energy score -T logsumexp(logits / T) (Liu et al., 2020): higher for inputs less like
+        the training data, whichever class they are closest to."""
+        return -self.temperature * torch.logsumexp(logits.float() / self.temperature, dim=1)
+
+    def is_unfamiliar(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.unfamiliarity(logits) > self.unfamiliar_threshold
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
@@ -102,14 +121,11 @@ class ClassificationModule(TaskModule):
         logits = self(images)
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, prog_bar=True)
         self.val_metrics.update(logits, labels)
-
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, labels = batch
-        self.test_metrics.update(self(images), labels)
+        self._val_outputs.append((logits.detach().float(), labels))
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).softmax(dim=1)
+        return self.probabilities(self(images))
 
     def on_validation_epoch_end(self) -> None:
         values = {k.removeprefix("val/"): v for k, v in self.val_metrics.compute().items()}
@@ -121,27 +137,23 @@ class ClassificationModule(TaskModule):
         self.log_dict(scalars)
         if not self.trainer.sanity_checking:
             self.log_figure("val/confusion_matrix", confusion_matrix_figure(values["confmat"], CLASS_NAMES))
+            self._calibrate()
         self.val_metrics.reset()
+        self._val_outputs.clear()
 
-    def evaluation_figures(self, datamodule) -> dict[str, Figure]:
-        confmat = torch.tensor(self.test_results["confusion_matrix"])
-        title = f"{datamodule.test_split_name} split, accuracy {self.test_results['accuracy']:.1%}"
-        return {"confusion_matrix": confusion_matrix_figure(confmat, CLASS_NAMES, title)}
+    def _calibrate(self) -> None:
+        """Fit the temperature on this epoch's validation logits (of every process)."""
+        logits = self.all_gather(torch.cat([logits for logits, _ in self._val_outputs])).reshape(-1, len(CLASS_NAMES))
+        labels = self.all_gather(torch.cat([labels for _, labels in self._val_outputs])).reshape(-1)
+        self.temperature.fill_(fit_temperature(logits, labels))
+        self.unfamiliar_threshold.fill_(torch.quantile(self.unfamiliarity(logits), 1 - UNFAMILIAR_VALIDATION_SHARE))
+        self.log_dict({
+            "val/temperature": self.temperature,
+            "val/ece": calibration_error(logits.softmax(dim=1), labels),
+            "val/ece_calibrated": calibration_error((logits / self.temperature).softmax(dim=1), labels),
+        })  # fmt: skip
 
-    @staticmethod
-    def format_report(results: dict) -> str:
-        lines = [f"{'class':<12}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
-        for name, row in results["per_class"].items():
-            lines.append(f"{name:<12}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}{row['support']:>10}")
-        lines += [
-            f"accuracy {results['accuracy']:.4f} (macro {results['accuracy_macro']:.4f}) on {results['num_images']} "
-            f"{results['split']} images",
-            f"tumor vs no tumor: sensitivity {results['tumor_sensitivity']:.4f}, specificity {results['tumor_specificity']:.4f}",
-        ]
-        return "\n".join(lines)
-
-    def on_test_epoch_end(self) -> None:
-        values = {k.removeprefix("test/"): v for k, v in self.test_metrics.compute().items()}
-        self.test_results = classification_report(values, CLASS_NAMES, NO_TUMOR_CLASS)
-        self.log_dict({"test/acc": values["acc"], "test/acc_macro": values["acc_macro"]})
-        self.test_metrics.reset()
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints from before calibration have no temperature (theirs is 1) and flag nothing.
+        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
+        checkpoint["state_dict"].setdefault("unfamiliar_threshold", torch.tensor(float("inf")))

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.classification import CLASS_NAMES
-from datamodules.common import build_transform, read_image, resize_square
+from datamodules.classification import CLASS_NAMES, ClassificationDataModule
+from datamodules.common import CachedDataModule, Fingerprints, build_transform, read_image, resize_square
 from datamodules.errors import UserError
+from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.base import TaskModule
 from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
 from lightning_modules.classification import ClassificationModule
@@ -39,6 +40,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+# Test-time augmentation: the views a model is run on, each a flip of the image's (height, width)
+# axes; outputs with a spatial layout (segmentation logits) are flipped back before the mean.
+TTA_VIEWS: dict[str, list[tuple[int, ...]]] = {
+    "none": [()],
+    "hflip": [(), (3,)],
+    "flips": [(), (3,), (2,), (2, 3)],
+}
+
+
+def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """The mean of the module's outputs (logits) over the views of `tta` (a key of TTA_VIEWS)."""
+    outputs = []
+    for dims in TTA_VIEWS[tta]:
+        output = module(images.flip(dims) if dims else images)
+        outputs.append(output.flip(dims) if dims and output.ndim == 4 else output)
+    return torch.stack(outputs).mean(dim=0)
+
+
 def load_image_file(path: str | Path, channels: int) -> np.ndarray:
     """Decode like training does, with one clear error per kind of bad file."""
     path = Path(path)
@@ -52,29 +71,54 @@ def load_image_file(path: str | Path, channels: int) -> np.ndarray:
     return image
 
 
+TASK_MODULES = {cls.__name__: cls for cls in (ClassificationModule, SegmentationModule)}
+DATAMODULES = {cls.__name__: cls for cls in (ClassificationDataModule, SegmentationDataModule)}
+
+
 @dataclass
 class TrainedModel:
-    """A task module in eval mode with the preprocessing it was trained with."""
+    """A task module in eval mode with the preprocessing and data settings it was trained with."""
 
     module: TaskModule
     image_size: int
     channels: int
     checkpoint: str
+    data_hparams: dict = field(default_factory=dict)  # the training datamodule's arguments and class
+    data_state: dict = field(default_factory=dict)  # what that datamodule saved (next epoch, fingerprints)
 
     @classmethod
-    def load(cls, path: str | Path, module_class: type[TaskModule], device: torch.device) -> TrainedModel:
-        """A checkpoint file, or the best checkpoint of a run folder. Loading reads only the file:
-        no pretrained weights, no network (see TaskModule.load_pretrained_weights)."""
+    def load(cls, path: str | Path, module_class: type[TaskModule] | None, device: torch.device) -> TrainedModel:
+        """A checkpoint file, or the best checkpoint of a run folder, of `module_class` (None: of
+        either task). Loading reads only the file: no pretrained weights, no network
+        (see TaskModule.load_pretrained_weights)."""
         path = find_checkpoint(path)
         checkpoint = read_checkpoint(path)
-        saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "")
-        if saved_class and not saved_class.endswith(module_class.__name__):
-            raise CheckpointError(f"{path}: a {saved_class.rsplit('.', 1)[-1]} checkpoint, expected {module_class.__name__}")
+        saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "").rsplit(".", 1)[-1]
+        if module_class is None and saved_class not in TASK_MODULES:
+            raise CheckpointError(f"{path}: not a checkpoint of this project's models (class '{saved_class}')")
+        module_class = module_class or TASK_MODULES[saved_class]
+        if saved_class and saved_class != module_class.__name__:
+            raise CheckpointError(f"{path}: a {saved_class} checkpoint, expected {module_class.__name__}")
         data = checkpoint.get("datamodule_hyper_parameters")
         if not data or "image_size" not in data:
             raise CheckpointError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
+        data_state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
         module = module_class.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
-        return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path))
+        return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path), dict(data), data_state)
+
+    def datamodule(self, root: str | list[str] | None = None) -> CachedDataModule:
+        """The datamodule the model was trained with, with its arguments, on `root` if given."""
+        class_name = str(self.data_hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+        if class_name not in DATAMODULES:
+            raise CheckpointError(f"{self.checkpoint}: trained with an unknown datamodule '{class_name}'")
+        arguments = {key: value for key, value in self.data_hparams.items() if not key.startswith("_")}
+        return DATAMODULES[class_name](**{**arguments, **({"root": root} if root else {})})
+
+    @property
+    def training_fingerprints(self) -> Fingerprints | None:
+        """The images the model was trained or validated on, when the checkpoint records them."""
+        state = self.data_state.get("training_fingerprints")
+        return Fingerprints.from_state(state) if state else None
 
     @property
     def device(self) -> torch.device:
@@ -114,7 +158,7 @@ def grad_cam_layer(classifier: torch.nn.Module) -> torch.nn.Module | None:
 
 
 def grad_cam(classifier: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Class probabilities and a Grad-CAM map (N, h, w in [0, 1]) for each predicted class.
+    """Class logits and a Grad-CAM map (N, h, w in [0, 1]) for each predicted class.
 
     Works on any network with timm's `forward_features` / `forward_head` split, CNN or
     transformer: the map weights the last feature maps by the mean gradient of the predicted
@@ -134,13 +178,13 @@ def grad_cam(classifier: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Te
             features = captured[-1]
         predicted = logits.argmax(dim=1)
         (gradients,) = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), features)
-    probabilities = logits.softmax(dim=1).detach()
+    logits = logits.detach()
     features, gradients = as_feature_grid(classifier, features.detach()), as_feature_grid(classifier, gradients)
     if features is None:
-        return probabilities, None
+        return logits, None
     cam = F.relu((gradients.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1))
     cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
-    return probabilities, cam.detach()
+    return logits, cam.detach()
 
 
 @dataclass
@@ -150,6 +194,7 @@ class Prediction:
     path: str
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # predicted, but with a reason for doubt
+    unlike_training_data: bool = False  # the classifier's energy score is above its validation-set threshold
     image: np.ndarray | None = None  # the input as HxWx3 RGB uint8
     probabilities: dict[str, float] = field(default_factory=dict)
     gradcam: np.ndarray | None = None  # HxW in [0, 1], at the input's size
@@ -163,6 +208,7 @@ class Prediction:
         """One line of the predictions table."""
         row = {"file": self.path, "predicted_class": self.predicted_class}
         row |= {f"p_{name}": round(p, 6) for name, p in self.probabilities.items()}
+        row["unlike_training_data"] = int(self.unlike_training_data)
         if self.tumor_mask is not None:
             row["tumor_area_px"] = int(self.tumor_mask.sum())
             row["tumor_area_fraction"] = round(float(self.tumor_mask.mean()), 6)
@@ -172,22 +218,26 @@ class Prediction:
 class TumorPredictor:
     """The classifier, optionally with the segmenter, applied to image files in batches."""
 
-    def __init__(self, cls_ckpt: str | Path, seg_ckpt: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(self, cls_ckpt: str | Path, seg_ckpt: str | Path | None = None, device: str = "auto",
+                 tta: str = "none") -> None:  # fmt: skip
         self.device = resolve_device(device)
         self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device)
         self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
+        self.tta = tta  # a key of TTA_VIEWS; Grad-CAM always shows the image as it is
         self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
 
-    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True) -> Iterator[Prediction]:
-        """Predictions in input order; unreadable inputs come back with `error` set."""
+    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True,
+                      tta: str = "none") -> Iterator[Prediction]:  # fmt: skip
+        """Predictions in input order; unreadable inputs come back with `error` set. `tta` (a key
+        of TTA_VIEWS) averages both models over flipped views; Grad-CAM shows the image as it is."""
         pending: list[Prediction] = []
         for path in paths:
             pending.append(self._read(path))
             if len(pending) == batch_size:
-                yield from self._predict(pending, gradcam)
+                yield from self._predict(pending, gradcam, tta)
                 pending = []
         if pending:
-            yield from self._predict(pending, gradcam)
+            yield from self._predict(pending, gradcam, tta)
 
     def _read(self, path: str | Path) -> Prediction:
         try:
@@ -210,23 +260,30 @@ class TumorPredictor:
         return model.batch([load_image_file(p.path, model.channels) for p in predictions])
 
     @torch.no_grad()
-    def _predict(self, batch: list[Prediction], gradcam: bool) -> list[Prediction]:
+    def _predict(self, batch: list[Prediction], gradcam: bool, tta: str) -> list[Prediction]:
         valid = [p for p in batch if p.error is None]
         if valid:
             inputs = self._inputs(self.classifier, valid)
-            if gradcam:
-                probabilities, cams = grad_cam(self.classifier.module.net, inputs)
+            classifier, cams = self.classifier.module, None
+            if gradcam:  # its forward pass gives the logits of the unflipped view too
+                logits, cams = grad_cam(classifier.net, inputs)
                 if cams is None:
-                    self.gradcam_unavailable = (f"Grad-CAM is not available for model '{self.classifier.module.hparams.model}': "
+                    self.gradcam_unavailable = (f"Grad-CAM is not available for model '{classifier.hparams.model}': "
                                                 "its features have no spatial layout")  # fmt: skip
-            else:
-                probabilities, cams = self.classifier.module(inputs).softmax(dim=1), None
+            if not gradcam or tta != "none":
+                logits = run_with_tta(classifier, inputs, tta)
+            probabilities, unfamiliar = classifier.probabilities(logits), classifier.is_unfamiliar(logits)
             for i, prediction in enumerate(valid):
                 prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
+                prediction.unlike_training_data = bool(unfamiliar[i])
+                if unfamiliar[i]:
+                    prediction.warnings.append(f"{prediction.path}: unlike the images the classifier was trained on "
+                                               "(not an MRI slice like them, or one it is unsure of): do not trust "
+                                               "its class")  # fmt: skip
                 if cams is not None:
                     prediction.gradcam = upsample(cams[i], prediction.image.shape[:2])
             if self.segmenter is not None:
-                tumor = self.segmenter.module(self._inputs(self.segmenter, valid)).sigmoid()
+                tumor = run_with_tta(self.segmenter.module, self._inputs(self.segmenter, valid), tta).sigmoid()
                 for i, prediction in enumerate(valid):
                     prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) > 0.5).astype(np.uint8)
         return batch

@@ -1,8 +1,7 @@
-"""Metric sets and the numbers in evaluation reports, for both tasks."""
+"""Metric sets that training logs, and the segmentation statistics that both training and
+evaluation (evaluation/segmentation.py) compute their scores from."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 from torchmetrics import MetricCollection
@@ -28,35 +27,6 @@ def classification_metrics(num_classes: int) -> MetricCollection:
             "confmat": MulticlassConfusionMatrix(num_classes),
         }
     )
-
-
-def classification_report(values: dict[str, torch.Tensor], class_names: Sequence[str], negative_class: int) -> dict:
-    """JSON-ready numbers from a computed `classification_metrics` collection.
-
-    Tumor sensitivity treats every class but `negative_class` as "tumor": a glioma called
-    meningioma still counts as detected, which is what a screening reader cares about."""
-    confmat = values["confmat"].long()
-    support = confmat.sum(dim=1)
-    tumor = [c for c in range(len(class_names)) if c != negative_class]
-    detected = confmat[tumor][:, tumor].sum()
-    report = {
-        "num_images": int(support.sum()),
-        "accuracy": float(values["acc"]),
-        "accuracy_macro": float(values["acc_macro"]),
-        "tumor_sensitivity": float(detected / support[tumor].sum().clamp_min(1)),
-        "tumor_specificity": float(confmat[negative_class, negative_class] / support[negative_class].clamp_min(1)),
-        "per_class": {
-            name: {
-                "precision": float(values["precision"][c]),
-                "recall": float(values["recall"][c]),
-                "f1": float(values["f1"][c]),
-                "support": int(support[c]),
-            }
-            for c, name in enumerate(class_names)
-        },
-        "confusion_matrix": confmat.tolist(),
-    }
-    return report
 
 
 def segmentation_stats() -> BinaryStatScores:

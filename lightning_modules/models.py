@@ -8,6 +8,7 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.models import adapt_input_conv
 from torch import nn
 
 from datamodules.errors import UserError
@@ -82,7 +83,52 @@ class ResidualCNN(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-LOCAL_MODELS = {"residual_cnn": ResidualCNN}
+class MobileNetV2Classifier(nn.Module):
+    """torchvision's MobileNetV2 with timm's `forward_features` / `forward_head` split, for 1- or
+    3-channel images. Its features can start from a local ImageNet file in torchvision's layout
+    (`load_pretrained`), so an ImageNet-pretrained classifier trains offline.
+
+    Args:
+        num_classes: outputs of the linear head.
+        in_chans: image channels; with 1, the pretrained first convolution is summed over RGB.
+        drop_rate: dropout before the head.
+    """
+
+    def __init__(self, num_classes: int = 4, in_chans: int = 1, drop_rate: float = 0.2) -> None:
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+
+        self.features = mobilenet_v2(weights=None).features
+        if in_chans != 3:
+            first = self.features[0][0]
+            self.features[0][0] = nn.Conv2d(in_chans, first.out_channels, 3, 2, 1, bias=False)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
+                                  nn.Linear(1280, num_classes))  # fmt: skip
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def load_pretrained(self, path: str | Path) -> None:
+        """ImageNet features from a torchvision-layout file (a classifier head in it is ignored)."""
+        state = read_weights_file(path)
+        state = {key: value for key, value in state.items() if key.startswith("features.")}
+        first = "features.0.0.weight"
+        if first in state and state[first].shape[1] != self.features[0][0].in_channels:
+            state[first] = adapt_input_conv(self.features[0][0].in_channels, state[first])
+        missing, unexpected = nn.Module.load_state_dict(self, state, strict=False)
+        missing = [key for key in missing if not key.startswith("head.")]
+        if missing or unexpected:
+            raise PretrainedWeightsError(f"{path}: does not fit MobileNetV2's features ({len(missing)} missing, e.g. "
+                                         f"{missing[:2]}; {len(unexpected)} unexpected)")  # fmt: skip
+
+
+LOCAL_MODELS = {"residual_cnn": ResidualCNN, "mobilenet_v2": MobileNetV2Classifier}
 
 
 class PretrainedWeightsError(UserError):
@@ -93,7 +139,9 @@ class PretrainedWeightsError(UserError):
 def check_pretrained_source(name: str, pretrained: bool, weights_path: str | None) -> None:
     """Fail early, at construction, on pretrained options that can never work for this classifier.
     (Whether the weights file exists is checked when they are loaded: a resumed run needs no file.)"""
-    if name in LOCAL_MODELS and (pretrained or weights_path):
+    if name in LOCAL_MODELS and pretrained:
+        raise UserError(f"model '{name}' downloads no weights; give a local file as weights_path, if it takes one")
+    if name in LOCAL_MODELS and weights_path and not hasattr(LOCAL_MODELS[name], "load_pretrained"):
         raise UserError(f"model '{name}' is trained from scratch; it has no pretrained weights")
 
 
@@ -113,7 +161,10 @@ def create_classifier(
     if weights_path and not Path(weights_path).is_file():
         raise PretrainedWeightsError(f"{weights_path}: pretrained weights file not found")
     if name in LOCAL_MODELS:
-        return LOCAL_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        model = LOCAL_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if weights_path:
+            model.load_pretrained(weights_path)
+        return model
     if not timm.is_model(name):
         raise UserError(f"unknown model '{name}': use 'residual_cnn' or a name from timm.list_models()")
     overlay = {"file": str(weights_path)} if weights_path else None
@@ -146,6 +197,18 @@ HEAD_PREFIXES = ("fc.", "classifier.", "head.")
 WRAPPER_PREFIXES = ("module.", "model.", "encoder.", "backbone.")
 
 
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local weights file (also one wrapped under "state_dict" or "model")."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        raise PretrainedWeightsError(f"{path}: not a readable weights file ({str(error).splitlines()[0]})") from error
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    return state
+
+
 def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     """Load an ImageNet checkpoint (torchvision or timm key layout) into an smp encoder.
 
@@ -153,13 +216,7 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
     does not match is an error naming the file, so a wrong checkpoint never half-loads."""
     path = Path(path)
     check_encoder_weights(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise PretrainedWeightsError(f"{path}: not a readable weights file ({str(error).splitlines()[0]})") from error
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+    state = read_weights_file(path)
     cleaned = {}
     for key, value in state.items():
         for prefix in WRAPPER_PREFIXES:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import segmentation_models_pytorch as smp
 import torch
-from matplotlib.figure import Figure
 
 from lightning_modules.base import TaskModule
-from lightning_modules.metrics import per_image_scores, segmentation_scores, segmentation_stats
+from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
 from lightning_modules.visualization import segmentation_figure
-
-IOU_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
 
 class SegmentationModule(TaskModule):
@@ -45,8 +42,6 @@ class SegmentationModule(TaskModule):
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss()
         self.val_stats = segmentation_stats()
-        self.test_stats = segmentation_stats()
-        self.test_results: dict = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -87,62 +82,6 @@ class SegmentationModule(TaskModule):
         self.log_dict({f"val/{name}": value for name, value in scores.items()})
         self.val_stats.reset()
 
-    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        images, masks = batch
-        self.test_stats.update(self(images).sigmoid(), masks.int())
-
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images).sigmoid()
-
-    def on_test_epoch_end(self) -> None:
-        stats = self.test_stats.compute()
-        iou, _ = per_image_scores(stats)
-        has_tumor = (stats[:, 0] + stats[:, 3]) > 0
-        predicted_empty = (stats[:, 0] + stats[:, 1]) == 0
-        self.test_results = {
-            "num_images": len(stats),
-            **segmentation_scores(stats),
-            "per_image_iou_quantiles": {
-                f"q{round(q * 100)}": float(torch.quantile(iou[has_tumor], q)) for q in IOU_QUANTILES
-            } if has_tumor.any() else {},
-            "empty_ground_truth": {
-                "images": int((~has_tumor).sum()),
-                "predicted_empty": int((~has_tumor & predicted_empty).sum()),
-                "how_counted": "per-image IoU/Dice is 1 when truth and prediction are both empty, 0 when only "
-                "the truth is; such images add nothing to the global scores, which pool pixels over all images",
-            },
-            "per_image_iou": [round(float(v), 4) for v in iou],
-        }  # fmt: skip
-        self.log_dict({f"test/{k}": v for k, v in segmentation_scores(stats).items()})
-        self.test_stats.reset()
-
-    @torch.no_grad()
-    def evaluation_figures(self, datamodule, count: int = 4) -> dict[str, Figure]:
-        """The `count` worst and best images of the evaluated split by per-image IoU."""
-        dataset = datamodule.datasets[datamodule.test_split_name]
-        iou = torch.tensor(self.test_results["per_image_iou"])
-        order = torch.argsort(iou)
-        figures = {}
-        for name, indices in (("worst_cases", order[:count]), ("best_cases", order.flip(0)[:count])):
-            images, masks = map(torch.stack, zip(*(dataset[int(i)] for i in indices)))
-            self.eval()
-            predictions = self(images.to(self.device)).sigmoid().cpu() > 0.5
-            titles = [f"IoU {iou[i]:.2f}" for i in indices]
-            figures[name] = segmentation_figure(images, masks, predictions, titles)
-        return figures
-
-    @staticmethod
-    def format_report(results: dict) -> str:
-        empty = results["empty_ground_truth"]
-        quantiles = ", ".join(f"{k} {v:.3f}" for k, v in results["per_image_iou_quantiles"].items())
-        return "\n".join(
-            [
-                f"{results['num_images']} {results['split']} images",
-                f"global (pixels pooled):  IoU {results['iou_global']:.4f}  Dice {results['dice_global']:.4f}",
-                f"mean per image:          IoU {results['iou_per_image']:.4f}  Dice {results['dice_per_image']:.4f}",
-                f"mean per tumor image:    IoU {results['iou_per_tumor_image']:.4f}",
-                f"per-image IoU quantiles (tumor images): {quantiles}",
-                f"empty ground truth: {empty['images']} images, {empty['predicted_empty']} predicted empty",
-            ]
-        )

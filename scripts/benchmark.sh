@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train a config on real data from scratch, then evaluate its best checkpoint; the
 # numbers in BENCHMARKS.md come from this script's output.
-#   [RUN_NAME=name] scripts/benchmark.sh cls|seg DATA_ROOT [extra train.py/evaluate.py args]
+#   [RUN_NAME=name] scripts/benchmark.sh cls|seg|cls_fast|seg_fast DATA_ROOT [extra train.py args]
 # Runs in benchmarks/<RUN_NAME or task>/ (runs/ for checkpoints and TensorBoard, report/).
 set -euo pipefail
 task=$1
@@ -14,5 +14,4 @@ echo "$(date -u +%F) $(nproc) CPU cores$(command -v nvidia-smi >/dev/null && nvi
 start=$(date +%s)
 python "$repo/train.py" --config "$repo/configs/$task.yaml" --data.root "$root" --trainer.enable_progress_bar false "$@"
 echo "train wall time: $(($(date +%s) - start)) s"
-python "$repo/evaluate.py" --config "$repo/configs/$task.yaml" --data.root "$root" \
-    --ckpt_path "runs/$task/version_0" --output_dir report "$@"
+python "$repo/evaluate.py" --ckpt_path "runs/$task/version_0" --output_dir report

@@ -55,7 +55,7 @@ def sartaj_root(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def mri_dataset_root(tmp_path: Path) -> Path:
-    return make_classification_dataset(tmp_path / "mri", MRI_DATASET_FOLDERS, with_testing=False)
+    return make_classification_dataset(tmp_path / "mri", MRI_DATASET_FOLDERS, with_testing=False, seed=1)
 
 
 def script_env() -> dict[str, str]:
@@ -150,11 +150,10 @@ def tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
-def evaluate_on_training_data(config: str, tiny: list[str], checkpoint: Path, cwd: Path) -> dict:
-    """metrics.json of evaluate.py on the data that a fixture below trained `checkpoint` on."""
-    data = checkpoint.parents[4] / "data"  # work/data beside work/runs/<task>/version_0/checkpoints/best.ckpt
-    result = run_script("evaluate.py", "--config", config, "--data.root", str(data), *tiny, "--ckpt_path",
-                        str(checkpoint), "--output_dir", "report", cwd=cwd)  # fmt: skip
+def evaluate_report(checkpoint: Path, cwd: Path, *extra: str) -> dict:
+    """metrics.json of evaluate.py on `checkpoint` (by default on the data it was trained with)."""
+    result = run_script("evaluate.py", "--ckpt_path", str(checkpoint), "--output_dir", "report", "--bootstrap", "200",
+                        *extra, cwd=cwd)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((cwd / "report" / "metrics.json").read_text())
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 
 from datamodules import CLASS_NAMES, ClassificationDataModule, DatasetError
-from datamodules.common import SeededSampler, find_duplicate_groups, read_image
-from tests.conftest import SARTAJ_FOLDERS
+from datamodules.common import Fingerprints, SeededSampler, find_duplicate_groups, load_images, read_image
+from tests.conftest import SARTAJ_FOLDERS, synthetic_slice
 
 
 def setup_datamodule(root: Path, **kwargs) -> ClassificationDataModule:
@@ -162,3 +162,43 @@ def test_seeded_sampler_orders_by_seed_and_epoch_only():
     assert len({seed for _, seed in items}) == 10  # every image its own augmentation
     shards = epoch_items(0, 3, 2, 0) + epoch_items(0, 3, 2, 1)  # DDP: two processes share the epoch
     assert sorted(shards) == sorted(items)
+
+
+def test_several_roots_merge_into_the_four_classes_with_copies_found_across_them(sartaj_root, mri_dataset_root, caplog):
+    # The MRI dataset holds a re-encoded SARTAJ image and a byte-identical one, as the real one does.
+    sartaj_image = next((sartaj_root / "Training" / "meningioma_tumor").glob("*.png"))
+    cv2.imwrite(str(mri_dataset_root / "Training" / "meningioma" / "from_sartaj.jpg"), cv2.imread(str(sartaj_image)),
+                [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
+    shutil.copy(sartaj_image, mri_dataset_root / "Training" / "meningioma" / "byte_copy.png")
+    # ... and SARTAJ's Testing/ holds a copy of one of the MRI dataset's training images.
+    shutil.copy(next((mri_dataset_root / "Training" / "glioma").glob("*.png")), sartaj_root / "Testing" / "glioma_tumor")
+
+    dm = ClassificationDataModule([str(sartaj_root), str(mri_dataset_root)], image_size=32, num_workers=0,
+                                  val_fraction=0.25, max_phash_distance=4)  # fmt: skip
+    dm.setup("fit")
+    seen = np.concatenate([dm.datasets["train"].images, dm.datasets["val"].images])
+    assert len(seen) == 32 + 32 + 1  # the byte copy is dropped, the re-encoded copy kept (in the same split)
+    assert np.bincount(np.concatenate([dm.datasets["train"].labels, dm.datasets["val"].labels])).tolist() == [
+        16, 17, 16, 16]  # fmt: skip
+    assert len(dm.datasets["test"]) == 8  # SARTAJ's 8 Testing images; the leaked copy is gone
+
+    original = read_image(sartaj_image, 1)
+    near = [split for split in ("train", "val") for image in dm.datasets[split].images
+            if np.abs(image.astype(int) - cv2.resize(original, (32, 32), interpolation=cv2.INTER_AREA)[:, :, None]).mean() < 4]  # fmt: skip
+    assert len(near) == 2 and len(set(near)) == 1  # the original and its re-encoded copy, on one side of the split
+    log = caplog.text
+    assert f"{mri_dataset_root}: 34 images, 0 unreadable, 1 dropped as copies, 3 with a copy in another root" in log
+
+
+def test_fingerprints_of_training_images_catch_copies_after_a_checkpoint_round_trip(sartaj_root, tmp_path):
+    dm = setup_datamodule(sartaj_root)
+    torch.save({"state": dm.state_dict()}, tmp_path / "state.ckpt")
+    fingerprints = Fingerprints.from_state(torch.load(tmp_path / "state.ckpt", weights_only=True)["state"]
+                                           ["training_fingerprints"])  # fmt: skip
+    assert len(fingerprints) == len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32
+    source = next((sartaj_root / "Training" / "glioma_tumor").glob("*.png"))
+    cv2.imwrite(str(tmp_path / "recompressed.jpg"), cv2.imread(str(source)), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    cv2.imwrite(str(tmp_path / "new.png"), synthetic_slice(np.random.default_rng(99), 1))
+    probes, _ = load_images([source, tmp_path / "recompressed.jpg", tmp_path / "new.png"], 32, 1)
+    assert fingerprints.copies_in(probes, max_phash_distance=4) == ["exact copy", "near copy", None]
+    assert fingerprints.copies_in(probes, max_phash_distance=None) == ["exact copy", None, None]

@@ -21,7 +21,7 @@ from tests.conftest import CLS_CONFIG as CONFIG
 from tests.conftest import (
     REPO,
     SARTAJ_FOLDERS,
-    evaluate_on_training_data,
+    evaluate_report,
     make_classification_dataset,
     run_folder,
     run_script,
@@ -56,25 +56,37 @@ def test_each_run_gets_its_own_folder_and_evaluate_reports_on_it(sartaj_root, tm
     assert (run_folder(tmp_path, version=1) / "checkpoints" / "best.ckpt").is_file()
     assert (run / "checkpoints" / "best.ckpt").read_bytes() == first_best
 
-    result = run_script("evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
-                        "--ckpt_path", str(run), "--data.image_size", "48", cwd=tmp_path)  # fmt: skip
+    result = run_script("evaluate.py", "--ckpt_path", str(run), "--bootstrap", "200", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((run / "evaluation" / "metrics.json").read_text())  # in the run folder by default
-    assert report["checkpoint"] == str(run / "checkpoints" / "best.ckpt")
-    assert report["image_size"] == 32  # the size it was trained at, not the mistyped 48
-    assert report["split"] == "test" and report["num_images"] == 4 * 2  # Testing/ holds 2 images per class
+    metrics = json.loads((run / "evaluation" / "metrics.json").read_text())  # in the run folder by default
+    assert metrics["checkpoint"] == str(run / "checkpoints" / "best.ckpt") and metrics["image_size"] == 32
+    assert metrics["data"] == f"{sartaj_root}, test split"  # the model's own data, its Testing/ split
+    report = metrics["all_images"]
+    assert report["num_images"] == 4 * 2  # Testing/ holds 2 images per class
     confmat = torch.tensor(report["confusion_matrix"])
     assert confmat.sum() == 8
-    assert report["accuracy"] == pytest.approx(float(confmat.trace() / confmat.sum()))
+    accuracy = report["accuracy"]
+    assert accuracy["value"] == pytest.approx(float(confmat.trace() / confmat.sum()))
+    assert accuracy["ci95"][0] <= accuracy["value"] <= accuracy["ci95"][1]
     tumor = [0, 1, 3]  # no_tumor is class 2
-    assert report["tumor_sensitivity"] == pytest.approx(float(confmat[tumor][:, tumor].sum() / confmat[tumor].sum()))
-    assert (run / "evaluation" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    sensitivity = float(confmat[tumor][:, tumor].sum() / confmat[tumor].sum())
+    assert report["tumor_sensitivity"]["value"] == pytest.approx(sensitivity)
+    rows = metrics["per_image"]
+    assert len(rows) == 8 and {Path(row["file"]).parent.parent.name for row in rows} == {"Testing"}
+    assert sum(row["predicted"] == row["label"] for row in rows) == confmat.trace()
+    assert all(sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4) for row in rows)
+    # Probabilities are calibrated with the temperature fitted on the validation split in training.
+    assert metrics["calibration"]["temperature"] == pytest.approx(float(load(run / "checkpoints" / "best.ckpt")
+                                                                        ["state_dict"]["temperature"]))  # fmt: skip
+    for figure in ("confusion_matrix", "reliability", "roc_pr"):
+        assert (run / "evaluation" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "95% bootstrap intervals" in result.stdout
 
 
 def test_a_short_run_learns(trained_classifier, tmp_path):
-    report = evaluate_on_training_data(CONFIG, TINY, trained_classifier, tmp_path)
+    report = evaluate_report(trained_classifier, tmp_path)["all_images"]
     assert report["num_images"] == 16
-    assert report["accuracy"] >= 0.6  # chance is 0.25
+    assert report["accuracy"]["value"] >= 0.6  # chance is 0.25
 
 
 def test_default_root_dir_moves_every_output(sartaj_root, tmp_path):
@@ -217,8 +229,8 @@ def test_a_bug_keeps_its_traceback_and_a_user_mistake_is_one_line(capsys):
 def test_unreadable_checkpoint_is_one_line(script, truncated, trained_classifier, sartaj_root, tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(trained_classifier.read_bytes()[:5000] if truncated else b"not a checkpoint\n")
-    result = run_script(script, "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--ckpt_path", str(bad),
-                        cwd=tmp_path)  # fmt: skip
+    config = [] if script == "evaluate.py" else ["--config", CONFIG, "--data.root", str(sartaj_root), *TINY]
+    result = run_script(script, *config, "--ckpt_path", str(bad), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}: not a PyTorch checkpoint (another kind of file, or a truncated copy)"
@@ -226,8 +238,7 @@ def test_unreadable_checkpoint_is_one_line(script, truncated, trained_classifier
 
 
 def test_evaluate_without_checkpoint_is_a_clear_error(sartaj_root, tmp_path):
-    result = run_script("evaluate.py", "--config", CONFIG, "--data.root", str(sartaj_root), "--ckpt_path",
-                        "missing.ckpt", cwd=tmp_path)  # fmt: skip
+    result = run_script("evaluate.py", "--ckpt_path", "missing.ckpt", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == "error: missing.ckpt: checkpoint not found"
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import EMPTY_IMAGE, evaluate_on_training_data, run_folder, run_script
+from tests.conftest import EMPTY_IMAGE, evaluate_report, run_folder, run_script
 from tests.conftest import SEG_CONFIG as CONFIG
 from tests.conftest import TINY_SEG as TINY
 
@@ -20,17 +21,20 @@ def test_train_then_evaluate_segmentation(coco_root, tmp_path):
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert list(run.glob("events.out.tfevents.*"))
 
-    result = run_script("evaluate.py", "--config", CONFIG, "--data.root", str(coco_root), *TINY,
-                        "--ckpt_path", str(run), "--output_dir", "report", cwd=tmp_path)  # fmt: skip
+    result = run_script("evaluate.py", "--ckpt_path", str(run), "--output_dir", "report", "--bootstrap", "200",
+                        cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert report["split"] == "val" and report["num_images"] == 6
-    assert len(report["per_image_iou"]) == 6
+    assert report["data"] == f"{coco_root}, val split" and report["num_images"] == 6
+    ious = [row["iou"] for row in report["per_image"]]
+    assert [Path(row["file"]).name for row in report["per_image"]][EMPTY_IMAGE] == f"{EMPTY_IMAGE}_jpg.rf.0004.jpg"
     # valid/ has one image without a tumor (EMPTY_IMAGE): it scores 1 when predicted empty, 0 otherwise
     empty = report["empty_ground_truth"]
     assert empty["images"] == 1
-    assert report["per_image_iou"][EMPTY_IMAGE] == (1.0 if empty["predicted_empty"] else 0.0)
-    assert report["iou_per_image"] == pytest.approx(sum(report["per_image_iou"]) / 6, abs=1e-4)
+    assert ious[EMPTY_IMAGE] == (1.0 if empty["predicted_empty"] else 0.0)
+    assert report["iou_per_image"]["value"] == pytest.approx(sum(ious) / 6, abs=1e-4)
+    low, high = report["iou_global"]["ci95"]
+    assert low <= report["iou_global"]["value"] <= high
     assert set(report["per_image_iou_quantiles"]) == {"q10", "q25", "q50", "q75", "q90"}
     for figure in ("worst_cases.png", "best_cases.png"):
         assert (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
@@ -38,8 +42,7 @@ def test_train_then_evaluate_segmentation(coco_root, tmp_path):
 
 
 def test_a_short_run_learns(trained_segmenter, tmp_path):
-    report = evaluate_on_training_data(CONFIG, TINY, trained_segmenter, tmp_path)
-    assert report["iou_global"] >= 0.4  # an empty prediction scores 0
+    assert evaluate_report(trained_segmenter, tmp_path)["iou_global"]["value"] >= 0.4  # an empty prediction scores 0
 
 
 def test_missing_annotation_file_is_one_line(coco_root, tmp_path):

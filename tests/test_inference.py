@@ -14,7 +14,7 @@ import torch
 
 from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.inference import TrainedModel, grad_cam
+from lightning_modules.inference import TrainedModel, grad_cam, run_with_tta
 from lightning_modules.models import create_segmenter
 from lightning_modules.segmentation import SegmentationModule
 from tests.conftest import SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
@@ -41,7 +41,10 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
         probabilities = [float(row[f"p_{name}"]) for name in ("glioma", "meningioma", "no_tumor", "pituitary")]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
         assert row["predicted_class"] == ["glioma", "meningioma", "no_tumor", "pituitary"][int(np.argmax(probabilities))]
-        assert row["error"] == "" and row["warning"] == ""
+        assert row["error"] == ""
+        assert row["warning"] == ("" if row["unlike_training_data"] == "0" else f"{row['file']}: unlike the images "
+                                  "the classifier was trained on (not an MRI slice like them, or one it is unsure of): "
+                                  "do not trust its class")  # fmt: skip
     assert json.loads((out / "predictions.json").read_text())[0]["file"] == rows[0]["file"]
     mask = cv2.imread(str(next((out / "masks").glob("*_b.png"))), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (70, 70) and set(np.unique(mask)) <= {0, 255}  # at the input's own size
@@ -67,7 +70,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifi
     assert any("truncated.jpg: not an image" in e for e in errors)
     assert any("empty.png: empty file" in e for e in errors)
     assert any("missing.png: file not found" in e for e in errors)
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "far smaller" in line]
     assert warnings == [f"warning: {images / 'dot.png'}: a 1x1 image, far smaller than the 32x32 the model was "
                         "trained at; the result is unreliable"]  # fmt: skip
     rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
@@ -79,8 +82,8 @@ def test_grad_cam_maps_are_normalized_per_image(trained_classifier):
     model = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu"))
     rng = np.random.default_rng(0)
     batch = model.batch([synthetic_slice(rng, label, 40)[:, :, None] for label in range(4)])
-    probabilities, cams = grad_cam(model.module.net, batch)
-    assert torch.allclose(probabilities, model.module(batch).softmax(dim=1), atol=1e-6)
+    logits, cams = grad_cam(model.module.net, batch)
+    assert torch.allclose(logits, model.module(batch), atol=1e-5)
     assert cams.shape == (4, 8, 8)  # the residual CNN's last feature map: 32 px / 4
     assert cams.min() >= 0 and torch.equal(cams.flatten(1).amax(dim=1), torch.ones(4))
 
@@ -98,8 +101,8 @@ def test_grad_cam_on_transformers(name, kwargs, grid):
     torch.manual_seed(0)
     classifier = timm.create_model(name, num_classes=4, in_chans=1, **kwargs).eval()
     batch = torch.randn(2, 1, 64, 64)
-    probabilities, cams = grad_cam(classifier, batch)
-    assert torch.allclose(probabilities, classifier(batch).softmax(dim=1), atol=1e-5)
+    logits, cams = grad_cam(classifier, batch)
+    assert torch.allclose(logits, classifier(batch), atol=1e-5)
     assert cams.shape == (2, grid, grid) and cams.min() >= 0 and cams.max() == 1
 
 
@@ -118,8 +121,8 @@ class FlatFeatures(torch.nn.Module):
 
 
 def test_grad_cam_degrades_to_no_map():
-    probabilities, cams = grad_cam(FlatFeatures(), torch.randn(3, 1, 4, 4))
-    assert probabilities.shape == (3, 4) and cams is None
+    logits, cams = grad_cam(FlatFeatures(), torch.randn(3, 1, 4, 4))
+    assert logits.shape == (3, 4) and cams is None
 
 
 def test_checkpoint_of_the_other_task_is_refused(trained_segmenter):
@@ -176,7 +179,7 @@ def test_checkpoints_need_no_pretrained_weights_file(trained_classifier, images,
     weights.unlink()
     run = run_folder(tmp_path, "seg")
 
-    result = run_script("evaluate.py", *common, "--ckpt_path", str(run), cwd=tmp_path)
+    result = run_script("evaluate.py", "--ckpt_path", str(run), "--bootstrap", "50", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(run),
                         "--output-dir", "out", str(images), cwd=tmp_path)  # fmt: skip
@@ -198,8 +201,10 @@ def test_onnx_export_matches_pytorch(trained_classifier, trained_segmenter, tmp_
     from export import export_checkpoints
 
     paths = export_checkpoints(str(trained_classifier), str(trained_segmenter), tmp_path)
-    cases = [(paths[0], trained_classifier, ClassificationModule, torch.nn.Softmax(dim=1)),
-             (paths[1], trained_segmenter, SegmentationModule, torch.nn.Sigmoid())]  # fmt: skip
+    classifier = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module
+    assert float(classifier.temperature) != 1.0  # fitted in training, and part of the exported graph
+    cases = [(paths[0], trained_classifier, ClassificationModule, classifier.probabilities),
+             (paths[1], trained_segmenter, SegmentationModule, torch.sigmoid)]  # fmt: skip
     for onnx_path, checkpoint, module_class, activation in cases:
         sidecar = json.loads(onnx_path.with_suffix(".json").read_text())["input"]
         model = TrainedModel.load(checkpoint, module_class, torch.device("cpu"))
@@ -210,3 +215,16 @@ def test_onnx_export_matches_pytorch(trained_classifier, trained_segmenter, tmp_
         (actual,) = session.run(None, {"images": batch.numpy()})
         assert actual.shape == expected.shape
         assert np.abs(actual - expected).max() < ONNX_TOLERANCE
+
+
+def test_tta_averages_flipped_views_and_flips_maps_back():
+    images = torch.randn(2, 1, 4, 6)
+
+    def left_columns(x: torch.Tensor) -> torch.Tensor:  # a "classifier" that looks at one side only
+        return x[:, 0, 0, :2]
+
+    expected = (left_columns(images) + left_columns(images.flip(3))) / 2
+    assert torch.allclose(run_with_tta(left_columns, images, "hflip"), expected)
+    assert torch.equal(run_with_tta(left_columns, images, "none"), left_columns(images))
+    # A "segmenter" whose map follows the image: every view, flipped back, is the image again.
+    assert torch.allclose(run_with_tta(lambda x: x * 2, images, "flips"), images * 2)

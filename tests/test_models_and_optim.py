@@ -156,3 +156,17 @@ def test_compile_option_compiles_in_place_and_keeps_checkpoint_names():
         assert torch.allclose(module(images), eager(images), atol=1e-5)
     assert module.net._compiled_call_impl is not None  # the compiled forward is in use
     assert list(module.state_dict()) == names  # no "_orig_mod." prefix: checkpoints, export and resume as before
+
+
+def test_mobilenet_v2_classifier_starts_from_a_torchvision_features_file(tmp_path):
+    from torchvision.models import mobilenet_v2
+
+    torch.manual_seed(0)
+    source = mobilenet_v2(weights=None)  # stands in for the ImageNet file in ../shared/data/weights
+    torch.save({k: v for k, v in source.state_dict().items() if k.startswith("features.")}, tmp_path / "mnv2.pth")
+    model = create_classifier("mobilenet_v2", num_classes=4, in_chans=1, weights_path=str(tmp_path / "mnv2.pth"))
+    first = source.features[0][0].weight
+    assert torch.allclose(model.features[0][0].weight, first.sum(dim=1, keepdim=True))  # RGB filters summed for gray
+    assert torch.equal(model.features[7].conv[1][0].weight, source.features[7].conv[1][0].weight)
+    assert model(torch.randn(2, 1, 64, 64)).shape == (2, 4)
+    assert model.forward_features(torch.randn(1, 1, 64, 64)).shape == (1, 1280, 2, 2)  # a map for Grad-CAM

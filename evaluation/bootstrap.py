@@ -1,0 +1,32 @@
+"""Percentile-bootstrap confidence intervals over the evaluated images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+Statistic = Callable[[np.ndarray], float]  # indices of the images in one resample -> a number
+
+
+def bootstrap_intervals(
+    statistics: dict[str, Statistic], size: int, resamples: int = 1000, seed: int = 0, level: float = 0.95
+) -> dict[str, tuple[float, float]]:
+    """A `level` interval for each statistic, from the same seeded resamples of `size` images
+    drawn with replacement. Resamples where a statistic is undefined (NaN, e.g. a recall of a
+    class that the resample lacks) are left out of that statistic's interval."""
+    rng = np.random.default_rng(seed)
+    samples = [rng.integers(0, size, size) for _ in range(resamples)]
+    tails = [(1 - level) / 2, (1 + level) / 2]
+    intervals = {}
+    for name, statistic in statistics.items():
+        values = np.array([statistic(indices) for indices in samples], dtype=float)
+        values = values[np.isfinite(values)]
+        low, high = np.quantile(values, tails) if len(values) else (np.nan, np.nan)
+        intervals[name] = (float(low), float(high))
+    return intervals
+
+
+def with_interval(value: float, interval: tuple[float, float]) -> dict:
+    """The JSON form of a number and its interval."""
+    return {"value": float(value), "ci95": [round(interval[0], 6), round(interval[1], 6)]}

@@ -1,0 +1,127 @@
+"""Classification results: accuracy, per-class precision/recall/F1 and the tumor-vs-no-tumor
+operating point, each with a bootstrap interval, from per-image class probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from evaluation.bootstrap import bootstrap_intervals, with_interval
+from lightning_modules.visualization import confusion_matrix_figure
+
+
+@dataclass
+class ClassPredictions:
+    """What a classifier said about each image of an evaluated set."""
+
+    files: list[str]
+    labels: np.ndarray  # (N,) true class indices
+    probabilities: np.ndarray  # (N, C)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    def subset(self, keep: np.ndarray) -> ClassPredictions:
+        return ClassPredictions([f for f, k in zip(self.files, keep) if k], self.labels[keep], self.probabilities[keep])
+
+    def per_image(self, class_names: Sequence[str]) -> list[dict]:
+        """JSON rows: file, truth, prediction and every class probability."""
+        return [
+            {"file": file, "label": class_names[label], "predicted": class_names[int(np.argmax(row))],
+             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, row)}}
+            for file, label, row in zip(self.files, self.labels, self.probabilities)
+        ]  # fmt: skip
+
+
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts, rows true classes, columns predicted ones."""
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def classification_metrics(confmat: np.ndarray, negative_class: int) -> dict[str, float | np.ndarray]:
+    """Point values from a confusion matrix. Tumor sensitivity counts every class but
+    `negative_class` as "tumor": a glioma called meningioma is still detected, which is what
+    a screening reader cares about. Undefined values (no support) are NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        support, predicted = confmat.sum(axis=1), confmat.sum(axis=0)
+        recall = np.diag(confmat) / support
+        precision = np.diag(confmat) / predicted
+        tumor = [c for c in range(len(confmat)) if c != negative_class]
+        return {
+            "accuracy": np.trace(confmat) / confmat.sum(),
+            "accuracy_macro": np.nanmean(recall) if np.isfinite(recall).any() else np.nan,
+            "recall": recall,
+            "precision": precision,
+            "f1": 2 * precision * recall / (precision + recall),
+            "tumor_sensitivity": confmat[np.ix_(tumor, tumor)].sum() / support[tumor].sum(),
+            "tumor_specificity": confmat[negative_class, negative_class] / support[negative_class],
+        }
+
+
+def classification_report(
+    predictions: ClassPredictions, class_names: Sequence[str], negative_class: int, resamples: int = 1000, seed: int = 0
+) -> dict:
+    """JSON-ready numbers, every accuracy and recall with its 95% bootstrap interval."""
+    num_classes = len(class_names)
+    labels, predicted = predictions.labels, predictions.predicted
+    confmat = confusion_matrix(labels, predicted, num_classes)
+    point = classification_metrics(confmat, negative_class)
+
+    def metric(name: str, index: int | None = None):
+        def statistic(indices: np.ndarray) -> float:
+            values = classification_metrics(confusion_matrix(labels[indices], predicted[indices], num_classes),
+                                            negative_class)[name]  # fmt: skip
+            return values if index is None else values[index]
+
+        return statistic
+
+    scalar_names = ("accuracy", "accuracy_macro", "tumor_sensitivity", "tumor_specificity")
+    statistics = {name: metric(name) for name in scalar_names}
+    for c, class_name in enumerate(class_names):
+        statistics[f"recall/{class_name}"] = metric("recall", c)
+        statistics[f"precision/{class_name}"] = metric("precision", c)
+    intervals = bootstrap_intervals(statistics, len(labels), resamples, seed) if len(labels) else {}
+    nan = (np.nan, np.nan)
+    return {
+        "num_images": int(len(labels)),
+        **{name: with_interval(point[name], intervals.get(name, nan)) for name in scalar_names},
+        "per_class": {
+            name: {
+                "precision": with_interval(point["precision"][c], intervals.get(f"precision/{name}", nan)),
+                "recall": with_interval(point["recall"][c], intervals.get(f"recall/{name}", nan)),
+                "f1": float(point["f1"][c]),
+                "support": int(confmat[c].sum()),
+            }
+            for c, name in enumerate(class_names)
+        },
+        "confusion_matrix": confmat.tolist(),
+    }
+
+
+def interval_text(entry: dict) -> str:
+    low, high = entry["ci95"]
+    return f"{entry['value']:.4f} [{low:.3f}, {high:.3f}]"
+
+
+def format_classification_report(report: dict, title: str) -> str:
+    lines = [title, f"{'class':<12}{'precision':>24}{'recall':>24}{'f1':>8}{'support':>9}"]
+    for name, row in report["per_class"].items():
+        lines.append(f"{name:<12}{interval_text(row['precision']):>24}{interval_text(row['recall']):>24}"
+                     f"{row['f1']:>8.4f}{row['support']:>9}")  # fmt: skip
+    lines += [
+        f"accuracy {interval_text(report['accuracy'])}, macro {interval_text(report['accuracy_macro'])} "
+        f"on {report['num_images']} images (95% bootstrap intervals)",
+        f"tumor vs no tumor: sensitivity {interval_text(report['tumor_sensitivity'])}, "
+        f"specificity {interval_text(report['tumor_specificity'])}",
+    ]
+    return "\n".join(lines)
+
+
+def classification_figures(report: dict, class_names: Sequence[str], title: str) -> dict[str, Figure]:
+    confmat = torch.tensor(report["confusion_matrix"])
+    return {"confusion_matrix": confusion_matrix_figure(confmat, class_names, title)}

@@ -1,0 +1,91 @@
+"""The evaluation layer: bootstrap intervals, reports from predictions, and evaluate.py on a folder
+that holds copies of the training images."""
+
+from __future__ import annotations
+
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
+from evaluation.bootstrap import bootstrap_intervals
+from evaluation.calibration import calibration_error, fit_temperature
+from evaluation.classification import ClassPredictions, classification_report
+from tests.conftest import evaluate_report, synthetic_slice
+
+
+def predictions_with_accuracy(size: int, accuracy: float, seed: int = 0) -> ClassPredictions:
+    """`size` images, a share `accuracy` of them predicted right, the rest as the next class."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 4, size)
+    right = np.arange(size) < round(accuracy * size)
+    predicted = np.where(right, labels, (labels + 1) % 4)
+    return ClassPredictions([f"{i}.png" for i in range(size)], labels, np.eye(4)[predicted] * 0.9 + 0.025)
+
+
+def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_images():
+    small = classification_report(predictions_with_accuracy(40, 0.75), CLASS_NAMES, NO_TUMOR_CLASS, seed=1)
+    large = classification_report(predictions_with_accuracy(4000, 0.75), CLASS_NAMES, NO_TUMOR_CLASS, seed=1)
+    for report in (small, large):
+        low, high = report["accuracy"]["ci95"]
+        assert report["accuracy"]["value"] == pytest.approx(0.75) and low < 0.75 < high
+    width = {name: r["accuracy"]["ci95"][1] - r["accuracy"]["ci95"][0] for name, r in (("s", small), ("l", large))}
+    assert width["l"] < width["s"] / 5  # 100x the images: about a tenth of the width (1 / sqrt(n))
+    # A binomial accuracy's 95% interval is about +-1.96 sqrt(p(1-p)/n): 0.027 for 4000 images.
+    assert width["l"] == pytest.approx(2 * 1.96 * np.sqrt(0.75 * 0.25 / 4000), rel=0.15)
+
+
+def test_bootstrap_is_seeded():
+    statistic = {"mean": lambda indices: float(np.arange(100)[indices].mean())}
+    assert bootstrap_intervals(statistic, 100, seed=3) == bootstrap_intervals(statistic, 100, seed=3)
+    assert bootstrap_intervals(statistic, 100, seed=3) != bootstrap_intervals(statistic, 100, seed=4)
+
+
+def test_report_of_a_perfect_classifier():
+    labels = np.array([0, 1, 2, 3] * 5)
+    report = classification_report(ClassPredictions([""] * 20, labels, np.eye(4)[labels]), CLASS_NAMES,
+                                   NO_TUMOR_CLASS, resamples=100)  # fmt: skip
+    assert report["accuracy"] == {"value": 1.0, "ci95": [1.0, 1.0]}
+    assert report["per_class"]["glioma"]["recall"]["value"] == 1.0 and report["per_class"]["glioma"]["support"] == 5
+    assert report["confusion_matrix"] == (np.eye(4, dtype=int) * 5).tolist()
+
+
+def test_evaluating_a_folder_leaves_out_copies_of_training_images(trained_classifier, tmp_path):
+    training = trained_classifier.parents[4] / "data" / "Training"
+    external = tmp_path / "external"
+    rng = np.random.default_rng(123)
+    for label, folder in enumerate(CLASS_NAMES):  # the other dataset's folder names: no_tumor is fine too
+        (external / folder).mkdir(parents=True)
+        for i in range(3):
+            cv2.imwrite(str(external / folder / f"new{i}.png"), synthetic_slice(rng, label))
+    seen = sorted((training / "glioma_tumor").glob("*.png"))[:2]
+    shutil.copy(seen[0], external / "glioma" / "exact.png")
+    cv2.imwrite(str(external / "glioma" / "reencoded.jpg"), cv2.imread(str(seen[1])), [cv2.IMWRITE_JPEG_QUALITY, 85])
+
+    metrics = evaluate_report(trained_classifier, tmp_path, "--data.root", str(external))
+    assert metrics["copies_of_training_images"] == {"exact copy": 1, "near copy": 1}
+    assert metrics["all_images"]["num_images"] == 14 and metrics["unseen_images"]["num_images"] == 12
+    flags = {row["file"].rsplit("/", 1)[-1]: row["copy_of_training_image"] for row in metrics["per_image"]}
+    assert flags.pop("exact.png") == "exact copy" and flags.pop("reencoded.jpg") == "near copy"
+    assert set(flags.values()) == {None}
+
+
+def test_temperature_scaling_undoes_overconfidence_and_lowers_the_nll():
+    torch.manual_seed(0)
+    true_logits = torch.randn(2000, 4)
+    labels = torch.distributions.Categorical(logits=true_logits).sample()  # labels as the true model expects them
+    overconfident = 4 * true_logits  # the same ranking, four times too sure
+    temperature = fit_temperature(overconfident, labels)
+    assert temperature == pytest.approx(4, rel=0.15)
+
+    def nll(logits: torch.Tensor) -> float:
+        return float(F.cross_entropy(logits, labels))
+
+    assert nll(overconfident / temperature) < nll(overconfident) - 0.3
+    before = calibration_error(overconfident.softmax(dim=1), labels)
+    after = calibration_error((overconfident / temperature).softmax(dim=1), labels)
+    assert after < before / 3
