@@ -20,11 +20,17 @@ from torchmetrics.functional.classification import (
 ECE_BINS = 15
 
 
+TEMPERATURE_RANGE = (0.2, 10.0)
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
     """The temperature T that minimizes the negative log-likelihood of softmax(logits / T).
 
     One parameter, fitted on held-out (validation) logits: it changes how sure the model says it
-    is, never what it predicts. Optimized in log space, so T stays positive."""
+    is, never what it predicts. Optimized in log space, so T stays positive, and kept within
+    TEMPERATURE_RANGE: on a validation set without a single error the likelihood keeps rising as
+    T falls towards 0, which would call every later prediction certain. (The likelihood is convex
+    in 1/T, so the bounded optimum is the unbounded one, clipped.)"""
     logits, labels = logits.detach().double(), labels.detach()
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
@@ -36,7 +42,8 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
         return loss
 
     optimizer.step(closure)
-    return float(log_t.detach().exp())
+    low, high = TEMPERATURE_RANGE
+    return min(max(float(log_t.detach().exp()), low), high)
 
 
 def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor) -> float:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
-from evaluation.calibration import calibration_error, fit_temperature
+from evaluation.calibration import TEMPERATURE_RANGE, calibration_error, fit_temperature
 from evaluation.classification import ClassPredictions, classification_report
 from tests.conftest import evaluate_report, synthetic_slice
 
@@ -89,3 +89,9 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_the_nll():
     before = calibration_error(overconfident.softmax(dim=1), labels)
     after = calibration_error((overconfident / temperature).softmax(dim=1), labels)
     assert after < before / 3
+
+
+def test_temperature_stays_bounded_on_a_validation_set_without_errors():
+    labels = torch.tensor([0, 1, 2, 3] * 4)
+    separable = 3 * torch.eye(4)[labels]  # every image right: the likelihood rises as T falls to 0
+    assert fit_temperature(separable, labels) == TEMPERATURE_RANGE[0]
