@@ -12,6 +12,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from datamodules.errors import UserError
+from lightning_modules.checkpoints import find_checkpoint, read_checkpoint
 
 
 class BasicBlock(nn.Module):
@@ -209,22 +210,66 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> None:
-    """Load an ImageNet checkpoint (torchvision or timm key layout) into an smp encoder.
+def adapt_first_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A convolution kernel trained on images of other channels, for `channels`-channel input:
+    grayscale kernels spread evenly over the channels, colour ones summed (timm's rule), so a
+    grayscale image shown as identical R, G and B gives the features it gave before."""
+    if weight.shape[1] == 1:
+        return weight.repeat(1, channels, 1, 1) / channels
+    return adapt_input_conv(channels, weight)
 
-    Classification heads are dropped and wrapper prefixes stripped; anything else that
-    does not match is an error naming the file, so a wrong checkpoint never half-loads."""
+
+def classifier_backbone(path: str | Path, encoder_name: str) -> dict[str, torch.Tensor]:
+    """The network weights of a classification checkpoint (a .ckpt file or a run folder's
+    best.ckpt) whose classifier is the same architecture as the encoder `encoder_name`."""
+    path = find_checkpoint(path)
+    checkpoint = read_checkpoint(path)
+    hparams = checkpoint.get("hyper_parameters", {})
+    saved_class = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+    if saved_class != "ClassificationModule":
+        raise PretrainedWeightsError(f"{path}: a {saved_class or 'foreign'} checkpoint; encoder weights come from a "
+                                     "classification checkpoint (or an ImageNet weights file)")  # fmt: skip
+    if hparams.get("model") != encoder_name:
+        raise PretrainedWeightsError(
+            f"{path}: its classifier is '{hparams.get('model')}', which cannot initialise the '{encoder_name}' "
+            f"encoder; train a classifier with model: {encoder_name} (configs/cls_resnet50.yaml) or change encoder_name"
+        )
+    return {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
+
+
+def encoder_weights_in(path: str | Path, encoder_name: str) -> dict[str, torch.Tensor]:
+    """The weights a file or run folder offers an encoder: a classification checkpoint's network,
+    or an ImageNet state dict (torchvision or timm layout)."""
     path = Path(path)
+    if path.is_dir() or path.suffix == ".ckpt":
+        return classifier_backbone(path, encoder_name)
+    return read_weights_file(path)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | Path, encoder_name: str) -> None:
+    """Load pretrained weights into an smp encoder: an ImageNet checkpoint (torchvision or timm key
+    layout), or the network of a classification checkpoint of the same architecture.
+
+    Classification heads are dropped, wrapper prefixes stripped and a first convolution trained
+    on other channels adapted; anything else that does not match is an error naming the file, so
+    a wrong checkpoint never half-loads."""
     check_encoder_weights(str(path))
-    state = read_weights_file(path)
+    expected = encoder.state_dict()
     cleaned = {}
-    for key, value in state.items():
+    for key, value in encoder_weights_in(path, encoder_name).items():
         for prefix in WRAPPER_PREFIXES:
             key = key.removeprefix(prefix)
-        if not key.startswith(HEAD_PREFIXES):
-            cleaned[key] = value
+        if key.startswith(HEAD_PREFIXES):
+            continue
+        target = expected.get(key)
+        if target is not None and value.ndim == 4 and value.shape[1] != target.shape[1]:
+            value = adapt_first_conv(value, target.shape[1])
+        cleaned[key] = value
     # nn.Module's own method: smp encoders override it and return nothing
-    missing, unexpected = nn.Module.load_state_dict(encoder, cleaned, strict=False)
+    try:
+        missing, unexpected = nn.Module.load_state_dict(encoder, cleaned, strict=False)
+    except RuntimeError as error:  # same names, other shapes: another width or depth of the architecture
+        raise PretrainedWeightsError(f"{path}: does not fit this encoder ({str(error).splitlines()[1].strip()})") from error
     if missing or unexpected:
         raise PretrainedWeightsError(
             f"{path}: does not fit this encoder ({len(missing)} weights missing, e.g. {missing[:2]}; "
@@ -238,16 +283,17 @@ def is_local_weights(encoder_weights: str | None) -> bool:
 
 
 def check_encoder_weights(encoder_weights: str | None) -> None:
-    """A one-line error for a local encoder weights file that is not there."""
-    if is_local_weights(encoder_weights) and not Path(encoder_weights).is_file():
+    """A one-line error for a local encoder weights file (or classification run folder) that is not there."""
+    if is_local_weights(encoder_weights) and not Path(encoder_weights).exists():
         raise PretrainedWeightsError(f"{encoder_weights}: encoder weights file not found")
 
 
 def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3) -> nn.Module:
     """A binary UNet (one logit per pixel) from segmentation-models-pytorch.
 
-    `encoder_weights`: "imagenet" (smp downloads them), None (random init), or the path of
-    a local ImageNet checkpoint for offline machines."""
+    `encoder_weights`: "imagenet" (smp downloads them), None (random init), the path of a local
+    ImageNet checkpoint for offline machines, or a classification checkpoint or run folder whose
+    classifier has the encoder's architecture (an encoder pretrained on MRI)."""
     import segmentation_models_pytorch as smp
 
     if encoder_name not in smp.encoders.encoders:
@@ -268,5 +314,5 @@ def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None
             "checkpoint file (torchvision or timm layout), or to null to train from scratch"
         ) from error
     if local_file:
-        load_encoder_weights(model.encoder, encoder_weights)
+        load_encoder_weights(model.encoder, encoder_weights, encoder_name)
     return model

@@ -16,8 +16,10 @@ class SegmentationModule(TaskModule):
 
     Args:
         encoder_name: any smp encoder ("resnet50", "mobilenet_v2", "resnet18", ...).
-        encoder_weights: "imagenet" (downloaded), null, or a local ImageNet checkpoint path; read when training
-            starts, so a trained checkpoint needs neither the file nor the network.
+        encoder_weights: "imagenet" (downloaded), null, a local ImageNet checkpoint path, or a classification
+            checkpoint or run folder whose classifier is `encoder_name` (an encoder pretrained on MRI, see
+            configs/cls_resnet50.yaml); read when training starts, so a trained checkpoint needs neither the
+            file nor the network.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss.
         bce_weight: weight of the binary cross-entropy loss.

@@ -12,7 +12,7 @@ import torch
 
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.segmentation import read_coco_split
-from lightning_modules import SegmentationModule
+from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import PretrainedWeightsError, create_segmenter
 from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
@@ -113,6 +113,39 @@ def test_wrong_encoder_checkpoint_names_the_file(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1)}, path)
     with pytest.raises(PretrainedWeightsError, match="other.pth: does not fit this encoder"):
         create_segmenter("resnet18", str(path))
+
+
+def save_classification_checkpoint(path, model: str, in_channels: int = 1) -> dict[str, torch.Tensor]:
+    """A checkpoint as train.py writes it (the parts encoder loading reads); returns the network's weights."""
+    module = ClassificationModule(model=model, in_channels=in_channels, model_kwargs={} if model != "residual_cnn" else None)
+    hparams = {"_class_path": "lightning_modules.ClassificationModule", **module.hparams}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
+    return module.net.state_dict()
+
+
+@pytest.mark.parametrize("as_run_folder", [False, True])
+def test_a_classifier_checkpoint_becomes_the_encoder(tmp_path, as_run_folder):
+    torch.manual_seed(4)
+    checkpoint = tmp_path / "cls" / "version_0" / "checkpoints" / "best.ckpt"
+    classifier = save_classification_checkpoint(checkpoint, "resnet18", in_channels=1)
+    torch.manual_seed(5)
+    source = checkpoint.parents[1] if as_run_folder else checkpoint
+    encoder = create_segmenter("resnet18", str(source), in_channels=3).encoder.state_dict()
+    for key, value in encoder.items():
+        if key == "conv1.weight":  # grayscale kernels spread over R, G, B: the same response to a gray image
+            assert torch.equal(value, classifier[key].repeat(1, 3, 1, 1) / 3)
+        else:
+            assert torch.equal(value, classifier[key]), key
+    assert not set(classifier) - set(encoder) - {"fc.weight", "fc.bias"}  # all but the head was carried over
+
+
+def test_a_classifier_of_another_architecture_is_refused_in_one_line(tmp_path):
+    checkpoint = tmp_path / "best.ckpt"
+    save_classification_checkpoint(checkpoint, "residual_cnn")
+    with pytest.raises(PretrainedWeightsError, match=r"best.ckpt: its classifier is 'residual_cnn', which cannot "
+                                                     r"initialise the 'resnet18' encoder"):  # fmt: skip
+        create_segmenter("resnet18", str(checkpoint))
 
 
 def test_module_runs_a_training_and_a_validation_step(coco_root, tmp_path):
