@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.errors import UserError
+from evaluation.boxes import box_report, format_box_report, image_boxes
 from evaluation.calibration import auroc_per_class, calibration_error, reliability_diagram, roc_and_pr_figure
 from evaluation.classification import (
     ClassPredictions,
@@ -137,18 +138,27 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     datamodule.setup("test")
     split = datamodule.test_split_name
     dataset = datamodule.datasets[split]
-    stats = segmentation_stats()
+    module, stats, boxes = trained.module, segmentation_stats(), []
     for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, args.tta):
-        stats.update(logits.sigmoid(), masks.int())
+        predicted = module.tumor_masks(logits, args.min_area)
+        stats.update(predicted.float(), masks.int())
+        boxes += [image_boxes(p[0].numpy(), m[0].numpy()) for p, m in zip(predicted, masks)]
     source = f"{datamodule.root}, {split} split"
     report = segmentation_report(stats.compute(), dataset.files, args.bootstrap, args.seed)
+    min_area = module.hparams.min_tumor_area if args.min_area is None else args.min_area
+    report = {"threshold": float(module.threshold), "min_tumor_area": min_area, **report,
+              "boxes": box_report(boxes, args.bootstrap, args.seed)}  # fmt: skip
+    for row, image in zip(report["per_image"], boxes):
+        row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
     figures = {}
     for name, indices in worst_and_best(report).items():
         images, masks = map(torch.stack, zip(*(dataset[i] for i in indices)))
         subset = torch.utils.data.Subset(dataset, indices)
-        predicted = next(model_outputs(trained, subset, len(indices), 0, args.tta))[0] > 0
+        predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, args.tta))[0], args.min_area)
         figures[name] = case_figure(report, indices, images, masks, predicted)
-    return {"data": source, **report}, figures, format_segmentation_report(report, source)
+    text = (f"{format_segmentation_report(report, source)}\nmasks: probability >= {report['threshold']:.2f} (fitted on "
+            f"the validation split), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}")
+    return {"data": source, **report}, figures, text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,6 +173,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples (default: %(default)s)")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
                         help="test-time augmentation: average over flipped views (default: %(default)s)")  # fmt: skip
+    parser.add_argument("--min_area", type=int, help="segmentation: drop predicted tumours of fewer pixels, at the "
+                        "model's input size (default: the model's min_tumor_area)")  # fmt: skip
     args = parser.parse_args(argv)
 
     trained = TrainedModel.load(args.ckpt_path, None, resolve_device(args.device))

@@ -82,7 +82,9 @@ def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: P
                                     {"class_names": list(CLASS_NAMES), "temperature": temperature}))  # fmt: skip
     if seg_ckpt:
         segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, torch.device("cpu"))
-        written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", {"threshold": 0.5}))
+        postprocessing = {"threshold": float(segmenter.module.threshold),  # fitted on the validation split
+                          "min_tumor_area": segmenter.module.hparams.min_tumor_area}  # fmt: skip
+        written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", postprocessing))
     return written
 
 

@@ -283,9 +283,10 @@ class TumorPredictor:
                 if cams is not None:
                     prediction.gradcam = upsample(cams[i], prediction.image.shape[:2])
             if self.segmenter is not None:
-                tumor = run_with_tta(self.segmenter.module, self._inputs(self.segmenter, valid), tta).sigmoid()
+                segmenter = self.segmenter.module  # its masks use the threshold fitted on its validation split
+                tumor = segmenter.tumor_masks(run_with_tta(segmenter, self._inputs(self.segmenter, valid), tta))
                 for i, prediction in enumerate(valid):
-                    prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) > 0.5).astype(np.uint8)
+                    prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) >= 0.5).astype(np.uint8)
         return batch
 
 

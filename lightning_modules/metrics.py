@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
+    BinaryPrecisionRecallCurve,
     BinaryStatScores,
     MulticlassAccuracy,
     MulticlassConfusionMatrix,
@@ -61,3 +62,24 @@ def segmentation_scores(stats: torch.Tensor) -> dict[str, float]:
         "dice_per_image": float(dice.mean()),
         "iou_per_tumor_image": float(iou[has_tumor].mean()) if has_tumor.any() else float("nan"),
     }
+
+
+THRESHOLD_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))  # 0.1, 0.15, ..., 0.9
+
+
+def threshold_curve() -> BinaryPrecisionRecallCurve:
+    """Pixel precision and recall at each probability threshold of THRESHOLD_GRID, pooled over
+    all images: constant memory, whatever the number of images."""
+    return BinaryPrecisionRecallCurve(thresholds=torch.tensor(THRESHOLD_GRID))
+
+
+def best_threshold(curve: BinaryPrecisionRecallCurve) -> tuple[float, float]:
+    """The threshold of the curve with the highest global IoU, and that IoU.
+
+    IoU = TP / (TP + FP + FN) = P R / (P + R - P R), from the curve's precision P and recall R."""
+    precision, recall, thresholds = curve.compute()
+    precision, recall = precision[: len(thresholds)].double(), recall[: len(thresholds)].double()
+    denominator = precision + recall - precision * recall
+    iou = torch.where(denominator > 0, precision * recall / denominator.clamp_min(1e-12), 0.0)
+    best = int(iou.argmax())
+    return float(thresholds[best]), float(iou[best])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 
+from evaluation.boxes import remove_small_components
 from lightning_modules.base import TaskModule
-from lightning_modules.metrics import segmentation_scores, segmentation_stats
+from lightning_modules.metrics import best_threshold, segmentation_scores, segmentation_stats, threshold_curve
 from lightning_modules.models import create_segmenter
 from lightning_modules.visualization import segmentation_figure
 
@@ -23,6 +25,8 @@ class SegmentationModule(TaskModule):
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss.
         bce_weight: weight of the binary cross-entropy loss.
+        min_tumor_area: predicted tumours (connected components) of fewer pixels, at the model's input size,
+            are dropped from the masks that predict.py, app.py and evaluate.py show; 0 keeps all.
         preview_every_n_epochs: log an image / truth / prediction grid to TensorBoard this often.
         preview_images: images in that grid.
         **kwargs: optimizer and schedule options of `TaskModule`.
@@ -35,6 +39,7 @@ class SegmentationModule(TaskModule):
         in_channels: int = 3,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
+        min_tumor_area: int = 0,
         preview_every_n_epochs: int = 5,
         preview_images: int = 4,
         **kwargs,
@@ -44,9 +49,24 @@ class SegmentationModule(TaskModule):
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss()
         self.val_stats = segmentation_stats()
+        self.val_threshold_curve = threshold_curve()
+        # The probability above which a pixel is tumour in predicted masks: the one of THRESHOLD_GRID
+        # with the best global IoU on each epoch's validation split, so every checkpoint has its own.
+        # (Training still selects checkpoints by IoU at 0.5, which the threshold does not influence.)
+        self.register_buffer("threshold", torch.tensor(0.5))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def tumor_masks(self, logits: torch.Tensor, min_tumor_area: int | None = None) -> torch.Tensor:
+        """Binary masks (N, 1, H, W) from logits: probabilities at or above the fitted threshold,
+        without tumours smaller than `min_tumor_area` pixels (default: the module's)."""
+        masks = logits.float().sigmoid() >= self.threshold
+        min_area = self.hparams.min_tumor_area if min_tumor_area is None else min_tumor_area
+        if min_area > 1:
+            kept = [remove_small_components(mask[0].cpu().numpy().astype(np.uint8), min_area) for mask in masks]
+            masks = torch.from_numpy(np.stack(kept)[:, None] > 0).to(masks.device)
+        return masks
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
@@ -69,6 +89,7 @@ class SegmentationModule(TaskModule):
         logits = self(images)
         self.log("val/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True)
         self.val_stats.update(logits.sigmoid(), masks.int())
+        self.val_threshold_curve.update(logits.float().sigmoid(), masks.int())
         if batch_idx == 0 and self._preview_due():
             count = self.hparams.preview_images
             figure = segmentation_figure(images[:count], masks[:count], logits[:count] > 0)
@@ -83,6 +104,15 @@ class SegmentationModule(TaskModule):
         self.log("val/iou_global", scores.pop("iou_global"), prog_bar=True)
         self.log_dict({f"val/{name}": value for name, value in scores.items()})
         self.val_stats.reset()
+        threshold, iou = best_threshold(self.val_threshold_curve)
+        self.val_threshold_curve.reset()
+        if not self.trainer.sanity_checking:
+            self.threshold.fill_(threshold)
+            self.log_dict({"val/threshold": threshold, "val/iou_global_at_threshold": iou})
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints from before threshold tuning cut at 0.5.
+        checkpoint["state_dict"].setdefault("threshold", torch.tensor(0.5))
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch

@@ -6,7 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from lightning_modules.metrics import THRESHOLD_GRID
 from tests.conftest import EMPTY_IMAGE, evaluate_report, run_folder, run_script
 from tests.conftest import SEG_CONFIG as CONFIG
 from tests.conftest import TINY_SEG as TINY
@@ -39,6 +41,13 @@ def test_train_then_evaluate_segmentation(coco_root, tmp_path):
     for figure in ("worst_cases.png", "best_cases.png"):
         assert (tmp_path / "report" / figure).read_bytes()[:4] == b"\x89PNG"
     assert "global (pixels pooled)" in result.stdout
+    # masks cut at the threshold fitted on validation and stored in the checkpoint; tumours counted as boxes
+    state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
+    assert report["threshold"] == pytest.approx(float(state["threshold"]))
+    assert min(abs(report["threshold"] - t) for t in THRESHOLD_GRID) < 1e-6
+    boxes = report["boxes"]
+    assert (boxes["true_tumors"], boxes["images_without_tumor"]) == (5, 1)  # one tumour on each other image
+    assert boxes["found_tumors"] == sum(row["found_tumors"] for row in report["per_image"])
 
 
 def test_a_short_run_learns(trained_segmenter, tmp_path):
