@@ -40,7 +40,7 @@ from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import TTA_VIEWS, TrainedModel, resolve_device, run_with_tta
-from lightning_modules.metrics import segmentation_stats
+from lightning_modules.metrics import iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
 
 
@@ -138,8 +138,9 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     datamodule.setup("test")
     split = datamodule.test_split_name
     dataset = datamodule.datasets[split]
-    module, stats, boxes = trained.module, segmentation_stats(), []
+    module, stats, curve, boxes = trained.module, segmentation_stats(), threshold_curve(), []
     for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, args.tta):
+        curve.update(logits.sigmoid(), masks.int())
         predicted = module.tumor_masks(logits, args.min_area)
         stats.update(predicted.float(), masks.int())
         boxes += [image_boxes(p[0].numpy(), m[0].numpy()) for p, m in zip(predicted, masks)]
@@ -147,7 +148,8 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     report = segmentation_report(stats.compute(), dataset.files, args.bootstrap, args.seed)
     min_area = module.hparams.min_tumor_area if args.min_area is None else args.min_area
     report = {"threshold": float(module.threshold), "min_tumor_area": min_area, **report,
-              "boxes": box_report(boxes, args.bootstrap, args.seed)}  # fmt: skip
+              "boxes": box_report(boxes, args.bootstrap, args.seed),
+              "iou_global_by_threshold": iou_by_threshold(curve)}  # fmt: skip
     for row, image in zip(report["per_image"], boxes):
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
     figures = {}

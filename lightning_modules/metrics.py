@@ -73,13 +73,19 @@ def threshold_curve() -> BinaryPrecisionRecallCurve:
     return BinaryPrecisionRecallCurve(thresholds=torch.tensor(THRESHOLD_GRID))
 
 
-def best_threshold(curve: BinaryPrecisionRecallCurve) -> tuple[float, float]:
-    """The threshold of the curve with the highest global IoU, and that IoU.
+def iou_by_threshold(curve: BinaryPrecisionRecallCurve) -> dict[float, float]:
+    """Global IoU at each threshold of the curve.
 
     IoU = TP / (TP + FP + FN) = P R / (P + R - P R), from the curve's precision P and recall R."""
     precision, recall, thresholds = curve.compute()
     precision, recall = precision[: len(thresholds)].double(), recall[: len(thresholds)].double()
     denominator = precision + recall - precision * recall
     iou = torch.where(denominator > 0, precision * recall / denominator.clamp_min(1e-12), 0.0)
-    best = int(iou.argmax())
-    return float(thresholds[best]), float(iou[best])
+    return {round(float(t), 4): float(value) for t, value in zip(thresholds, iou)}
+
+
+def best_threshold(curve: BinaryPrecisionRecallCurve) -> tuple[float, float]:
+    """The threshold of the curve with the highest global IoU, and that IoU."""
+    ious = iou_by_threshold(curve)
+    threshold = max(ious, key=ious.get)
+    return threshold, ious[threshold]

@@ -45,6 +45,7 @@ def test_train_then_evaluate_segmentation(coco_root, tmp_path):
     state = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)["state_dict"]
     assert report["threshold"] == pytest.approx(float(state["threshold"]))
     assert min(abs(report["threshold"] - t) for t in THRESHOLD_GRID) < 1e-6
+    assert len(report["iou_global_by_threshold"]) == len(THRESHOLD_GRID)
     boxes = report["boxes"]
     assert (boxes["true_tumors"], boxes["images_without_tumor"]) == (5, 1)  # one tumour on each other image
     assert boxes["found_tumors"] == sum(row["found_tumors"] for row in report["per_image"])
