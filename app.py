@@ -1,8 +1,8 @@
 """A local web page: upload an MRI slice, see the class probabilities, the tumor overlay and a Grad-CAM map.
 
-    python app.py --cls-ckpt runs/cls/version_0 [--seg-ckpt runs/seg/version_0] [--port 7860]
+    python app.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] [--port 7860]
 
-A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
+A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt); give either model or both.
 
 Research tool only: not a medical device and not a diagnosis.
 """
@@ -26,8 +26,10 @@ DISCLAIMER = (
 
 
 def describe(prediction: Prediction) -> str:
-    lines = [f"**Predicted class:** {prediction.predicted_class.replace('_', ' ')} "
-             f"({prediction.probabilities[prediction.predicted_class]:.1%})"]  # fmt: skip
+    lines = []
+    if prediction.probabilities:
+        lines.append(f"**Predicted class:** {prediction.predicted_class.replace('_', ' ')} "
+                     f"({prediction.probabilities[prediction.predicted_class]:.1%})")  # fmt: skip
     if prediction.tumor_mask is not None:
         row = prediction.row()
         lines.append(f"**Segmented tumor area:** {row['tumor_area_px']} px ({row['tumor_area_fraction']:.2%} of the image)")
@@ -51,7 +53,7 @@ def analyse(predictor: TumorPredictor, upload: str | None, tta: bool = False):
     message = describe(prediction)
     if predictor.gradcam_unavailable:
         message += f"\n\n{predictor.gradcam_unavailable}."
-    return prediction.probabilities, tumor, gradcam, message
+    return prediction.probabilities or None, tumor, gradcam, message
 
 
 def build_app(predictor: TumorPredictor) -> gr.Blocks:
@@ -65,11 +67,14 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=1):
-                probabilities = gr.Label(label="Class probabilities", num_top_classes=4, elem_id="probabilities")
+                probabilities = gr.Label(label="Class probabilities" if predictor.classifier else
+                                         "Class probabilities (no --cls-ckpt given)", num_top_classes=4,
+                                         elem_id="probabilities")  # fmt: skip
         with gr.Row():
             tumor = gr.Image(label="Segmented tumor" if predictor.segmenter else "Segmented tumor (no --seg-ckpt given)",
                              elem_id="tumor")  # fmt: skip
-            gradcam = gr.Image(label="Grad-CAM: where the classifier looked", elem_id="gradcam")
+            gradcam = gr.Image(label="Grad-CAM: where the classifier looked" if predictor.classifier else
+                               "Grad-CAM (no --cls-ckpt given)", elem_id="gradcam")  # fmt: skip
         outputs = [probabilities, tumor, gradcam, message]
         button.click(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
         upload.upload(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
@@ -78,7 +83,7 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint or run folder")
+    parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder")
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")

@@ -1,13 +1,14 @@
-"""Classify MRI slices (and segment their tumors) with trained checkpoints.
+"""Classify MRI slices and/or segment their tumors with trained checkpoints.
 
-    python predict.py --cls-ckpt runs/cls/version_0 [--seg-ckpt runs/seg/version_0] \\
-        [--output-dir predictions] IMAGE_OR_FOLDER...
+    python predict.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] \\
+        [--output predictions] IMAGE_OR_FOLDER...
 
-A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
+A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt); give either model or both.
 
-Writes predictions.csv and predictions.json (class, the four probabilities and, with a
-segmenter, tumor area in pixels and as a fraction of the image), plus per image a Grad-CAM
-overlay and, with a segmenter, the mask PNG and a mask overlay. A bad input gets one
+Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
+four calibrated probabilities and whether the image is unlike the training data; with a
+segmenter, the tumor area in pixels and as a fraction of the image and the mask file. Per image
+it also writes a Grad-CAM overlay (classifier) and the mask PNG and a mask overlay (segmenter). A bad input gets one
 `error:` line and an error row; the other images are still processed (exit status 1). An
 image far smaller than the model's input is predicted with a `warning:` line.
 """
@@ -41,18 +42,22 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
-def save_images(prediction: Prediction, output_dir: Path, name: str) -> None:
-    def write(folder: str, image) -> None:
+def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str, str]:
+    """Write the prediction's pictures; returns the mask's path (relative to output_dir), if any."""
+
+    def write(folder: str, image) -> str:
         (output_dir / folder).mkdir(parents=True, exist_ok=True)
         if image.ndim == 3:
             image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         cv2.imwrite(str(output_dir / folder / f"{name}.png"), image)
+        return f"{folder}/{name}.png"
 
     if prediction.gradcam is not None:
         write("gradcam", heatmap_overlay(prediction.image, prediction.gradcam))
-    if prediction.tumor_mask is not None:
-        write("masks", prediction.tumor_mask * 255)
-        write("overlays", mask_overlay(prediction.image, prediction.tumor_mask))
+    if prediction.tumor_mask is None:
+        return {}
+    write("overlays", mask_overlay(prediction.image, prediction.tumor_mask))
+    return {"mask_file": write("masks", prediction.tumor_mask * 255)}
 
 
 def write_tables(rows: list[dict], output_dir: Path) -> None:
@@ -67,9 +72,10 @@ def write_tables(rows: list[dict], output_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint or run folder (configs/cls.yaml)")
+    parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder (configs/cls.yaml)")
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder (configs/seg.yaml)")
-    parser.add_argument("--output-dir", default="predictions", help="where tables and images go (default: %(default)s)")
+    parser.add_argument("--output", "--output-dir", dest="output_dir", default="predictions",
+                        help="the folder for the tables and images (default: %(default)s)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat maps")
@@ -88,12 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
         for warning in prediction.warnings:
             tqdm.write(f"warning: {warning}", file=sys.stderr)
+        row = prediction.row()
         if prediction.error:
             failures += 1
             tqdm.write(f"error: {prediction.error}", file=sys.stderr)
         else:
-            save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
-        rows.append(prediction.row())
+            row |= save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
+        rows.append(row)
     write_tables(rows, output_dir)
     if predictor.gradcam_unavailable:
         print(f"warning: {predictor.gradcam_unavailable}; no heat maps written", file=sys.stderr)

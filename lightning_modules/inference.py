@@ -206,9 +206,11 @@ class Prediction:
 
     def row(self) -> dict:
         """One line of the predictions table."""
-        row = {"file": self.path, "predicted_class": self.predicted_class}
-        row |= {f"p_{name}": round(p, 6) for name, p in self.probabilities.items()}
-        row["unlike_training_data"] = int(self.unlike_training_data)
+        row = {"file": self.path}
+        if self.probabilities:  # classified (calibrated probabilities)
+            row |= {"predicted_class": self.predicted_class}
+            row |= {f"p_{name}": round(p, 6) for name, p in self.probabilities.items()}
+            row["unlike_training_data"] = int(self.unlike_training_data)
         if self.tumor_mask is not None:
             row["tumor_area_px"] = int(self.tumor_mask.sum())
             row["tumor_area_fraction"] = round(float(self.tumor_mask.mean()), 6)
@@ -216,12 +218,14 @@ class Prediction:
 
 
 class TumorPredictor:
-    """The classifier, optionally with the segmenter, applied to image files in batches."""
+    """The classifier, the segmenter or both, applied to image files in batches."""
 
-    def __init__(self, cls_ckpt: str | Path, seg_ckpt: str | Path | None = None, device: str = "auto",
+    def __init__(self, cls_ckpt: str | Path | None = None, seg_ckpt: str | Path | None = None, device: str = "auto",
                  tta: str = "none") -> None:  # fmt: skip
+        if cls_ckpt is None and seg_ckpt is None:
+            raise UserError("no model given: pass a classifier (--cls-ckpt), a segmenter (--seg-ckpt) or both")
         self.device = resolve_device(device)
-        self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device)
+        self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device) if cls_ckpt else None
         self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
         self.tta = tta  # a key of TTA_VIEWS; Grad-CAM always shows the image as it is
         self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
@@ -262,32 +266,35 @@ class TumorPredictor:
     @torch.no_grad()
     def _predict(self, batch: list[Prediction], gradcam: bool, tta: str) -> list[Prediction]:
         valid = [p for p in batch if p.error is None]
-        if valid:
-            inputs = self._inputs(self.classifier, valid)
-            classifier, cams = self.classifier.module, None
-            if gradcam:  # its forward pass gives the logits of the unflipped view too
-                logits, cams = grad_cam(classifier.net, inputs)
-                if cams is None:
-                    self.gradcam_unavailable = (f"Grad-CAM is not available for model '{classifier.hparams.model}': "
-                                                "its features have no spatial layout")  # fmt: skip
-            if not gradcam or tta != "none":
-                logits = run_with_tta(classifier, inputs, tta)
-            probabilities, unfamiliar = classifier.probabilities(logits), classifier.is_unfamiliar(logits)
+        if valid and self.classifier is not None:
+            self._classify(valid, gradcam, tta)
+        if valid and self.segmenter is not None:
+            segmenter = self.segmenter.module  # its masks use the threshold fitted on its validation split
+            tumor = segmenter.tumor_masks(run_with_tta(segmenter, self._inputs(self.segmenter, valid), tta))
             for i, prediction in enumerate(valid):
-                prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
-                prediction.unlike_training_data = bool(unfamiliar[i])
-                if unfamiliar[i]:
-                    prediction.warnings.append(f"{prediction.path}: unlike the images the classifier was trained on "
-                                               "(not an MRI slice like them, or one it is unsure of): do not trust "
-                                               "its class")  # fmt: skip
-                if cams is not None:
-                    prediction.gradcam = upsample(cams[i], prediction.image.shape[:2])
-            if self.segmenter is not None:
-                segmenter = self.segmenter.module  # its masks use the threshold fitted on its validation split
-                tumor = segmenter.tumor_masks(run_with_tta(segmenter, self._inputs(self.segmenter, valid), tta))
-                for i, prediction in enumerate(valid):
-                    prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) >= 0.5).astype(np.uint8)
+                prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) >= 0.5).astype(np.uint8)
         return batch
+
+    def _classify(self, valid: list[Prediction], gradcam: bool, tta: str) -> None:
+        inputs = self._inputs(self.classifier, valid)
+        classifier, cams = self.classifier.module, None
+        if gradcam:  # its forward pass gives the logits of the unflipped view too
+            logits, cams = grad_cam(classifier.net, inputs)
+            if cams is None:
+                self.gradcam_unavailable = (f"Grad-CAM is not available for model '{classifier.hparams.model}': "
+                                            "its features have no spatial layout")  # fmt: skip
+        if not gradcam or tta != "none":
+            logits = run_with_tta(classifier, inputs, tta)
+        probabilities, unfamiliar = classifier.probabilities(logits), classifier.is_unfamiliar(logits)
+        for i, prediction in enumerate(valid):
+            prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
+            prediction.unlike_training_data = bool(unfamiliar[i])
+            if unfamiliar[i]:
+                prediction.warnings.append(f"{prediction.path}: unlike the images the classifier was trained on "
+                                           "(not an MRI slice like them, or one it is unsure of): do not trust "
+                                           "its class")  # fmt: skip
+            if cams is not None:
+                prediction.gradcam = upsample(cams[i], prediction.image.shape[:2])
 
 
 def upsample(map_2d: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

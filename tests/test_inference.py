@@ -54,6 +54,24 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
         assert len(list((out / folder).glob("*.png"))) == 2
 
 
+def test_predict_with_the_segmenter_alone(trained_segmenter, images, tmp_path):
+    result = run_script("predict.py", "--seg-ckpt", str(trained_segmenter), "--output", "out", str(images),
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+    assert len(rows) == 2 and "predicted_class" not in rows[0] and not list((tmp_path / "out").glob("gradcam"))
+    for row in rows:
+        mask = cv2.imread(str(tmp_path / "out" / row["mask_file"]), cv2.IMREAD_UNCHANGED)
+        assert int(row["tumor_area_px"]) == int((mask > 0).sum())
+
+
+def test_predict_without_a_model_is_one_line(images, tmp_path):
+    result = run_script("predict.py", str(images), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("no model given: pass a classifier (--cls-ckpt), a "
+                                                           "segmenter (--seg-ckpt) or both")  # fmt: skip
+
+
 def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifier, images, tmp_path):
     (images / "notes.jpg").write_text("this is not an image")
     cv2.imwrite(str(images / "c.jpg"), cv2.imread(str(images / "a.png")))
