@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from datamodules.dicom import DICOM_SUFFIXES
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import Prediction, TumorPredictor
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
@@ -40,7 +41,7 @@ def describe(prediction: Prediction) -> str:
 def analyse(predictor: TumorPredictor, upload: str | None, tta: bool = False):
     """Gradio callback: (probabilities, tumor overlay, Grad-CAM overlay, message)."""
     if not upload:
-        return None, None, None, "Upload an MRI slice (JPEG or PNG) first."
+        return None, None, None, "Upload an MRI slice (JPEG, PNG or DICOM) first."
     size_mb = Path(upload).stat().st_size / 2**20
     if size_mb > MAX_UPLOAD_MB:
         return None, None, None, f"That file is {size_mb:.0f} MB; the limit is {MAX_UPLOAD_MB} MB."
@@ -62,7 +63,8 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="MRI slice (JPEG or PNG)", file_types=["image"], type="filepath", elem_id="upload")
+                upload = gr.File(label="MRI slice (JPEG, PNG or DICOM)", file_types=["image", *DICOM_SUFFIXES],
+                                 type="filepath", elem_id="upload")  # fmt: skip
                 tta = gr.Checkbox(label="Also look at the mirrored slice (test-time augmentation)", elem_id="tta")
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 message = gr.Markdown(elem_id="message")

@@ -25,6 +25,7 @@ import cv2
 from tqdm import tqdm
 
 from datamodules.common import IMAGE_SUFFIXES
+from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import TTA_VIEWS, Prediction, TumorPredictor
@@ -36,7 +37,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES)
         else:
             paths.append(item)
     return paths
@@ -71,7 +72,7 @@ def write_tables(rows: list[dict], output_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("inputs", nargs="+", help="image files (JPEG, PNG, ..., DICOM .dcm) and/or folders of them")
     parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder (configs/cls.yaml)")
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder (configs/seg.yaml)")
     parser.add_argument("--output", "--output-dir", dest="output_dir", default="predictions",

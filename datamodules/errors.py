@@ -11,3 +11,7 @@ class UserError(Exception):
 
 class DatasetError(UserError):
     """A dataset folder or annotation file that cannot be used as it is."""
+
+
+class InputImageError(UserError):
+    """An input that is not a readable image; the message starts with its path."""

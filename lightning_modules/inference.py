@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from datamodules.classification import CLASS_NAMES, ClassificationDataModule
 from datamodules.common import CachedDataModule, Fingerprints, build_transform, read_image, resize_square
-from datamodules.errors import UserError
+from datamodules.dicom import DICOM_SUFFIXES, read_dicom
+from datamodules.errors import InputImageError, UserError
 from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.base import TaskModule
 from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
@@ -27,10 +28,6 @@ from lightning_modules.segmentation import SegmentationModule
 # An input whose shorter side is below this share of the model's input size is blown up so much
 # that the model sees mostly interpolation: it is still predicted, with a warning.
 SMALL_INPUT_FRACTION = 0.25
-
-
-class InputImageError(UserError):
-    """An input that is not a readable image; the message starts with its path."""
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -59,12 +56,15 @@ def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none
 
 
 def load_image_file(path: str | Path, channels: int) -> np.ndarray:
-    """Decode like training does, with one clear error per kind of bad file."""
+    """Decode like training does (a DICOM slice rendered as a viewer shows it), with one clear
+    error per kind of bad file."""
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise InputImageError(f"{path}: empty file")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom(path, channels)
     image = read_image(path, channels)
     if image is None:
         raise InputImageError(f"{path}: not an image, or a corrupt one (could not decode)")
