@@ -1,8 +1,14 @@
-"""Export trained checkpoints to ONNX, with the model's preprocessing in a JSON sidecar.
+"""Export trained checkpoints as slim model files (default) or to ONNX.
 
-    python export.py --cls-ckpt runs/cls/version_0 [--seg-ckpt runs/seg/version_0] [--output-dir exports]
+    python export.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] [--output-dir exports] \\
+        [--format safetensors|onnx] [--dtype float16|float32]
 
 A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
+
+classifier.safetensors / segmenter.safetensors: the weights without the optimizer state, with the
+architecture, preprocessing, calibration temperature, mask threshold and training-image fingerprints
+in the file's header (lightning_modules/model_file.py). predict.py, app.py and evaluate.py take them
+wherever they take a checkpoint; they load without pickle.
 
 classifier.onnx maps a normalized (N, C, H, W) float batch to the four class probabilities
 (calibrated: the temperature fitted in training is part of the graph);
@@ -24,6 +30,7 @@ from datamodules.common import imagenet_normalization
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import TrainedModel
+from lightning_modules.model_file import write_model_file
 from lightning_modules.segmentation import SegmentationModule
 
 OPSET = 17
@@ -72,19 +79,32 @@ def export_model(model: TrainedModel, activation: torch.nn.Module, path: Path, e
     return path
 
 
-def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: Path) -> list[Path]:
+def export_model_file(model: TrainedModel, path: Path, half: bool) -> Path:
+    module = model.module
+    hparams = {"_class_path": f"lightning_modules.{type(module).__name__}", **dict(module.hparams)}
+    return write_model_file(module, hparams, model.data_hparams, model.data_state, path, half)
+
+
+def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: Path, format: str = "safetensors",
+                       half: bool = True) -> list[Path]:  # fmt: skip
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if cls_ckpt:
         classifier = TrainedModel.load(cls_ckpt, ClassificationModule, torch.device("cpu"))
         temperature = float(classifier.module.temperature)
-        written.append(export_model(classifier, CalibratedSoftmax(temperature), output_dir / "classifier.onnx",
-                                    {"class_names": list(CLASS_NAMES), "temperature": temperature}))  # fmt: skip
+        if format == "safetensors":
+            written.append(export_model_file(classifier, output_dir / "classifier.safetensors", half))
+        else:
+            written.append(export_model(classifier, CalibratedSoftmax(temperature), output_dir / "classifier.onnx",
+                                        {"class_names": list(CLASS_NAMES), "temperature": temperature}))  # fmt: skip
     if seg_ckpt:
         segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, torch.device("cpu"))
-        postprocessing = {"threshold": float(segmenter.module.threshold),  # fitted on the validation split
-                          "min_tumor_area": segmenter.module.hparams.min_tumor_area}  # fmt: skip
-        written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", postprocessing))
+        if format == "safetensors":
+            written.append(export_model_file(segmenter, output_dir / "segmenter.safetensors", half))
+        else:
+            postprocessing = {"threshold": float(segmenter.module.threshold),  # fitted on the validation split
+                              "min_tumor_area": segmenter.module.hparams.min_tumor_area}  # fmt: skip
+            written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", postprocessing))
     return written
 
 
@@ -93,11 +113,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder")
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
     parser.add_argument("--output-dir", default="exports", help="default: %(default)s")
+    parser.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                        help="a slim model file for this project's tools, or ONNX for other runtimes (default: %(default)s)")
+    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                        help="of the weights in a model file (default: %(default)s; BENCHMARKS.md measures the difference)")
     args = parser.parse_args(argv)
     if not (args.cls_ckpt or args.seg_ckpt):
         parser.error("give --cls-ckpt, --seg-ckpt or both")
-    for path in export_checkpoints(args.cls_ckpt, args.seg_ckpt, Path(args.output_dir)):
-        print(f"wrote {path} and {path.with_suffix('.json').name}")
+    for path in export_checkpoints(args.cls_ckpt, args.seg_ckpt, Path(args.output_dir), args.format,
+                                   args.dtype == "float16"):  # fmt: skip
+        sidecar = f" and {path.with_suffix('.json').name}" if args.format == "onnx" else ""
+        print(f"wrote {path}{sidecar} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.base import TaskModule
 from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
 from lightning_modules.classification import ClassificationModule
+from lightning_modules.model_file import is_model_file, read_model_file
 from lightning_modules.segmentation import SegmentationModule
 
 # An input whose shorter side is below this share of the model's input size is blown up so much
@@ -88,11 +89,12 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | Path, module_class: type[TaskModule] | None, device: torch.device) -> TrainedModel:
-        """A checkpoint file, or the best checkpoint of a run folder, of `module_class` (None: of
-        either task). Loading reads only the file: no pretrained weights, no network
+        """A checkpoint file, the best checkpoint of a run folder, or a model file (export.py) of
+        `module_class` (None: of either task). Loading reads only the file: no pretrained weights, no network
         (see TaskModule.load_pretrained_weights)."""
-        path = find_checkpoint(path)
-        checkpoint = read_checkpoint(path)
+        slim = is_model_file(path)
+        path = Path(path) if slim else find_checkpoint(path)
+        checkpoint = read_model_file(path) if slim else read_checkpoint(path)
         saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "").rsplit(".", 1)[-1]
         if module_class is None and saved_class not in TASK_MODULES:
             raise CheckpointError(f"{path}: not a checkpoint of this project's models (class '{saved_class}')")
@@ -103,7 +105,13 @@ class TrainedModel:
         if not data or "image_size" not in data:
             raise CheckpointError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
         data_state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
-        module = module_class.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
+        if slim:
+            arguments = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
+            module = module_class(**arguments)
+            module.load_state_dict(checkpoint["state_dict"])
+            module = module.to(device).eval()
+        else:
+            module = module_class.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path), dict(data), data_state)
 
     def datamodule(self, root: str | list[str] | None = None) -> CachedDataModule:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -202,7 +203,7 @@ def test_checkpoints_need_no_pretrained_weights_file(trained_classifier, images,
     result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(run),
                         "--output-dir", "out", str(images), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_script("export.py", "--seg-ckpt", str(run), "--output-dir", "exports", cwd=tmp_path)
+    result = run_script("export.py", "--seg-ckpt", str(run), "--output-dir", "exports", "--format", "onnx", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "exports" / "segmenter.onnx").is_file()
     result = run_script("train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "2",
@@ -218,7 +219,7 @@ def test_onnx_export_matches_pytorch(trained_classifier, trained_segmenter, tmp_
 
     from export import export_checkpoints
 
-    paths = export_checkpoints(str(trained_classifier), str(trained_segmenter), tmp_path)
+    paths = export_checkpoints(str(trained_classifier), str(trained_segmenter), tmp_path, format="onnx")
     classifier = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module
     assert float(classifier.temperature) != 1.0  # fitted in training, and part of the exported graph
     cases = [(paths[0], trained_classifier, ClassificationModule, classifier.probabilities),
@@ -246,3 +247,41 @@ def test_tta_averages_flipped_views_and_flips_maps_back():
     assert torch.equal(run_with_tta(left_columns, images, "none"), left_columns(images))
     # A "segmenter" whose map follows the image: every view, flipped back, is the image again.
     assert torch.allclose(run_with_tta(lambda x: x * 2, images, "flips"), images * 2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_model_files_predict_like_their_checkpoints(trained_classifier, trained_segmenter, images, tmp_path, dtype):
+    result = run_script("export.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(trained_segmenter),
+                        "--output-dir", "models", "--dtype", dtype, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    cpu = torch.device("cpu")
+    for checkpoint, name, module_class in [(trained_classifier, "classifier", ClassificationModule),
+                                           (trained_segmenter, "segmenter", SegmentationModule)]:  # fmt: skip
+        path = tmp_path / "models" / f"{name}.safetensors"
+        assert path.stat().st_size < Path(checkpoint).stat().st_size / (2 if dtype == "float32" else 4)  # no optimizer
+        original, slim = TrainedModel.load(checkpoint, module_class, cpu), TrainedModel.load(path, module_class, cpu)
+        assert (slim.image_size, slim.channels, slim.data_hparams) == (original.image_size, original.channels,
+                                                                         original.data_hparams)  # fmt: skip
+        for key, value in original.module.state_dict().items():  # buffers (temperature, threshold, BN) exactly
+            if key not in dict(original.module.named_parameters()) or dtype == "float32":
+                assert torch.equal(slim.module.state_dict()[key], value), key
+        batch = torch.randn(2, original.channels, original.image_size, original.image_size)
+        with torch.no_grad():
+            difference = (original.module(batch) - slim.module(batch)).abs().max()
+        assert difference == 0 if dtype == "float32" else difference < 0.05
+    classifier = TrainedModel.load(tmp_path / "models" / "classifier.safetensors", ClassificationModule, cpu)
+    expected = TrainedModel.load(trained_classifier, ClassificationModule, cpu).training_fingerprints
+    assert np.array_equal(classifier.training_fingerprints.sha1, expected.sha1) and len(expected) > 0
+    result = run_script("predict.py", "--cls-ckpt", "models/classifier.safetensors", "--seg-ckpt",
+                        "models/segmenter.safetensors", "--output", "out", str(images), cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
+    result = run_script("predict.py", "--cls-ckpt", "other.safetensors", str(images), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("other.safetensors: a safetensors file without this "
+                                                           "project's header; write one with export.py")  # fmt: skip
