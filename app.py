@@ -2,7 +2,8 @@
 
     python app.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] [--port 7860]
 
-A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt); give either model or both.
+A model is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); give
+either or both, or neither to use the models bundled in models/ (their cards: models/*.md).
 
 Research tool only: not a medical device and not a diagnosis.
 """
@@ -16,7 +17,7 @@ import gradio as gr
 
 from datamodules.dicom import DICOM_SUFFIXES
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import Prediction, TumorPredictor
+from lightning_modules.inference import Prediction, TumorPredictor, models_to_use
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 MAX_UPLOAD_MB = 20
@@ -85,13 +86,13 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder")
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
+    parser.add_argument("--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint, run folder or model file")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
-    predictor = TumorPredictor(args.cls_ckpt, args.seg_ckpt, args.device)
+    predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     build_app(predictor).launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb",
                                 show_error=True)  # fmt: skip
 

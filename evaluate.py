@@ -2,9 +2,10 @@
 
     python evaluate.py --ckpt_path runs/cls/version_0                       # its own data: test split, else validation
     python evaluate.py --ckpt_path runs/cls/version_0 --data.root FOLDER    # any labelled folder(s)
+    python evaluate.py --ckpt_path models/classifier.safetensors --data.root DATASET --own_split
     python evaluate.py --ckpt_path runs/seg/version_0 [--data.root COCO_EXPORT] [--output_dir DIR]
 
---ckpt_path is a .ckpt file or a run folder (its checkpoints/best.ckpt); the task, the image size,
+--ckpt_path is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); the task, the image size,
 the channels and the data settings come from it. A classifier's --data.root is a folder with class
 sub-folders, or a dataset root (its Testing/, else its Training/): images that copy one the model
 trained or was validated on (exact, or near by perceptual hash) are counted and left out of a second
@@ -65,8 +66,8 @@ def model_outputs(trained: TrainedModel, dataset: Dataset, batch_size: int, num_
 
 
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
-    datamodule = trained.datamodule()
-    if args.data_root:
+    if args.data_root and not args.own_split:
+        datamodule = trained.datamodule()
         parts = [datamodule.labelled_images(root) for root in args.data_root]
         datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
         fingerprints = trained.training_fingerprints
@@ -76,6 +77,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance"))
         source = f"{', '.join(args.data_root)}"
     else:
+        datamodule = trained.datamodule(args.data_root)
         datamodule.setup("test")
         datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
         source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
@@ -167,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt file or a run folder (its checkpoints/best.ckpt)")
     parser.add_argument("--data.root", dest="data_root", nargs="+", help="what to evaluate (default: the model's own data)")
+    parser.add_argument("--own_split", action="store_true",
+                        help="classifier: score the model's own test (else validation) split of --data.root, the "
+                        "training data's root moved elsewhere; the split is recomputed from the files, as in training")
     parser.add_argument("--output_dir", help="where metrics.json and the figures go (default: RUN/evaluation)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=0)

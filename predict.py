@@ -3,7 +3,8 @@
     python predict.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] \\
         [--output predictions] IMAGE_OR_FOLDER...
 
-A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt); give either model or both.
+A model is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); give
+either or both, or neither to use the models bundled in models/ (their cards: models/*.md).
 
 Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
 four calibrated probabilities and whether the image is unlike the training data; with a
@@ -28,7 +29,7 @@ from datamodules.common import IMAGE_SUFFIXES
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import TTA_VIEWS, Prediction, TumorPredictor
+from lightning_modules.inference import TTA_VIEWS, Prediction, TumorPredictor, models_to_use
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 
@@ -73,8 +74,8 @@ def write_tables(rows: list[dict], output_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files (JPEG, PNG, ..., DICOM .dcm) and/or folders of them")
-    parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder (configs/cls.yaml)")
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder (configs/seg.yaml)")
+    parser.add_argument("--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)")
+    parser.add_argument("--seg-ckpt", help="segmenter checkpoint, run folder or model file")
     parser.add_argument("--output", "--output-dir", dest="output_dir", default="predictions",
                         help="the folder for the tables and images (default: %(default)s)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16)
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")
-    predictor = TumorPredictor(args.cls_ckpt, args.seg_ckpt, args.device)
+    predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     rows, failures = [], 0

@@ -225,13 +225,26 @@ class Prediction:
         return row | {"warning": "; ".join(self.warnings), "error": self.error or ""}
 
 
+BUNDLED_MODELS = Path(__file__).resolve().parents[1] / "models"  # model files that ship with the repository
+
+
+def models_to_use(cls_ckpt: str | None, seg_ckpt: str | None) -> tuple[str | None, str | None]:
+    """The models asked for; when none is, the bundled ones (models/classifier.safetensors and
+    models/segmenter.safetensors, whichever exist)."""
+    if cls_ckpt or seg_ckpt:
+        return cls_ckpt, seg_ckpt
+    bundled = [BUNDLED_MODELS / f"{name}.safetensors" for name in ("classifier", "segmenter")]
+    return tuple(str(path) if path.is_file() else None for path in bundled)
+
+
 class TumorPredictor:
     """The classifier, the segmenter or both, applied to image files in batches."""
 
     def __init__(self, cls_ckpt: str | Path | None = None, seg_ckpt: str | Path | None = None, device: str = "auto",
                  tta: str = "none") -> None:  # fmt: skip
         if cls_ckpt is None and seg_ckpt is None:
-            raise UserError("no model given: pass a classifier (--cls-ckpt), a segmenter (--seg-ckpt) or both")
+            raise UserError(f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls-ckpt), "
+                            "a segmenter (--seg-ckpt) or both")
         self.device = resolve_device(device)
         self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device) if cls_ckpt else None
         self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None

@@ -13,9 +13,17 @@ import pytest
 import timm
 import torch
 
+from datamodules.errors import UserError
 from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.inference import TrainedModel, grad_cam, run_with_tta
+from lightning_modules.inference import (
+    BUNDLED_MODELS,
+    TrainedModel,
+    TumorPredictor,
+    grad_cam,
+    models_to_use,
+    run_with_tta,
+)
 from lightning_modules.models import create_segmenter
 from lightning_modules.segmentation import SegmentationModule
 from tests.conftest import SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
@@ -41,7 +49,9 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
     for row in rows:
         probabilities = [float(row[f"p_{name}"]) for name in ("glioma", "meningioma", "no_tumor", "pituitary")]
         assert sum(probabilities) == pytest.approx(1, abs=1e-4)
-        assert row["predicted_class"] == ["glioma", "meningioma", "no_tumor", "pituitary"][int(np.argmax(probabilities))]
+        assert (
+            row["predicted_class"] == ["glioma", "meningioma", "no_tumor", "pituitary"][int(np.argmax(probabilities))]
+        )
         assert row["error"] == ""
         assert row["warning"] == ("" if row["unlike_training_data"] == "0" else f"{row['file']}: unlike the images "
                                   "the classifier was trained on (not an MRI slice like them, or one it is unsure of): "
@@ -66,11 +76,12 @@ def test_predict_with_the_segmenter_alone(trained_segmenter, images, tmp_path):
         assert int(row["tumor_area_px"]) == int((mask > 0).sum())
 
 
-def test_predict_without_a_model_is_one_line(images, tmp_path):
-    result = run_script("predict.py", str(images), cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("no model given: pass a classifier (--cls-ckpt), a "
-                                                           "segmenter (--seg-ckpt) or both")  # fmt: skip
+def test_without_a_model_the_bundled_ones_are_used():
+    assert models_to_use("cls.ckpt", None) == ("cls.ckpt", None)
+    bundled = [BUNDLED_MODELS / f"{name}.safetensors" for name in ("classifier", "segmenter")]
+    assert models_to_use(None, None) == tuple(str(path) if path.is_file() else None for path in bundled)
+    with pytest.raises(UserError, match=r"no model given and none bundled in .*: pass a classifier \(--cls-ckpt\)"):
+        TumorPredictor(None, None)
 
 
 def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifier, images, tmp_path):
@@ -203,7 +214,9 @@ def test_checkpoints_need_no_pretrained_weights_file(trained_classifier, images,
     result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(run),
                         "--output-dir", "out", str(images), cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_script("export.py", "--seg-ckpt", str(run), "--output-dir", "exports", "--format", "onnx", cwd=tmp_path)
+    result = run_script(
+        "export.py", "--seg-ckpt", str(run), "--output-dir", "exports", "--format", "onnx", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "exports" / "segmenter.onnx").is_file()
     result = run_script("train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "2",
