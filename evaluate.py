@@ -65,6 +65,15 @@ def model_outputs(trained: TrainedModel, dataset: Dataset, batch_size: int, num_
             yield run_with_tta(trained.module, images.to(trained.device), tta).float().cpu(), targets
 
 
+@torch.no_grad()
+def pooled_features(trained: TrainedModel, datasets: list[Dataset], args: argparse.Namespace):
+    """The classifier's pooled features of each batch (no test-time augmentation), in dataset order."""
+    for dataset in datasets:
+        for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers):
+            with autocast(trained.device):
+                yield trained.module.forward_with_features(images.to(trained.device))[1].float().cpu()
+
+
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
     if args.data_root and not args.own_split:
         datamodule = trained.datamodule()
@@ -117,10 +126,10 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         "ece_calibrated": calibration_error(calibrated, truth),
         "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
     }
-    flagged = trained.module.is_unfamiliar(logits)
+    flagged = torch.cat([trained.module.is_unfamiliar(pooled) for pooled in pooled_features(trained, datasets, args)])
     for row, unfamiliar in zip(per_image, flagged.tolist()):
         row["unlike_training_data"] = unfamiliar
-    results["unlike_training_data"] = {"energy_threshold": float(trained.module.unfamiliar_threshold),
+    results["unlike_training_data"] = {"distance_threshold": float(trained.module.unfamiliar_threshold),
                                        "share_flagged": float(flagged[scored].float().mean())}  # fmt: skip
     calibration = results["calibration"]
     text += (f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "

@@ -9,6 +9,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from datamodules.classification import CLASS_NAMES
 from evaluation.calibration import calibration_error, fit_temperature
+from evaluation.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.base import TaskModule
 from lightning_modules.metrics import classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier
@@ -67,8 +68,12 @@ class ClassificationModule(TaskModule):
         # Divides the logits before the softmax wherever probabilities are shown (predict.py, the web page,
         # evaluate.py); fitted on each epoch's validation logits, so every checkpoint has its own.
         self.register_buffer("temperature", torch.ones(()))
-        # Energy scores above this are "unlike the training data"; set so that 5% of each epoch's
-        # validation images score above it.
+        # "Unlike the training data": the Mahalanobis distance of the pooled features to the nearest class
+        # (evaluation/familiarity.py), fitted on each epoch's validation features; distances above the
+        # threshold (exceeded by 5% of the validation images) are flagged.
+        features = getattr(self.net, "head_hidden_size", None) or self.net.num_features
+        self.register_buffer("feature_means", torch.zeros(num_classes, features))
+        self.register_buffer("feature_precision", torch.zeros(features, features))
         self.register_buffer("unfamiliar_threshold", torch.tensor(float("inf")))
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -79,13 +84,18 @@ class ClassificationModule(TaskModule):
         """Calibrated class probabilities: the softmax of the logits over the fitted temperature."""
         return (logits.float() / self.temperature).softmax(dim=1)
 
-    def unfamiliarity(self, logits: torch.Tensor) -> torch.Tensor:
-        """The energy score -T logsumexp(logits / T) (Liu et al., 2020): higher for inputs less like
-        the training data, whichever class they are closest to."""
-        return -self.temperature * torch.logsumexp(logits.float() / self.temperature, dim=1)
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the pooled features the head classifies (timm's pre-logits)."""
+        features = self.net.forward_features(images)
+        return self.net.forward_head(features), self.net.forward_head(features, pre_logits=True)
 
-    def is_unfamiliar(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.unfamiliarity(logits) > self.unfamiliar_threshold
+    def unfamiliarity(self, pooled: torch.Tensor) -> torch.Tensor:
+        """How unlike the validation images' features these pooled features are: higher for inputs
+        less like the training data, whichever class they are closest to."""
+        return mahalanobis_to_nearest_class(pooled, self.feature_means, self.feature_precision)
+
+    def is_unfamiliar(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.unfamiliarity(pooled) > self.unfamiliar_threshold
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
@@ -118,10 +128,10 @@ class ClassificationModule(TaskModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
-        logits = self(images)
+        logits, pooled = self.forward_with_features(images)
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, prog_bar=True)
         self.val_metrics.update(logits, labels)
-        self._val_outputs.append((logits.detach().float(), labels))
+        self._val_outputs.append((logits.detach().float(), labels, pooled.detach().float()))
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
@@ -142,11 +152,15 @@ class ClassificationModule(TaskModule):
         self._val_outputs.clear()
 
     def _calibrate(self) -> None:
-        """Fit the temperature on this epoch's validation logits (of every process)."""
-        logits = self.all_gather(torch.cat([logits for logits, _ in self._val_outputs])).reshape(-1, len(CLASS_NAMES))
-        labels = self.all_gather(torch.cat([labels for _, labels in self._val_outputs])).reshape(-1)
+        """Fit the temperature and the familiarity model on this epoch's validation outputs (of every process)."""
+        logits, labels, pooled = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_outputs))
+        logits, labels = logits.reshape(-1, len(CLASS_NAMES)), labels.reshape(-1)
+        pooled = pooled.reshape(len(labels), -1)
         self.temperature.fill_(fit_temperature(logits, labels))
-        self.unfamiliar_threshold.fill_(torch.quantile(self.unfamiliarity(logits), 1 - UNFAMILIAR_VALIDATION_SHARE))
+        means, precision = fit_class_gaussians(pooled, labels, len(CLASS_NAMES))
+        self.feature_means.copy_(means)
+        self.feature_precision.copy_(precision)
+        self.unfamiliar_threshold.fill_(torch.quantile(self.unfamiliarity(pooled), 1 - UNFAMILIAR_VALIDATION_SHARE))
         self.log_dict({
             "val/temperature": self.temperature,
             "val/ece": calibration_error(logits.softmax(dim=1), labels),
@@ -156,4 +170,7 @@ class ClassificationModule(TaskModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints from before calibration have no temperature (theirs is 1) and flag nothing.
         checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
-        checkpoint["state_dict"].setdefault("unfamiliar_threshold", torch.tensor(float("inf")))
+        state = checkpoint["state_dict"]
+        if "feature_means" not in state:  # nor a familiarity model: it flags nothing
+            state["feature_means"], state["feature_precision"] = self.feature_means, self.feature_precision
+            state["unfamiliar_threshold"] = torch.tensor(float("inf"))

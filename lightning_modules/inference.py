@@ -202,7 +202,7 @@ class Prediction:
     path: str
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # predicted, but with a reason for doubt
-    unlike_training_data: bool = False  # the classifier's energy score is above its validation-set threshold
+    unlike_training_data: bool = False  # its features are farther from the classes than its validation threshold
     image: np.ndarray | None = None  # the input as HxWx3 RGB uint8
     probabilities: dict[str, float] = field(default_factory=dict)
     gradcam: np.ndarray | None = None  # HxW in [0, 1], at the input's size
@@ -306,7 +306,8 @@ class TumorPredictor:
                                             "its features have no spatial layout")  # fmt: skip
         if not gradcam or tta != "none":
             logits = run_with_tta(classifier, inputs, tta)
-        probabilities, unfamiliar = classifier.probabilities(logits), classifier.is_unfamiliar(logits)
+        _, pooled = classifier.forward_with_features(inputs)  # familiarity: of the image as it is
+        probabilities, unfamiliar = classifier.probabilities(logits), classifier.is_unfamiliar(pooled)
         for i, prediction in enumerate(valid):
             prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
             prediction.unlike_training_data = bool(unfamiliar[i])

@@ -38,11 +38,30 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class ResidualCNN(nn.Module):
+class PooledClassifier(nn.Module):
+    """timm's classifier interface for the project's own networks: `forward_features` (set by the
+    subclass), then `head` (pooling, flattening, dropout, a linear layer) in `forward_head`, whose
+    `pre_logits` gives the pooled features; `num_features` is their size."""
+
+    head: nn.Sequential
+    num_features: int
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits, or with `pre_logits` the pooled features the last layer classifies."""
+        return self.head[:-1](features) if pre_logits else self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+class ResidualCNN(PooledClassifier):
     """A small ResNet for training from scratch on a few thousand images.
 
-    Splits into `forward_features` and `forward_head` as timm models do, so Grad-CAM
-    works the same on both.
+    Splits into `forward_features` and `forward_head` as timm models do, so Grad-CAM and the
+    familiarity score work the same on both.
 
     Args:
         num_classes: outputs of the linear head.
@@ -72,19 +91,14 @@ class ResidualCNN(nn.Module):
                 stages.append(BasicBlock(channels, out_channels, stride))
                 channels = out_channels
         self.stages = nn.Sequential(*stages)
+        self.num_features = channels
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(channels, num_classes))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-
-class MobileNetV2Classifier(nn.Module):
+class MobileNetV2Classifier(PooledClassifier):
     """torchvision's MobileNetV2 with timm's `forward_features` / `forward_head` split, for 1- or
     3-channel images. Its features can start from a local ImageNet file in torchvision's layout
     (`load_pretrained`), so an ImageNet-pretrained classifier trains offline.
@@ -103,17 +117,12 @@ class MobileNetV2Classifier(nn.Module):
         if in_chans != 3:
             first = self.features[0][0]
             self.features[0][0] = nn.Conv2d(in_chans, first.out_channels, 3, 2, 1, bias=False)
+        self.num_features = 1280
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
-                                  nn.Linear(1280, num_classes))  # fmt: skip
+                                  nn.Linear(self.num_features, num_classes))  # fmt: skip
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
 
     def load_pretrained(self, path: str | Path) -> None:
         """ImageNet features from a torchvision-layout file (a classifier head in it is ignored)."""

@@ -15,6 +15,8 @@ from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
 from evaluation.calibration import TEMPERATURE_RANGE, calibration_error, fit_temperature
 from evaluation.classification import ClassPredictions, classification_report
+from evaluation.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
+from lightning_modules import ClassificationModule
 from tests.conftest import evaluate_report, synthetic_slice
 
 
@@ -95,3 +97,51 @@ def test_temperature_stays_bounded_on_a_validation_set_without_errors():
     labels = torch.tensor([0, 1, 2, 3] * 4)
     separable = 3 * torch.eye(4)[labels]  # every image right: the likelihood rises as T falls to 0
     assert fit_temperature(separable, labels) == TEMPERATURE_RANGE[0]
+
+
+def test_mahalanobis_distance_to_the_nearest_class_is_exact():
+    features = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0], [2.0, 2.0], [10.0, 10.0], [12.0, 10.0]])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    means, precision = fit_class_gaussians(features, labels, num_classes=3, shrinkage=0.0)
+    assert means[:2].tolist() == [[1.0, 1.0], [11.0, 10.0]] and torch.isinf(means[2]).all()  # class 2: no images
+    # residuals: (+-1, +-1) four times and (+-1, 0) twice; divided by 6 images - 2 classes
+    covariance = torch.tensor([[6.0, 0.0], [0.0, 4.0]]) / 4
+    assert torch.allclose(precision, torch.linalg.inv(covariance))
+    point = torch.tensor([[1.0, 3.0], [11.0, 10.0]])  # (0, 2) from class 0; class 1's own mean
+    assert torch.allclose(mahalanobis_to_nearest_class(point, means, precision), torch.tensor([4.0 / 1.0, 0.0]))
+
+
+def test_familiarity_flags_noise_and_blank_images_but_few_new_slices():
+    """A tiny classifier trained for a moment on generated slices already tells them from noise."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+
+    def slices(count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        labels = rng.integers(0, 4, count)
+        images = np.stack([synthetic_slice(rng, int(label), 32) for label in labels]).astype(np.float32) / 255
+        return torch.from_numpy((images - 0.5) / 0.25)[:, None], torch.from_numpy(labels)
+
+    module = ClassificationModule(model_kwargs={"width": 8, "depths": [1, 1]})
+    optimizer = torch.optim.Adam(module.parameters(), 3e-3)
+    for _ in range(60):
+        images, labels = slices(32)
+        loss = F.cross_entropy(module(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    module.eval()
+    with torch.no_grad():
+        validation, labels = slices(200)
+        _, pooled = module.forward_with_features(validation)
+        means, precision = fit_class_gaussians(pooled, labels, len(CLASS_NAMES))
+        module.feature_means.copy_(means)
+        module.feature_precision.copy_(precision)
+        module.unfamiliar_threshold.fill_(torch.quantile(module.unfamiliarity(pooled), 0.95))
+
+        def flagged(images: torch.Tensor) -> float:
+            return float(module.is_unfamiliar(module.forward_with_features(images)[1]).float().mean())
+
+        noise = torch.from_numpy((rng.random((50, 1, 32, 32)).astype(np.float32) - 0.5) / 0.25)
+        assert flagged(noise) >= 0.9
+        assert flagged(torch.full((10, 1, 32, 32), -2.0)) >= 0.9  # a black image
+        assert flagged(slices(200)[0]) <= 0.2  # new slices like the validation ones: about 5%
