@@ -152,20 +152,23 @@ class ClassificationModule(TaskModule):
         self._val_outputs.clear()
 
     def _calibrate(self) -> None:
-        """Fit the temperature and the familiarity model on this epoch's validation outputs (of every process)."""
+        """Calibrate on this epoch's validation outputs (of every process)."""
         logits, labels, pooled = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_outputs))
         logits, labels = logits.reshape(-1, len(CLASS_NAMES)), labels.reshape(-1)
-        pooled = pooled.reshape(len(labels), -1)
-        self.temperature.fill_(fit_temperature(logits, labels))
-        means, precision = fit_class_gaussians(pooled, labels, len(CLASS_NAMES))
-        self.feature_means.copy_(means)
-        self.feature_precision.copy_(precision)
-        self.unfamiliar_threshold.fill_(torch.quantile(self.unfamiliarity(pooled), 1 - UNFAMILIAR_VALIDATION_SHARE))
+        self.calibrate(logits, labels, pooled.reshape(len(labels), -1))
         self.log_dict({
             "val/temperature": self.temperature,
             "val/ece": calibration_error(logits.softmax(dim=1), labels),
             "val/ece_calibrated": calibration_error((logits / self.temperature).softmax(dim=1), labels),
         })  # fmt: skip
+
+    def calibrate(self, logits: torch.Tensor, labels: torch.Tensor, pooled: torch.Tensor) -> None:
+        """Fit the temperature and the familiarity model (and its threshold) on validation outputs."""
+        self.temperature.fill_(fit_temperature(logits, labels))
+        means, precision = fit_class_gaussians(pooled, labels, len(CLASS_NAMES))
+        self.feature_means.copy_(means)
+        self.feature_precision.copy_(precision)
+        self.unfamiliar_threshold.fill_(torch.quantile(self.unfamiliarity(pooled), 1 - UNFAMILIAR_VALIDATION_SHARE))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints from before calibration have no temperature (theirs is 1) and flag nothing.

@@ -298,3 +298,15 @@ def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("other.safetensors: a safetensors file without this "
                                                            "project's header; write one with export.py")  # fmt: skip
+
+
+def test_recalibrating_a_checkpoint_refits_what_training_fitted(trained_classifier, tmp_path):
+    original = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module
+    result = run_script("scripts/recalibrate.py", "--ckpt_path", str(trained_classifier), "--output", "re.ckpt",
+                        cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    refitted = TrainedModel.load(tmp_path / "re.ckpt", ClassificationModule, torch.device("cpu")).module
+    # the same weights and validation split: the same fit, up to training's mixed precision
+    assert float(refitted.temperature) == pytest.approx(float(original.temperature), rel=0.05)
+    assert float(refitted.unfamiliar_threshold) == pytest.approx(float(original.unfamiliar_threshold), rel=0.1)
+    assert torch.equal(refitted.net.head[-1].weight, original.net.head[-1].weight)
