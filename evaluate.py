@@ -169,8 +169,8 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         subset = torch.utils.data.Subset(dataset, indices)
         predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, args.tta))[0], args.min_area)
         figures[name] = case_figure(report, indices, images, masks, predicted)
-    text = (f"{format_segmentation_report(report, source)}\nmasks: probability >= {report['threshold']:.2f} (fitted on "
-            f"the validation split), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}")
+    text = (f"{format_segmentation_report(report, source)}\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, "
+            f"stored with it), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}")
     return {"data": source, **report}, figures, text
 
 

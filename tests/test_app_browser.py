@@ -1,4 +1,4 @@
-"""The web page in a real headless Chromium: upload, wait, read the probabilities."""
+"""The web page in a real headless Chromium, with the bundled models: upload, wait, read the probabilities."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, script_env, synthetic_slice
+from tests.test_dicom import write_dicom
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out of a closed network.
@@ -31,12 +32,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def app_url(trained_classifier, trained_segmenter, tmp_path):
+def app_url(tmp_path):
+    """`python app.py` as a new user runs it straight after the install: no arguments, the bundled models."""
     port = free_port()
     env = {**script_env(), "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--cls-ckpt", str(trained_classifier), "--seg-ckpt",
-         str(trained_segmenter), "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        [sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.time() + 120
@@ -81,6 +82,11 @@ def test_upload_shows_probabilities_overlays_and_disclaimer(app_url, tmp_path):
         for panel in ("#tumor img", "#gradcam img"):
             page.wait_for_selector(panel, timeout=30_000)
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+
+        page.reload()
+        dicom = write_dicom(tmp_path / "slice.dcm", synthetic_slice(np.random.default_rng(1), 3, size=96) * 16,
+                            WindowCenter=2000, WindowWidth=4000)  # fmt: skip
+        assert "Predicted class" in upload_and_wait(page, dicom, "Segmented tumor area")
 
         for bad_file, message in ((not_an_image, "not an image"), (empty, "empty file")):
             page.reload()  # the upload box holds the last file until cleared; a fresh page is what a user sees

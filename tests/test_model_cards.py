@@ -1,0 +1,48 @@
+"""The bundled models are what their cards say: file sizes, and validation numbers recomputed from
+the bundled files on the real data in ../shared (skipped, with a message, where it is absent)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.conftest import REPO, run_script
+
+MODELS = REPO / "models"
+SHARED_DATA = REPO.parent / "shared" / "data"
+# Evaluation runs in the fastest precision of the machine (bf16 here, fp32 where the CPU lacks it),
+# which can flip an image or two: the cards' numbers must hold to this.
+TOLERANCE = 0.005
+CARDS = {  # card -> (dataset under ../shared/data, extra evaluate.py arguments, card row, metrics.json key)
+    "classifier": ("brain-tumor-classification-mri", ["--own_split"], "accuracy", "accuracy"),
+    "segmenter": ("brain-tumor-segmentation", [], "IoU (global)", "iou_global"),
+}
+
+
+def card_value(card: str, row: str) -> float:
+    match = re.search(rf"^\| {re.escape(row)} \| ([0-9.]+) \[", card, re.MULTILINE)
+    assert match, f"no '| {row} | value [' row in the card"
+    return float(match.group(1))
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_the_bundled_file_has_the_size_its_card_states(name):
+    card = (MODELS / f"{name}.md").read_text()
+    stated = float(re.search(rf"`models/{name}.safetensors`, ([0-9.]+) MB", card).group(1))
+    assert (MODELS / f"{name}.safetensors").stat().st_size / 2**20 == pytest.approx(stated, abs=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(CARDS))
+def test_the_bundled_model_scores_what_its_card_states(name, tmp_path):
+    dataset, arguments, row, key = CARDS[name]
+    root = SHARED_DATA / dataset
+    if not root.is_dir():
+        pytest.skip(f"{root} is not here: the card's numbers cannot be recomputed on this machine")
+    result = run_script("evaluate.py", "--ckpt_path", str(MODELS / f"{name}.safetensors"), "--data.root", str(root),
+                        *arguments, "--bootstrap", "10", "--output_dir", "report", cwd=tmp_path, timeout=900)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    measured = measured["all_images"][key] if "all_images" in measured else measured[key]
+    assert measured["value"] == pytest.approx(card_value((MODELS / f"{name}.md").read_text(), row), abs=TOLERANCE)
