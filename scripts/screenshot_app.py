@@ -1,6 +1,8 @@
 """Screenshot of the web page after an upload, for the README (needs Chromium and playwright).
 
-    python scripts/screenshot_app.py --cls-ckpt CLS.ckpt --seg-ckpt SEG.ckpt --image SLICE.jpg --output docs/app.png
+    python scripts/screenshot_app.py [--cls-ckpt CLS.ckpt] [--seg-ckpt SEG.ckpt] --image SLICE.jpg --output docs/app.png
+
+Without models, the bundled ones (models/).
 """
 
 from __future__ import annotations
@@ -10,21 +12,21 @@ import argparse
 from playwright.sync_api import sync_playwright
 
 from app import build_app
-from lightning_modules.inference import TumorPredictor
+from lightning_modules.inference import TumorPredictor, models_to_use
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", required=True)
+    parser.add_argument("--cls-ckpt")
     parser.add_argument("--seg-ckpt")
     parser.add_argument("--image", required=True)
     parser.add_argument("--output", default="docs/app.png")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
 
-    app = build_app(TumorPredictor(args.cls_ckpt, args.seg_ckpt, "cpu"))
+    app = build_app(TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), "cpu"))
     app.launch(prevent_thread_lock=True, server_port=None)
     try:
         with sync_playwright() as playwright:
