@@ -75,13 +75,13 @@ def test_a_file_that_is_not_dicom_names_itself(tmp_path):
         read_dicom(tmp_path / "fake.dcm", 1)
 
 
-def test_predict_reads_a_dicom_slice(trained_classifier, tmp_path):
+def test_predict_reads_a_dicom_slice_with_the_bundled_models(tmp_path):
+    """`python predict.py some.dcm` straight after the install."""
     slice_values = (np.random.default_rng(0).random((64, 64)) * 3000).astype(np.uint16)
     path = write_dicom(tmp_path / "slice.dcm", slice_values, WindowCenter=1500, WindowWidth=3000)
     write_dicom(tmp_path / "ct.dcm", slice_values, Modality="CT")
-    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--output", "out", str(tmp_path),
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script("predict.py", "--output", "out", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 1  # the CT file is an error row; the MR slice is predicted
     rows = {Path(row["file"]).name: row for row in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
-    assert rows[path.name]["error"] == "" and rows[path.name]["predicted_class"]
+    assert rows[path.name]["error"] == "" and rows[path.name]["predicted_class"] and rows[path.name]["mask_file"]
     assert "a CT image" in rows["ct.dcm"]["error"]
