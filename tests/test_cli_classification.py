@@ -162,7 +162,7 @@ def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
     )
 
 
-@pytest.mark.parametrize("config", ["cls.yaml", "cls_fast.yaml", "seg.yaml", "seg_fast.yaml"])
+@pytest.mark.parametrize("config", sorted(path.name for path in (REPO / "configs").glob("*.yaml")))
 def test_printed_config_trains_the_same_run(config, tmp_path):
     config = str(REPO / "configs" / config)
     printed = run_script("train.py", "--config", config, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
