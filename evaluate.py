@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,7 @@ from evaluation.segmentation import case_figure, format_segmentation_report, seg
 from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import TTA_VIEWS, TrainedModel, resolve_device, run_with_tta
+from lightning_modules.inference import TTA_VIEWS, TrainedModel, classify, resolve_device, run_with_tta
 from lightning_modules.metrics import iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
 
@@ -57,21 +59,15 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def model_outputs(trained: TrainedModel, dataset: Dataset, batch_size: int, num_workers: int, tta: str = "none"):
-    """(model output, target) per batch, in dataset order."""
+def model_outputs(trained: TrainedModel, dataset: Dataset, batch_size: int, num_workers: int,
+                  run: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]):  # fmt: skip
+    """(`run`'s outputs on the batch, as float tensors on the CPU, target) per batch, in dataset order."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for images, targets in loader:
         with autocast(trained.device):
-            yield run_with_tta(trained.module, images.to(trained.device), tta).float().cpu(), targets
-
-
-@torch.no_grad()
-def pooled_features(trained: TrainedModel, datasets: list[Dataset], args: argparse.Namespace):
-    """The classifier's pooled features of each batch (no test-time augmentation), in dataset order."""
-    for dataset in datasets:
-        for images, _ in DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers):
-            with autocast(trained.device):
-                yield trained.module.forward_with_features(images.to(trained.device))[1].float().cpu()
+            outputs = run(images.to(trained.device))
+        outputs = tuple(output.float().cpu() for output in outputs) if isinstance(outputs, tuple) else outputs.float().cpu()
+        yield outputs, targets
 
 
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
@@ -90,9 +86,11 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         datamodule.setup("test")
         datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
         source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
+    run = partial(classify, trained.module, tta=args.tta)  # logits and, for the familiarity score, pooled features
     outputs = [output for dataset in datasets
-               for output in model_outputs(trained, dataset, args.batch_size, args.num_workers, args.tta)]  # fmt: skip
-    logits, labels = torch.cat([logits for logits, _ in outputs]), torch.cat([labels for _, labels in outputs])
+               for output in model_outputs(trained, dataset, args.batch_size, args.num_workers, run)]  # fmt: skip
+    logits, pooled = (torch.cat([output[i] for output, _ in outputs]) for i in (0, 1))
+    labels = torch.cat([labels for _, labels in outputs])
     probabilities = trained.module.probabilities(logits)  # calibrated
     predictions = ClassPredictions([file for dataset in datasets for file in dataset.files], labels.numpy(),
                                    probabilities.numpy())  # fmt: skip
@@ -126,7 +124,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         "ece_calibrated": calibration_error(calibrated, truth),
         "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
     }
-    flagged = torch.cat([trained.module.is_unfamiliar(pooled) for pooled in pooled_features(trained, datasets, args)])
+    flagged = trained.module.is_unfamiliar(pooled)
     for row, unfamiliar in zip(per_image, flagged.tolist()):
         row["unlike_training_data"] = unfamiliar
     results["unlike_training_data"] = {"distance_threshold": float(trained.module.unfamiliar_threshold),
@@ -150,7 +148,8 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     split = datamodule.test_split_name
     dataset = datamodule.datasets[split]
     module, stats, curve, boxes = trained.module, segmentation_stats(), threshold_curve(), []
-    for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, args.tta):
+    run = partial(run_with_tta, module, tta=args.tta)
+    for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, run):
         curve.update(logits.sigmoid(), masks.int())
         predicted = module.tumor_masks(logits, args.min_area)
         stats.update(predicted.float(), masks.int())
@@ -167,7 +166,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     for name, indices in worst_and_best(report).items():
         images, masks = map(torch.stack, zip(*(dataset[i] for i in indices)))
         subset = torch.utils.data.Subset(dataset, indices)
-        predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, args.tta))[0], args.min_area)
+        predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, run))[0], args.min_area)
         figures[name] = case_figure(report, indices, images, masks, predicted)
     text = (f"{format_segmentation_report(report, source)}\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, "
             f"stored with it), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}")

@@ -91,10 +91,10 @@ def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: P
     written = []
     if cls_ckpt:
         classifier = TrainedModel.load(cls_ckpt, ClassificationModule, torch.device("cpu"))
-        temperature = float(classifier.module.temperature)
         if format == "safetensors":
             written.append(export_model_file(classifier, output_dir / "classifier.safetensors", half))
         else:
+            temperature = float(classifier.module.temperature)
             written.append(export_model(classifier, CalibratedSoftmax(temperature), output_dir / "classifier.onnx",
                                         {"class_names": list(CLASS_NAMES), "temperature": temperature}))  # fmt: skip
     if seg_ckpt:

@@ -172,8 +172,8 @@ class ClassificationModule(TaskModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints from before calibration have no temperature (theirs is 1) and flag nothing.
-        checkpoint["state_dict"].setdefault("temperature", torch.ones(()))
         state = checkpoint["state_dict"]
+        state.setdefault("temperature", torch.ones(()))
         if "feature_means" not in state:  # nor a familiarity model: it flags nothing
             state["feature_means"], state["feature_precision"] = self.feature_means, self.feature_precision
             state["unfamiliar_threshold"] = torch.tensor(float("inf"))

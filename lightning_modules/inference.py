@@ -56,6 +56,15 @@ def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none
     return torch.stack(outputs).mean(dim=0)
 
 
+def classify(classifier: ClassificationModule, images: torch.Tensor, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits averaged over the views of `tta`, and the pooled features of the image as it is (what
+    the familiarity score reads): one pass of the network without test-time augmentation."""
+    logits, pooled = classifier.forward_with_features(images)
+    if tta != "none":
+        logits = run_with_tta(classifier, images, tta)
+    return logits, pooled
+
+
 def load_image_file(path: str | Path, channels: int) -> np.ndarray:
     """Decode like training does (a DICOM slice rendered as a viewer shows it), with one clear
     error per kind of bad file."""
@@ -240,15 +249,13 @@ def models_to_use(cls_ckpt: str | None, seg_ckpt: str | None) -> tuple[str | Non
 class TumorPredictor:
     """The classifier, the segmenter or both, applied to image files in batches."""
 
-    def __init__(self, cls_ckpt: str | Path | None = None, seg_ckpt: str | Path | None = None, device: str = "auto",
-                 tta: str = "none") -> None:  # fmt: skip
+    def __init__(self, cls_ckpt: str | Path | None = None, seg_ckpt: str | Path | None = None, device: str = "auto") -> None:
         if cls_ckpt is None and seg_ckpt is None:
             raise UserError(f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls-ckpt), "
                             "a segmenter (--seg-ckpt) or both")
         self.device = resolve_device(device)
         self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device) if cls_ckpt else None
         self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
-        self.tta = tta  # a key of TTA_VIEWS; Grad-CAM always shows the image as it is
         self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
 
     def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True,
@@ -299,14 +306,12 @@ class TumorPredictor:
     def _classify(self, valid: list[Prediction], gradcam: bool, tta: str) -> None:
         inputs = self._inputs(self.classifier, valid)
         classifier, cams = self.classifier.module, None
-        if gradcam:  # its forward pass gives the logits of the unflipped view too
-            logits, cams = grad_cam(classifier.net, inputs)
+        if gradcam:
+            _, cams = grad_cam(classifier.net, inputs)
             if cams is None:
                 self.gradcam_unavailable = (f"Grad-CAM is not available for model '{classifier.hparams.model}': "
                                             "its features have no spatial layout")  # fmt: skip
-        if not gradcam or tta != "none":
-            logits = run_with_tta(classifier, inputs, tta)
-        _, pooled = classifier.forward_with_features(inputs)  # familiarity: of the image as it is
+        logits, pooled = classify(classifier, inputs, tta)
         probabilities, unfamiliar = classifier.probabilities(logits), classifier.is_unfamiliar(pooled)
         for i, prediction in enumerate(valid):
             prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
