@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from evaluation.boxes import remove_small_components
 from lightning_modules.base import TaskModule
@@ -73,6 +74,7 @@ class SegmentationModule(TaskModule):
         if hp.encoder_weights is not None:
             pretrained = create_segmenter(hp.encoder_name, hp.encoder_weights, hp.in_channels)
             self.net.encoder.load_state_dict(pretrained.encoder.state_dict())
+            rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
