@@ -9,6 +9,11 @@ import numpy as np
 Statistic = Callable[[np.ndarray], float]  # indices of the images in one resample -> a number
 
 
+def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray) -> Statistic:
+    """A pooled rate over the resampled images (NaN where the denominator sums to 0)."""
+    return lambda indices: numerator[indices].sum() / denominator[indices].sum() if denominator[indices].sum() else np.nan
+
+
 def bootstrap_intervals(
     statistics: dict[str, Statistic], size: int, resamples: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from evaluation.bootstrap import bootstrap_intervals, with_interval
+from evaluation.bootstrap import bootstrap_intervals, ratio_of_sums, with_interval
 
 MATCH_IOU = 0.5
 
@@ -80,18 +80,15 @@ def box_report(images: list[ImageBoxes], resamples: int = 1000, seed: int = 0) -
     best_iou = [np.array(image.best_iou) for image in images]
     empty = truth == 0
 
-    def ratio(numerator: np.ndarray, denominator: np.ndarray):
-        return lambda indices: numerator[indices].sum() / denominator[indices].sum() if denominator[indices].sum() else np.nan
-
     def mean_best_iou(indices: np.ndarray) -> float:
         values = np.concatenate([best_iou[i] for i in indices])
         return float(values.mean()) if len(values) else np.nan
 
     statistics = {
-        "tumor_recall": ratio(matched, truth),
-        "tumor_precision": ratio(matched, predicted),
+        "tumor_recall": ratio_of_sums(matched, truth),
+        "tumor_precision": ratio_of_sums(matched, predicted),
         "mean_box_iou": mean_best_iou,
-        "false_positive_image_rate": ratio(empty & (predicted > 0), empty),
+        "false_positive_image_rate": ratio_of_sums(empty & (predicted > 0), empty),
     }
     everything = np.arange(len(images))
     intervals = bootstrap_intervals(statistics, len(images), resamples, seed)

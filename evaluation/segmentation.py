@@ -12,6 +12,7 @@ from lightning_modules.metrics import per_image_scores, segmentation_scores
 from lightning_modules.visualization import segmentation_figure
 
 IOU_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+PIXEL_COUNTS = ("tp", "fp", "tn", "fn")  # the columns of segmentation_stats, kept per image so reports can be compared
 EMPTY_TRUTH_RULE = (
     "per-image IoU/Dice is 1 when truth and prediction are both empty, 0 when only the truth is; such images add "
     "nothing to the global scores, which pool pixels over all images"
@@ -20,7 +21,7 @@ EMPTY_TRUTH_RULE = (
 
 def segmentation_report(stats: torch.Tensor, files: list[str], resamples: int = 1000, seed: int = 0) -> dict:
     """JSON-ready numbers from per-image [tp, fp, tn, fn, support] rows, every IoU and Dice with
-    its 95% bootstrap interval, and every image's IoU."""
+    its 95% bootstrap interval, and every image's IoU, Dice and pixel counts."""
     iou, dice = per_image_scores(stats)
     has_tumor = (stats[:, 0] + stats[:, 3]) > 0
     predicted_empty = (stats[:, 0] + stats[:, 1]) == 0
@@ -38,9 +39,16 @@ def segmentation_report(stats: torch.Tensor, files: list[str], resamples: int = 
             "predicted_empty": int((~has_tumor & predicted_empty).sum()),
             "how_counted": EMPTY_TRUTH_RULE,
         },
-        "per_image": [{"file": file, "iou": round(float(i), 4), "dice": round(float(d), 4)}
-                      for file, i, d in zip(files, iou, dice)],
+        "per_image": [{"file": file, "iou": round(float(i), 4), "dice": round(float(d), 4),
+                       **dict(zip(PIXEL_COUNTS, map(int, counts[:4])))}
+                      for file, i, d, counts in zip(files, iou, dice, stats.tolist())],
     }  # fmt: skip
+
+
+def stats_of_rows(rows: list[dict]) -> torch.Tensor:
+    """The [tp, fp, tn, fn, support] rows of segmentation_stats again, from a report's per-image rows."""
+    counts = torch.tensor([[row[name] for name in PIXEL_COUNTS] for row in rows], dtype=torch.long).reshape(-1, 4)
+    return torch.cat([counts, counts[:, :1] + counts[:, 3:4]], dim=1)
 
 
 def format_segmentation_report(report: dict, title: str) -> str:

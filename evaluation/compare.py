@@ -1,0 +1,88 @@
+"""Two evaluations of the same images side by side: each score of the second minus the first,
+with a paired bootstrap interval. Both are resampled with the same images, so what the runs have
+in common (the hard images) cancels, and a difference smaller than either run's own interval can
+still be told from noise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from datamodules.errors import UserError
+from evaluation.bootstrap import Statistic, bootstrap_intervals, ratio_of_sums, with_interval
+from evaluation.segmentation import PIXEL_COUNTS, stats_of_rows
+from lightning_modules.metrics import segmentation_scores
+
+SEGMENTATION_SCORES = ("iou_global", "dice_global", "iou_per_image", "dice_per_image")
+
+
+def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
+    """Every score that evaluate.py's per-image rows allow, as a function of resampled image indices:
+    accuracy (classification), IoU and Dice (segmentation), tumour recall and precision (boxes)."""
+    first, scores = rows[0], {}
+    if "label" in first:
+        correct = np.array([row["label"] == row["predicted"] for row in rows], dtype=float)
+        scores["accuracy"] = lambda indices: correct[indices].mean()
+    if all(name in first for name in PIXEL_COUNTS):
+        stats = stats_of_rows(rows)
+        for name in SEGMENTATION_SCORES:
+            scores[name] = lambda indices, name=name: segmentation_scores(stats[indices])[name]
+    if "found_tumors" in first:
+        found, true, predicted = (np.array([row[key] for row in rows], dtype=float)
+                                  for key in ("found_tumors", "true_tumors", "predicted_tumors"))  # fmt: skip
+        scores["tumor_recall"] = ratio_of_sums(found, true)
+        scores["tumor_precision"] = ratio_of_sums(found, predicted)
+    return scores
+
+
+def paired_differences(first: dict, second: dict, resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+    """For each score both reports allow: its value in each and the difference (second - first)
+    with a 95% paired bootstrap interval. The reports must cover the same images."""
+    rows_by_file = {row["file"]: row for row in second["per_image"]}
+    first_rows = first["per_image"]
+    second_rows = [rows_by_file[row["file"]] for row in first_rows if row["file"] in rows_by_file]
+    if len(second_rows) != len(first_rows) or len(rows_by_file) != len(first_rows):
+        raise ValueError(f"the reports cover different images ({len(first_rows)} and {len(rows_by_file)}, "
+                         f"{len(second_rows)} in both)")  # fmt: skip
+    first_scores, second_scores = scores_of_rows(first_rows), scores_of_rows(second_rows)
+    names = [name for name in first_scores if name in second_scores]
+    everything = np.arange(len(first_rows))
+    differences = {name: (lambda indices, name=name: second_scores[name](indices) - first_scores[name](indices))
+                   for name in names}  # fmt: skip
+    intervals = bootstrap_intervals(differences, len(first_rows), resamples, seed)
+    return {
+        name: {"first": float(first_scores[name](everything)), "second": float(second_scores[name](everything)),
+               "difference": with_interval(differences[name](everything), intervals[name])}
+        for name in names
+    }  # fmt: skip
+
+
+def read_report(path: str | Path) -> dict:
+    """evaluate.py's metrics.json, given as the file or its folder."""
+    path = Path(path)
+    path = path / "metrics.json" if path.is_dir() else path
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a readable evaluate.py report ({type(error).__name__})") from error
+    if not report.get("per_image"):
+        raise UserError(f"{path}: has no per-image rows; compare reports written by evaluate.py")
+    return report
+
+
+def compare_reports(first_path: str | Path, second_path: str | Path, resamples: int = 1000, seed: int = 0) -> dict:
+    try:
+        return paired_differences(read_report(first_path), read_report(second_path), resamples, seed)
+    except ValueError as error:
+        raise UserError(f"{first_path} and {second_path}: {error}") from error
+
+
+def format_comparison(comparison: dict, first_name: str, second_name: str) -> str:
+    lines = [f"{'score':<16} {first_name:>12} {second_name:>12}   difference [95% paired interval]"]
+    for name, entry in comparison.items():
+        low, high = entry["difference"]["ci95"]
+        lines.append(f"{name:<16} {entry['first']:>12.4f} {entry['second']:>12.4f}   "
+                     f"{entry['difference']['value']:+.4f} [{low:+.4f}, {high:+.4f}]")  # fmt: skip
+    return "\n".join(lines)

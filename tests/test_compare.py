@@ -1,0 +1,54 @@
+"""Comparing two evaluate.py reports of the same images: exact differences, images paired by file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from datamodules.errors import UserError
+from evaluation.compare import compare_reports, paired_differences
+from evaluation.segmentation import segmentation_report, stats_of_rows
+
+
+def segmentation_rows(counts: dict[str, tuple[int, int, int, int]], found: dict[str, int]) -> dict:
+    """A report whose images have the given (tp, fp, tn, fn) pixel counts and one true tumour each."""
+    return {"per_image": [{"file": file, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+                           "true_tumors": 1, "predicted_tumors": 1, "found_tumors": found[file]}
+                          for file, (tp, fp, tn, fn) in counts.items()]}  # fmt: skip
+
+
+def test_segmentation_rows_give_back_the_pixel_counts():
+    stats = torch.tensor([[5, 1, 90, 4, 9], [0, 0, 100, 0, 0], [0, 3, 97, 0, 0]])
+    rows = segmentation_report(stats, ["a.jpg", "b.jpg", "c.jpg"], resamples=10)["per_image"]
+    assert torch.equal(stats_of_rows(rows), stats)
+
+
+def test_differences_are_exact_and_images_are_paired_by_file():
+    first = segmentation_rows({"a": (1, 1, 8, 0), "b": (2, 0, 6, 2)}, {"a": 0, "b": 1})  # IoU 3 / 6
+    second = segmentation_rows({"b": (2, 0, 6, 2), "a": (2, 0, 8, 0)}, {"a": 1, "b": 1})  # IoU 4 / 6, other order
+    comparison = paired_differences(first, second, resamples=200)
+    assert comparison["iou_global"]["first"] == pytest.approx(1 / 2)
+    assert comparison["iou_global"]["difference"]["value"] == pytest.approx(4 / 6 - 1 / 2)
+    assert comparison["iou_per_image"]["difference"]["value"] == pytest.approx((1.0 + 0.5) / 2 - (0.5 + 0.5) / 2)
+    assert comparison["tumor_recall"]["difference"]["value"] == pytest.approx(0.5)
+    # only image a differs, and it improves: no resample can show a loss
+    assert comparison["tumor_recall"]["difference"]["ci95"][0] >= 0
+
+
+def test_a_report_against_itself_reordered_differs_by_exactly_zero():
+    rows = {"per_image": [{"file": f"{i}.png", "label": "glioma", "predicted": ["glioma", "no_tumor"][i % 3 == 0]}
+                          for i in range(30)]}  # fmt: skip
+    shuffled = {"per_image": rows["per_image"][::-1]}  # the same predictions listed in another order
+    comparison = paired_differences(rows, shuffled, resamples=200)
+    assert comparison["accuracy"]["first"] == pytest.approx(20 / 30)
+    assert comparison["accuracy"]["difference"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+
+
+def test_reports_of_other_images_are_refused_naming_both_files(tmp_path):
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(segmentation_rows({"a": (1, 0, 9, 0)}, {"a": 1})))
+    second.write_text(json.dumps(segmentation_rows({"z": (1, 0, 9, 0)}, {"z": 1})))
+    with pytest.raises(UserError, match=r"a\.json and .*b\.json: the reports cover different images"):
+        compare_reports(first, second)
