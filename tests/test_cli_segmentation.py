@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_modules.metrics import THRESHOLD_GRID
+from evaluation.segmentation import stats_of_rows
+from lightning_modules.metrics import THRESHOLD_GRID, segmentation_scores
 from tests.conftest import EMPTY_IMAGE, evaluate_report, run_folder, run_script
 from tests.conftest import SEG_CONFIG as CONFIG
 from tests.conftest import TINY_SEG as TINY
@@ -35,6 +36,8 @@ def test_train_then_evaluate_segmentation(coco_root, tmp_path):
     assert empty["images"] == 1
     assert ious[EMPTY_IMAGE] == (1.0 if empty["predicted_empty"] else 0.0)
     assert report["iou_per_image"]["value"] == pytest.approx(sum(ious) / 6, abs=1e-4)
+    # every image's pixel counts are kept: the global IoU is recomputed from them (scripts/compare_reports.py)
+    assert segmentation_scores(stats_of_rows(report["per_image"]))["iou_global"] == pytest.approx(report["iou_global"]["value"])
     low, high = report["iou_global"]["ci95"]
     assert low <= report["iou_global"]["value"] <= high
     assert set(report["per_image_iou_quantiles"]) == {"q10", "q25", "q50", "q75", "q90"}
