@@ -47,10 +47,15 @@ TTA_VIEWS: dict[str, list[tuple[int, ...]]] = {
 }
 
 
-def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """The mean of the module's outputs (logits) over the views of `tta` (a key of TTA_VIEWS)."""
+def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none",
+                 unflipped: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """The mean of the module's outputs (logits) over the views of `tta` (a key of TTA_VIEWS);
+    `unflipped`: its output on the images as they are, when the caller has it already."""
     outputs = []
     for dims in TTA_VIEWS[tta]:
+        if not dims and unflipped is not None:
+            outputs.append(unflipped)
+            continue
         output = module(images.flip(dims) if dims else images)
         outputs.append(output.flip(dims) if dims and output.ndim == 4 else output)
     return torch.stack(outputs).mean(dim=0)
@@ -58,11 +63,9 @@ def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none
 
 def classify(classifier: ClassificationModule, images: torch.Tensor, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
     """Logits averaged over the views of `tta`, and the pooled features of the image as it is (what
-    the familiarity score reads): one pass of the network without test-time augmentation."""
+    the familiarity score reads): the unflipped view's pass gives both."""
     logits, pooled = classifier.forward_with_features(images)
-    if tta != "none":
-        logits = run_with_tta(classifier, images, tta)
-    return logits, pooled
+    return run_with_tta(classifier, images, tta, unflipped=logits), pooled
 
 
 def load_image_file(path: str | Path, channels: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.inference import (
     BUNDLED_MODELS,
+    TTA_VIEWS,
     TrainedModel,
     TumorPredictor,
     grad_cam,
@@ -260,6 +261,18 @@ def test_tta_averages_flipped_views_and_flips_maps_back():
     assert torch.equal(run_with_tta(left_columns, images, "none"), left_columns(images))
     # A "segmenter" whose map follows the image: every view, flipped back, is the image again.
     assert torch.allclose(run_with_tta(lambda x: x * 2, images, "flips"), images * 2)
+
+
+def test_tta_reuses_the_unflipped_output_it_is_given():
+    images, calls = torch.randn(2, 1, 4, 6), []
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(x)
+        return x * 2
+
+    averaged = run_with_tta(counted, images, "flips", unflipped=images * 2)
+    assert len(calls) == len(TTA_VIEWS["flips"]) - 1  # the three flipped views only
+    assert torch.allclose(averaged, images * 2)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
