@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.errors import UserError
 from evaluation.boxes import box_report, format_box_report, image_boxes
-from evaluation.calibration import auroc_per_class, calibration_error, reliability_diagram, roc_and_pr_figure
+from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure
 from evaluation.classification import (
     ClassPredictions,
     classification_figures,
@@ -43,7 +43,7 @@ from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.inference import TTA_VIEWS, TrainedModel, classify, resolve_device, run_with_tta
-from lightning_modules.metrics import iou_by_threshold, segmentation_stats, threshold_curve
+from lightning_modules.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
 
 

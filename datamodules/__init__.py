@@ -1,13 +1,24 @@
-"""Data for both tasks: Kaggle folder layouts in, cached tensors out."""
+"""Data for both tasks: Kaggle folder layouts in, cached tensors out.
 
-import os
+The datamodules are imported on first use, so that `datamodules.errors`, which every layer
+imports, loads nothing else."""
 
-# albumentations asks PyPI for a newer release when it is imported: training must not wait on
-# the network (offline and firewalled machines), so that check stays off unless a user turns it on.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+from __future__ import annotations
 
-from datamodules.classification import CLASS_NAMES, ClassificationDataModule  # noqa: E402
-from datamodules.errors import DatasetError, UserError  # noqa: E402
-from datamodules.segmentation import SegmentationDataModule  # noqa: E402
+import importlib
 
 __all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError", "SegmentationDataModule", "UserError"]
+
+_HOMES = {
+    "CLASS_NAMES": "datamodules.classification",
+    "ClassificationDataModule": "datamodules.classification",
+    "SegmentationDataModule": "datamodules.segmentation",
+    "DatasetError": "datamodules.errors",
+    "UserError": "datamodules.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module 'datamodules' has no attribute {name!r}")

@@ -11,16 +11,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import cv2
 import imagehash
 import lightning as L
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+# albumentations asks PyPI for a newer release when it is imported: training must not wait on
+# the network (offline and firewalled machines), so that check stays off unless a user turns it on.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import albumentations as A  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 

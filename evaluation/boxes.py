@@ -11,30 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
 from evaluation.bootstrap import bootstrap_intervals, ratio_of_sums, with_interval
+from lightning_modules.postprocessing import connected_components
 
 MATCH_IOU = 0.5
-
-
-def connected_components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(labels image, per-component [x, y, width, height, area]) of a binary mask, 8-connected;
-    component 0, the background, is left out of the rows."""
-    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    return labels, stats[1:]
-
-
-def remove_small_components(mask: np.ndarray, min_area: int) -> np.ndarray:
-    """The mask without its components of fewer than `min_area` pixels."""
-    if min_area <= 1:
-        return mask
-    labels, stats = connected_components(mask)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area) + 1
-    return np.where(np.isin(labels, small), 0, mask).astype(mask.dtype)
 
 
 def component_boxes(mask: np.ndarray) -> np.ndarray:

@@ -8,47 +8,14 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torchmetrics.functional.classification import (
     multiclass_auroc,
-    multiclass_calibration_error,
     multiclass_precision_recall_curve,
     multiclass_roc,
 )
 
-ECE_BINS = 15
-
-
-TEMPERATURE_RANGE = (0.2, 10.0)
-
-
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> float:
-    """The temperature T that minimizes the negative log-likelihood of softmax(logits / T).
-
-    One parameter, fitted on held-out (validation) logits: it changes how sure the model says it
-    is, never what it predicts. Optimized in log space, so T stays positive, and kept within
-    TEMPERATURE_RANGE: on a validation set without a single error the likelihood keeps rising as
-    T falls towards 0, which would call every later prediction certain. (The likelihood is convex
-    in 1/T, so the bounded optimum is the unbounded one, clipped.)"""
-    logits, labels = logits.detach().double(), labels.detach()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    low, high = TEMPERATURE_RANGE
-    return min(max(float(log_t.detach().exp()), low), high)
-
-
-def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
-    """Expected calibration error (top-label, 15 equal-width bins), torchmetrics'."""
-    return float(multiclass_calibration_error(probabilities, labels, probabilities.shape[1], n_bins=ECE_BINS))
+from lightning_modules.metrics import ECE_BINS, calibration_error
 
 
 def reliability_diagram(curves: dict[str, torch.Tensor], labels: torch.Tensor, title: str = "") -> Figure:

@@ -6,15 +6,18 @@ from __future__ import annotations
 import lightning as L
 import matplotlib.pyplot as plt
 import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
-from lightning_modules.callbacks import RandomStateCheckpoint
+from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
+from lightning_modules.checkpoints import run_folder_checkpoints
 from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
 
 
 class TaskModule(L.LightningModule):
-    """Base class holding the optimization options once, for every task.
+    """Base class holding the optimization options once, for every task, and what every run of
+    one gets: its run folder's checkpoints, Ctrl-C handling and exact resume.
 
     Subclasses take their own arguments plus **kwargs passed on to this __init__;
     the hyperparameters saved here then include both (Lightning walks the init frames).
@@ -28,6 +31,9 @@ class TaskModule(L.LightningModule):
         compile: run the network through `torch.compile` while training (its first steps then
             take longer; see BENCHMARKS.md). Checkpoints, export and resume are unaffected.
     """
+
+    run_name = "task"  # the run folder's parent, <default_root_dir>/<run_name>/version_N, unless a config names it
+    checkpoint_monitor = "val/loss"  # what best.ckpt is the best of (higher is better)
 
     def __init__(
         self,
@@ -53,8 +59,13 @@ class TaskModule(L.LightningModule):
             self.load_pretrained_weights()
 
     def configure_callbacks(self) -> list[L.Callback]:
-        # Part of the module, not of a config a user might edit: without it a resume is not exact.
-        return [RandomStateCheckpoint()]
+        # Part of the module, not of a config a user might edit: without them a run folder lacks its
+        # checkpoints, Ctrl-C loses the epoch in progress, a resume is not exact. (They replace
+        # callbacks of the same types given to the Trainer.)
+        callbacks = [RandomStateCheckpoint(), GracefulInterrupt(), *run_folder_checkpoints(self.checkpoint_monitor)]
+        if self._trainer is not None and self._trainer.loggers:
+            callbacks.append(LearningRateMonitor(logging_interval="step"))
+        return callbacks
 
     def setup(self, stage: str) -> None:
         # NHWC convolutions run about 1.2x faster on CPU (oneDNN) and on tensor-core GPUs; the

@@ -1,5 +1,4 @@
-"""Trainer callbacks beside Lightning's own: the configs add GracefulInterrupt, every task
-module adds RandomStateCheckpoint."""
+"""Trainer callbacks beside Lightning's own, which every task module adds (TaskModule.configure_callbacks)."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from datamodules.errors import UserError
 
@@ -24,6 +25,17 @@ BEST = "best.ckpt"
 LAST = "last.ckpt"
 INTERRUPTED = "last-interrupted.ckpt"
 CHECKPOINTS_FOLDER = "checkpoints"
+
+
+def run_folder_checkpoints(monitor: str, mode: str = "max") -> list[ModelCheckpoint]:
+    """The checkpoints every run folder holds: BEST by `monitor`, LAST (the newest finished epoch,
+    whether it improved or not) and INTERRUPTED (written on Ctrl-C or an exception)."""
+    stem = lambda name: name.removesuffix(".ckpt")  # noqa: E731
+    return [
+        ModelCheckpoint(filename=stem(BEST), monitor=monitor, mode=mode, enable_version_counter=False),
+        ModelCheckpoint(filename=stem(LAST), enable_version_counter=False),
+        ModelCheckpoint(filename=stem(INTERRUPTED), every_n_epochs=0, save_on_exception=True),
+    ]
 
 
 class CheckpointError(UserError):

@@ -8,10 +8,10 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from datamodules.classification import CLASS_NAMES
-from evaluation.calibration import calibration_error, fit_temperature
-from evaluation.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.base import TaskModule
-from lightning_modules.metrics import classification_metrics
+from lightning_modules.calibration import fit_temperature
+from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
+from lightning_modules.metrics import calibration_error, classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier
 from lightning_modules.visualization import confusion_matrix_figure
 
@@ -36,6 +36,8 @@ class ClassificationModule(TaskModule):
     """
 
     class_names = CLASS_NAMES
+    run_name = "cls"
+    checkpoint_monitor = "val/acc"
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ from argparse import ArgumentError
 from collections.abc import Callable
 
 import lightning as L
+from jsonargparse._util import import_object
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -33,6 +34,18 @@ def one_line(error: BaseException) -> str:
     return " ".join(kept) or type(error).__name__
 
 
+# What every run's Trainer starts from; a config holds only what its recipe changes. The run folder's
+# checkpoints, Ctrl-C handling and the learning-rate log come with the task module (TaskModule.configure_callbacks).
+TRAINER_DEFAULTS = {
+    "default_root_dir": "runs",  # each run gets runs/<run name>/version_N/ with its config, events and checkpoints
+    "log_every_n_steps": 10,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"name": None},  # None: the task's run name (TaskModule.run_name); save_dir follows default_root_dir
+    },
+}
+
+
 class BrainTumorCLI(LightningCLI):
     """LightningCLI without subcommands (`python train.py --config cfg.yaml`)."""
 
@@ -42,6 +55,8 @@ class BrainTumorCLI(LightningCLI):
             L.LightningDataModule,
             subclass_mode_model=True,
             subclass_mode_data=True,
+            trainer_defaults=TRAINER_DEFAULTS,
+            seed_everything_default=42,
             run=False,
             auto_configure_optimizers=False,  # the modules build their own (lightning_modules.optim)
             save_config_kwargs={"overwrite": True},
@@ -60,6 +75,10 @@ class BrainTumorCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config.trainer
+        logger_args = getattr(trainer.logger, "init_args", None)
+        if logger_args is not None and "name" in logger_args and logger_args.name is None:
+            model_class = import_object(self.config.model.class_path)
+            logger_args.name = getattr(model_class, "run_name", "lightning_logs")
         if trainer.precision is None:  # the configs leave it to the machine; an explicit value wins
             trainer.precision, reason = fastest_precision(trainer.accelerator, Hardware.detect())
             rank_zero_info(f"Precision {trainer.precision}: {reason} (--trainer.precision overrides)")

@@ -14,6 +14,7 @@ from torchmetrics.classification import (
     MulticlassPrecision,
     MulticlassRecall,
 )
+from torchmetrics.functional.classification import multiclass_calibration_error
 
 
 def classification_metrics(num_classes: int) -> MetricCollection:
@@ -89,3 +90,11 @@ def best_threshold(curve: BinaryPrecisionRecallCurve) -> tuple[float, float]:
     ious = iou_by_threshold(curve)
     threshold = max(ious, key=ious.get)
     return threshold, ious[threshold]
+
+
+ECE_BINS = 15
+
+
+def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor) -> float:
+    """Expected calibration error (top-label, 15 equal-width bins), torchmetrics'."""
+    return float(multiclass_calibration_error(probabilities, labels, probabilities.shape[1], n_bins=ECE_BINS))

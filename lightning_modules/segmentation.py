@@ -7,10 +7,10 @@ import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from evaluation.boxes import remove_small_components
 from lightning_modules.base import TaskModule
 from lightning_modules.metrics import best_threshold, segmentation_scores, segmentation_stats, threshold_curve
 from lightning_modules.models import create_segmenter
+from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.visualization import segmentation_figure
 
 
@@ -32,6 +32,9 @@ class SegmentationModule(TaskModule):
         preview_images: images in that grid.
         **kwargs: optimizer and schedule options of `TaskModule`.
     """
+
+    run_name = "seg"
+    checkpoint_monitor = "val/iou_global"
 
     def __init__(
         self,

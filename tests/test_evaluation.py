@@ -13,10 +13,11 @@ import torch.nn.functional as F
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
-from evaluation.calibration import TEMPERATURE_RANGE, calibration_error, fit_temperature
 from evaluation.classification import ClassPredictions, classification_report
-from evaluation.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules import ClassificationModule
+from lightning_modules.calibration import TEMPERATURE_RANGE, fit_temperature
+from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
+from lightning_modules.metrics import calibration_error
 from tests.conftest import evaluate_report, synthetic_slice
 
 

@@ -1,0 +1,48 @@
+"""The layout is the architecture: imports between the packages run one way,
+datamodules <- lightning_modules <- evaluation <- the scripts."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+LAYERS = ["datamodules", "lightning_modules", "evaluation"]  # each may import only those before it
+
+
+def imported_packages(path) -> set[str]:
+    """The top-level names a module imports (at any depth of its code)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_a_package_imports_no_package_above_it(package):
+    above = set(LAYERS[LAYERS.index(package) + 1 :]) | {"train", "evaluate", "predict", "export", "app", "scripts"}
+    offences = {
+        str(path.relative_to(REPO)): sorted(imported_packages(path) & above) for path in (REPO / package).glob("*.py")
+    }
+    assert {path: names for path, names in offences.items() if names} == {}
+
+
+def test_a_package_importing_one_above_it_is_caught(tmp_path):
+    offender = tmp_path / "bad.py"
+    offender.write_text("from evaluation.boxes import box_report\nimport train\n")
+    assert imported_packages(offender) & {"evaluation", "train"} == {"evaluation", "train"}
+
+
+def test_comparing_reports_loads_neither_lightning_nor_the_networks():
+    # A fresh process: this one has imported everything already.
+    code = "import sys, evaluation.compare; print(sorted({'lightning', 'timm', 'segmentation_models_pytorch'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
