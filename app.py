@@ -16,8 +16,9 @@ from pathlib import Path
 import gradio as gr
 
 from datamodules.dicom import DICOM_SUFFIXES
+from lightning_modules.bundled import models_to_use
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import Prediction, TumorPredictor, models_to_use
+from lightning_modules.predictor import Prediction, TumorPredictor
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 MAX_UPLOAD_MB = 20

@@ -42,9 +42,10 @@ from evaluation.segmentation import case_figure, format_segmentation_report, seg
 from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import TTA_VIEWS, TrainedModel, classify, resolve_device, run_with_tta
 from lightning_modules.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
+from lightning_modules.trained_model import TrainedModel, resolve_device
+from lightning_modules.tta import TTA_VIEWS, classify, run_with_tta
 
 
 def default_output_dir(checkpoint: Path) -> Path:

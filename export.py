@@ -29,9 +29,9 @@ from datamodules.classification import CLASS_NAMES
 from datamodules.common import imagenet_normalization
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import TrainedModel
 from lightning_modules.model_file import write_model_file
 from lightning_modules.segmentation import SegmentationModule
+from lightning_modules.trained_model import TrainedModel
 
 OPSET = 17
 

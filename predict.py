@@ -28,8 +28,10 @@ from tqdm import tqdm
 from datamodules.common import IMAGE_SUFFIXES
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.errors import UserError
+from lightning_modules.bundled import models_to_use
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.inference import TTA_VIEWS, Prediction, TumorPredictor, models_to_use
+from lightning_modules.predictor import Prediction, TumorPredictor
+from lightning_modules.tta import TTA_VIEWS
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 

@@ -20,6 +20,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from datamodules.dicom import DICOM_SUFFIXES, read_dicom
+from datamodules.errors import InputImageError
+
 # albumentations asks PyPI for a newer release when it is imported: training must not wait on
 # the network (offline and firewalled machines), so that check stays off unless a user turns it on.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -49,6 +52,22 @@ def decode_image(data: bytes, channels: int) -> np.ndarray | None:
 def read_image(path: Path, channels: int) -> np.ndarray | None:
     """`decode_image` of a file's bytes (reading bytes rather than cv2.imread keeps non-ASCII paths working)."""
     return decode_image(Path(path).read_bytes(), channels)
+
+
+def load_image_file(path: str | Path, channels: int) -> np.ndarray:
+    """Decode like training does (a DICOM slice rendered as a viewer shows it), with one clear
+    error per kind of bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputImageError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputImageError(f"{path}: empty file")
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return read_dicom(path, channels)
+    image = read_image(path, channels)
+    if image is None:
+        raise InputImageError(f"{path}: not an image, or a corrupt one (could not decode)")
+    return image
 
 
 @dataclass

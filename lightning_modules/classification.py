@@ -13,6 +13,7 @@ from lightning_modules.calibration import fit_temperature
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.metrics import calibration_error, classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier
+from lightning_modules.pretrained import load_classifier_weights
 from lightning_modules.visualization import confusion_matrix_figure
 
 UNFAMILIAR_VALIDATION_SHARE = 0.05  # of validation images called unlike the training data
@@ -102,9 +103,7 @@ class ClassificationModule(TaskModule):
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
         if hp.pretrained or hp.weights_path:
-            pretrained = create_classifier(hp.model, len(CLASS_NAMES), hp.in_channels, hp.pretrained, hp.weights_path,
-                                           **(hp.model_kwargs or {}))  # fmt: skip
-            self.net.load_state_dict(pretrained.state_dict())
+            load_classifier_weights(self.net, hp.model, hp.pretrained, hp.weights_path)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss of an unblended batch (label-smoothed cross-entropy)."""
@@ -134,10 +133,6 @@ class ClassificationModule(TaskModule):
         self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, prog_bar=True)
         self.val_metrics.update(logits, labels)
         self._val_outputs.append((logits.detach().float(), labels, pooled.detach().float()))
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self.probabilities(self(images))
 
     def on_validation_epoch_end(self) -> None:
         values = {k.removeprefix("val/"): v for k, v in self.val_metrics.compute().items()}

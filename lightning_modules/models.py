@@ -1,18 +1,14 @@
 """Network factories: the classifier (the project's residual CNN, or any timm model by name)
-and the segmenter (an smp UNet), each optionally from pretrained weights."""
+and the segmenter (an smp UNet), each optionally from pretrained weights (lightning_modules.pretrained)."""
 
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
 import timm
 import torch
-from timm.models import adapt_input_conv
 from torch import nn
 
 from datamodules.errors import UserError
-from lightning_modules.checkpoints import find_checkpoint, read_checkpoint
+from lightning_modules.pretrained import load_classifier_weights, load_encoder_weights
 
 
 class BasicBlock(nn.Module):
@@ -101,7 +97,7 @@ class ResidualCNN(PooledClassifier):
 class MobileNetV2Classifier(PooledClassifier):
     """torchvision's MobileNetV2 with timm's `forward_features` / `forward_head` split, for 1- or
     3-channel images. Its features can start from a local ImageNet file in torchvision's layout
-    (`load_pretrained`), so an ImageNet-pretrained classifier trains offline.
+    (`weights_path`), so an ImageNet-pretrained classifier trains offline.
 
     Args:
         num_classes: outputs of the linear head.
@@ -124,34 +120,19 @@ class MobileNetV2Classifier(PooledClassifier):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
-    def load_pretrained(self, path: str | Path) -> None:
-        """ImageNet features from a torchvision-layout file (a classifier head in it is ignored)."""
-        state = read_weights_file(path)
-        state = {key: value for key, value in state.items() if key.startswith("features.")}
-        first = "features.0.0.weight"
-        if first in state and state[first].shape[1] != self.features[0][0].in_channels:
-            state[first] = adapt_input_conv(self.features[0][0].in_channels, state[first])
-        missing, unexpected = nn.Module.load_state_dict(self, state, strict=False)
-        missing = [key for key in missing if not key.startswith("head.")]
-        if missing or unexpected:
-            raise PretrainedWeightsError(f"{path}: does not fit MobileNetV2's features ({len(missing)} missing, e.g. "
-                                         f"{missing[:2]}; {len(unexpected)} unexpected)")  # fmt: skip
 
 
 LOCAL_MODELS = {"residual_cnn": ResidualCNN, "mobilenet_v2": MobileNetV2Classifier}
-
-
-class PretrainedWeightsError(UserError):
-    """Pretrained weights that cannot be had: not downloadable (the message says how to use a
-    local file instead), a file that is missing or does not fit the network."""
+TAKES_WEIGHTS_FILE = {"mobilenet_v2"}  # local networks that can start from a weights file
 
 
 def check_pretrained_source(name: str, pretrained: bool, weights_path: str | None) -> None:
     """Fail early, at construction, on pretrained options that can never work for this classifier.
     (Whether the weights file exists is checked when they are loaded: a resumed run needs no file.)"""
-    if name in LOCAL_MODELS and pretrained:
+    local = name in LOCAL_MODELS
+    if local and pretrained:
         raise UserError(f"model '{name}' downloads no weights; give a local file as weights_path, if it takes one")
-    if name in LOCAL_MODELS and weights_path and not hasattr(LOCAL_MODELS[name], "load_pretrained"):
+    if local and weights_path and name not in TAKES_WEIGHTS_FILE:
         raise UserError(f"model '{name}' is trained from scratch; it has no pretrained weights")
 
 
@@ -163,165 +144,37 @@ def create_classifier(
     weights_path: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    """Build a classifier by name: "residual_cnn" or any `timm.list_models()` name.
-
-    For timm models, `pretrained` downloads ImageNet weights from the Hugging Face hub;
-    `weights_path` loads them from a local file instead (for offline machines)."""
+    """Build a classifier by name, "residual_cnn" or any `timm.list_models()` name, as timm's
+    `create_model` does: the network first, then (`pretrained` from the hub, or `weights_path`
+    from a local file) pretrained weights loaded into it."""
     check_pretrained_source(name, pretrained, weights_path)
-    if weights_path and not Path(weights_path).is_file():
-        raise PretrainedWeightsError(f"{weights_path}: pretrained weights file not found")
     if name in LOCAL_MODELS:
         model = LOCAL_MODELS[name](num_classes=num_classes, in_chans=in_chans, **kwargs)
-        if weights_path:
-            model.load_pretrained(weights_path)
-        return model
-    if not timm.is_model(name):
+    elif not timm.is_model(name):
         raise UserError(f"unknown model '{name}': use 'residual_cnn' or a name from timm.list_models()")
-    overlay = {"file": str(weights_path)} if weights_path else None
-    try:
-        return timm.create_model(
-            name,
-            pretrained=pretrained or bool(weights_path),
-            pretrained_cfg_overlay=overlay,
-            num_classes=num_classes,
-            in_chans=in_chans,
-            **kwargs,
-        )
-    except TypeError as error:  # configs/cls.yaml's model_kwargs are the residual CNN's
-        if not kwargs:
-            raise
-        raise UserError(
-            f"model_kwargs {kwargs} do not fit timm model '{name}' ({error}); set model.init_args.model_kwargs "
-            "to {} or to that model's own arguments"
-        ) from error
-    except (OSError, RuntimeError, pickle.UnpicklingError) as error:
-        if weights_path:
-            raise PretrainedWeightsError(f"{weights_path}: could not load it into '{name}' ({error})") from error
-        raise PretrainedWeightsError(
-            f"could not download pretrained weights for '{name}' ({type(error).__name__}); "
-            "on an offline machine pass model.init_args.weights_path=/path/to/weights (.pth or .safetensors)"
-        ) from error
-
-
-HEAD_PREFIXES = ("fc.", "classifier.", "head.")
-WRAPPER_PREFIXES = ("module.", "model.", "encoder.", "backbone.")
-
-
-def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from a local weights file (also one wrapped under "state_dict" or "model")."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-        raise PretrainedWeightsError(f"{path}: not a readable weights file ({str(error).splitlines()[0]})") from error
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    return state
-
-
-def adapt_first_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
-    """A convolution kernel trained on images of other channels, for `channels`-channel input:
-    grayscale kernels spread evenly over the channels, colour ones summed (timm's rule), so a
-    grayscale image shown as identical R, G and B gives the features it gave before."""
-    if weight.shape[1] == 1:
-        return weight.repeat(1, channels, 1, 1) / channels
-    return adapt_input_conv(channels, weight)
-
-
-def classifier_backbone(path: str | Path, encoder_name: str) -> dict[str, torch.Tensor]:
-    """The network weights of a classification checkpoint (a .ckpt file or a run folder's
-    best.ckpt) whose classifier is the same architecture as the encoder `encoder_name`."""
-    path = find_checkpoint(path)
-    checkpoint = read_checkpoint(path)
-    hparams = checkpoint.get("hyper_parameters", {})
-    saved_class = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
-    if saved_class != "ClassificationModule":
-        raise PretrainedWeightsError(f"{path}: a {saved_class or 'foreign'} checkpoint; encoder weights come from a "
-                                     "classification checkpoint (or an ImageNet weights file)")  # fmt: skip
-    if hparams.get("model") != encoder_name:
-        raise PretrainedWeightsError(
-            f"{path}: its classifier is '{hparams.get('model')}', which cannot initialise the '{encoder_name}' "
-            f"encoder; train a classifier with model: {encoder_name} (configs/cls_resnet50.yaml) or change encoder_name"
-        )
-    return {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
-
-
-def encoder_weights_in(path: str | Path, encoder_name: str) -> dict[str, torch.Tensor]:
-    """The weights a file or run folder offers an encoder: a classification checkpoint's network,
-    or an ImageNet state dict (torchvision or timm layout)."""
-    path = Path(path)
-    if path.is_dir() or path.suffix == ".ckpt":
-        return classifier_backbone(path, encoder_name)
-    return read_weights_file(path)
-
-
-def load_encoder_weights(encoder: nn.Module, path: str | Path, encoder_name: str) -> None:
-    """Load pretrained weights into an smp encoder: an ImageNet checkpoint (torchvision or timm key
-    layout), or the network of a classification checkpoint of the same architecture.
-
-    Classification heads are dropped, wrapper prefixes stripped and a first convolution trained
-    on other channels adapted; anything else that does not match is an error naming the file, so
-    a wrong checkpoint never half-loads."""
-    check_encoder_weights(str(path))
-    expected = encoder.state_dict()
-    cleaned = {}
-    for key, value in encoder_weights_in(path, encoder_name).items():
-        for prefix in WRAPPER_PREFIXES:
-            key = key.removeprefix(prefix)
-        if key.startswith(HEAD_PREFIXES):
-            continue
-        target = expected.get(key)
-        if target is not None and value.ndim == 4 and value.shape[1] != target.shape[1]:
-            value = adapt_first_conv(value, target.shape[1])
-        cleaned[key] = value
-    # nn.Module's own method: smp encoders override it and return nothing
-    try:
-        missing, unexpected = nn.Module.load_state_dict(encoder, cleaned, strict=False)
-    except RuntimeError as error:  # same names, other shapes: another width or depth of the architecture
-        raise PretrainedWeightsError(f"{path}: does not fit this encoder ({str(error).splitlines()[1].strip()})") from error
-    if missing or unexpected:
-        raise PretrainedWeightsError(
-            f"{path}: does not fit this encoder ({len(missing)} weights missing, e.g. {missing[:2]}; "
-            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
-        )
-
-
-def is_local_weights(encoder_weights: str | None) -> bool:
-    """Whether `encoder_weights` names a file rather than None (random) or "imagenet" (downloaded)."""
-    return encoder_weights not in (None, "imagenet")
-
-
-def check_encoder_weights(encoder_weights: str | None) -> None:
-    """A one-line error for a local encoder weights file (or classification run folder) that is not there."""
-    if is_local_weights(encoder_weights) and not Path(encoder_weights).exists():
-        raise PretrainedWeightsError(f"{encoder_weights}: encoder weights file not found")
+    else:
+        try:
+            model = timm.create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        except TypeError as error:  # configs/cls.yaml's model_kwargs are the residual CNN's
+            if not kwargs:
+                raise
+            raise UserError(
+                f"model_kwargs {kwargs} do not fit timm model '{name}' ({error}); set model.init_args.model_kwargs "
+                "to {} or to that model's own arguments"
+            ) from error
+    if pretrained or weights_path:
+        load_classifier_weights(model, name, pretrained, weights_path)
+    return model
 
 
 def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3) -> nn.Module:
-    """A binary UNet (one logit per pixel) from segmentation-models-pytorch.
-
-    `encoder_weights`: "imagenet" (smp downloads them), None (random init), the path of a local
-    ImageNet checkpoint for offline machines, or a classification checkpoint or run folder whose
-    classifier has the encoder's architecture (an encoder pretrained on MRI)."""
+    """A binary UNet (one logit per pixel) from segmentation-models-pytorch, its encoder then loaded
+    from `encoder_weights` (lightning_modules.pretrained.load_encoder_weights) unless that is None."""
     import segmentation_models_pytorch as smp
 
     if encoder_name not in smp.encoders.encoders:
         raise UserError(f"unknown encoder '{encoder_name}': use a name from segmentation_models_pytorch.encoders.encoders")
-    check_encoder_weights(encoder_weights)
-    local_file = is_local_weights(encoder_weights)
-    try:
-        model = smp.Unet(
-            encoder_name=encoder_name,
-            encoder_weights=None if local_file else encoder_weights,
-            in_channels=in_channels,
-            classes=1,
-        )
-    except (OSError, RuntimeError, ConnectionError) as error:
-        raise PretrainedWeightsError(
-            f"could not download '{encoder_weights}' weights for encoder '{encoder_name}' "
-            f"({type(error).__name__}); on an offline machine set model.init_args.encoder_weights to a local "
-            "checkpoint file (torchvision or timm layout), or to null to train from scratch"
-        ) from error
-    if local_file:
-        load_encoder_weights(model.encoder, encoder_weights, encoder_name)
+    model = smp.Unet(encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels, classes=1)
+    if encoder_weights is not None:
+        load_encoder_weights(model.encoder, encoder_name, encoder_weights)
     return model

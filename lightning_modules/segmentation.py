@@ -11,6 +11,7 @@ from lightning_modules.base import TaskModule
 from lightning_modules.metrics import best_threshold, segmentation_scores, segmentation_stats, threshold_curve
 from lightning_modules.models import create_segmenter
 from lightning_modules.postprocessing import remove_small_components
+from lightning_modules.pretrained import load_encoder_weights
 from lightning_modules.visualization import segmentation_figure
 
 
@@ -75,8 +76,7 @@ class SegmentationModule(TaskModule):
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
         if hp.encoder_weights is not None:
-            pretrained = create_segmenter(hp.encoder_name, hp.encoder_weights, hp.in_channels)
-            self.net.encoder.load_state_dict(pretrained.encoder.state_dict())
+            load_encoder_weights(self.net.encoder, hp.encoder_name, hp.encoder_weights)
             rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -118,7 +118,3 @@ class SegmentationModule(TaskModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints from before threshold tuning cut at 0.5.
         checkpoint["state_dict"].setdefault("threshold", torch.tensor(0.5))
-
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(images).sigmoid()

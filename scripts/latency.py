@@ -24,7 +24,7 @@ import torch
 
 from export import export_model
 from lightning_modules.cli import BrainTumorCLI
-from lightning_modules.inference import TrainedModel
+from lightning_modules.trained_model import TrainedModel
 
 
 def median_ms(call: Callable[[], object], runs: int, warmup: int) -> float:

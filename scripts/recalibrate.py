@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from lightning_modules.checkpoints import read_checkpoint  # noqa: E402
 from lightning_modules.classification import ClassificationModule  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
-from lightning_modules.inference import TrainedModel  # noqa: E402
+from lightning_modules.trained_model import TrainedModel  # noqa: E402
 
 
 @torch.no_grad()

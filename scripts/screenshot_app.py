@@ -12,7 +12,8 @@ import argparse
 from playwright.sync_api import sync_playwright
 
 from app import build_app
-from lightning_modules.inference import TumorPredictor, models_to_use
+from lightning_modules.bundled import models_to_use
+from lightning_modules.predictor import TumorPredictor
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 

@@ -14,19 +14,15 @@ import timm
 import torch
 
 from datamodules.errors import UserError
+from lightning_modules.bundled import BUNDLED_MODELS, models_to_use
 from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.inference import (
-    BUNDLED_MODELS,
-    TTA_VIEWS,
-    TrainedModel,
-    TumorPredictor,
-    grad_cam,
-    models_to_use,
-    run_with_tta,
-)
+from lightning_modules.gradcam import grad_cam
 from lightning_modules.models import create_segmenter
+from lightning_modules.predictor import TumorPredictor
 from lightning_modules.segmentation import SegmentationModule
+from lightning_modules.trained_model import TrainedModel
+from lightning_modules.tta import TTA_VIEWS, run_with_tta
 from tests.conftest import SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
 
 

@@ -9,9 +9,10 @@ import torch
 
 from datamodules.errors import UserError
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.models import PretrainedWeightsError, ResidualCNN, create_classifier
+from lightning_modules.models import ResidualCNN, create_classifier
 from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
 from lightning_modules.precision import Hardware, fastest_precision
+from lightning_modules.pretrained import PretrainedWeightsError
 
 
 @pytest.mark.parametrize("channels", [1, 3])

@@ -14,7 +14,8 @@ from datamodules import DatasetError, SegmentationDataModule
 from datamodules.segmentation import read_coco_split
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
-from lightning_modules.models import PretrainedWeightsError, create_segmenter
+from lightning_modules.models import create_segmenter
+from lightning_modules.pretrained import PretrainedWeightsError
 from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
 
 
@@ -225,3 +226,24 @@ def test_encoder_weights_are_read_when_training_starts_not_when_built(tmp_path):
     torch.save(source, path)
     module.load_pretrained_weights()  # what on_fit_start does when a fit starts from scratch
     assert all(torch.equal(module.net.encoder.state_dict()[key], value) for key, value in source.items())
+
+
+def test_only_the_first_convolution_is_adapted_to_other_channels(tmp_path):
+    source = create_segmenter("resnet18", in_channels=1).encoder.state_dict()  # conv1 takes one channel
+    path = tmp_path / "gray.pth"
+    torch.save(source, path)
+    model = create_segmenter("resnet18", str(path), in_channels=3)
+    assert torch.equal(model.encoder.conv1.weight, source["conv1.weight"].repeat(1, 3, 1, 1) / 3)
+    source["layer1.0.conv1.weight"] = torch.zeros(64, 32, 3, 3)  # a later convolution of other channels is an error
+    torch.save(source, path)
+    with pytest.raises(PretrainedWeightsError, match="gray.pth: does not fit this encoder"):
+        create_segmenter("resnet18", str(path), in_channels=3)
+
+
+def test_pretrained_weights_are_loaded_into_the_network_that_exists(tmp_path):
+    path = tmp_path / "resnet18.pth"
+    torch.save(create_segmenter("resnet18").encoder.state_dict(), path)
+    module = SegmentationModule(encoder_name="resnet18", encoder_weights=str(path))
+    parameters = {name: id(value) for name, value in module.net.named_parameters()}
+    module.load_pretrained_weights()
+    assert {name: id(value) for name, value in module.net.named_parameters()} == parameters

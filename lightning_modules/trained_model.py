@@ -1,0 +1,97 @@
+"""A trained model loaded for inference from a checkpoint, a run folder or a model file, with the
+preprocessing and data settings it was trained with.
+
+Preprocessing (image size, channels, normalization) is read from the checkpoint's saved
+datamodule hyperparameters, so inference always matches how the model was trained."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from datamodules.classification import ClassificationDataModule
+from datamodules.common import CachedDataModule, Fingerprints, build_transform, resize_square
+from datamodules.segmentation import SegmentationDataModule
+from lightning_modules.base import TaskModule
+from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
+from lightning_modules.classification import ClassificationModule
+from lightning_modules.model_file import is_model_file, read_model_file
+from lightning_modules.segmentation import SegmentationModule
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """"auto" is the GPU when there is one; anything else is passed to torch ("cpu", "cuda:1")."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+TASK_MODULES = {cls.__name__: cls for cls in (ClassificationModule, SegmentationModule)}
+DATAMODULES = {cls.__name__: cls for cls in (ClassificationDataModule, SegmentationDataModule)}
+
+
+@dataclass
+class TrainedModel:
+    """A task module in eval mode with the preprocessing and data settings it was trained with."""
+
+    module: TaskModule
+    image_size: int
+    channels: int
+    checkpoint: str
+    data_hparams: dict = field(default_factory=dict)  # the training datamodule's arguments and class
+    data_state: dict = field(default_factory=dict)  # what that datamodule saved (next epoch, fingerprints)
+
+    @classmethod
+    def load(cls, path: str | Path, module_class: type[TaskModule] | None, device: torch.device) -> TrainedModel:
+        """A checkpoint file, the best checkpoint of a run folder, or a model file (export.py) of
+        `module_class` (None: of either task). Loading reads only the file: no pretrained weights, no network
+        (see TaskModule.load_pretrained_weights)."""
+        slim = is_model_file(path)
+        path = Path(path) if slim else find_checkpoint(path)
+        checkpoint = read_model_file(path) if slim else read_checkpoint(path)
+        saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "").rsplit(".", 1)[-1]
+        if module_class is None and saved_class not in TASK_MODULES:
+            raise CheckpointError(f"{path}: not a checkpoint of this project's models (class '{saved_class}')")
+        module_class = module_class or TASK_MODULES[saved_class]
+        if saved_class and saved_class != module_class.__name__:
+            raise CheckpointError(f"{path}: a {saved_class} checkpoint, expected {module_class.__name__}")
+        data = checkpoint.get("datamodule_hyper_parameters")
+        if not data or "image_size" not in data:
+            raise CheckpointError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
+        data_state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
+        if slim:
+            arguments = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
+            module = module_class(**arguments)
+            module.load_state_dict(checkpoint["state_dict"])
+            module = module.to(device).eval()
+        else:
+            module = module_class.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
+        return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path), dict(data), data_state)
+
+    def datamodule(self, root: str | list[str] | None = None) -> CachedDataModule:
+        """The datamodule the model was trained with, with its arguments, on `root` if given."""
+        class_name = str(self.data_hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+        if class_name not in DATAMODULES:
+            raise CheckpointError(f"{self.checkpoint}: trained with an unknown datamodule '{class_name}'")
+        arguments = {key: value for key, value in self.data_hparams.items() if not key.startswith("_")}
+        return DATAMODULES[class_name](**{**arguments, **({"root": root} if root else {})})
+
+    @property
+    def training_fingerprints(self) -> Fingerprints | None:
+        """The images the model was trained or validated on, when the checkpoint records them."""
+        state = self.data_state.get("training_fingerprints")
+        return Fingerprints.from_state(state) if state else None
+
+    @property
+    def device(self) -> torch.device:
+        return self.module.device
+
+    def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded uint8 images of any size -> the normalized batch the model was trained on."""
+        transform = build_transform([], self.channels)
+        tensors = [transform(image=resize_square(image, self.image_size))["image"] for image in images]
+        return torch.stack(tensors).to(self.device)
