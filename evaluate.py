@@ -133,7 +133,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     calibration = results["calibration"]
     text += (f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
              f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
-             + ", ".join(f"{name} {value:.3f}" for name, value in calibration["auroc_one_vs_rest"].items())
+             + ", ".join(f"{name} {'n/a' if value is None else f'{value:.3f}'}"
+                         for name, value in calibration["auroc_one_vs_rest"].items())
              + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
              "(5% of the validation split by construction)")  # fmt: skip
     title = f"{source}: accuracy {shown['accuracy']['value']:.1%}" + (" (unseen images)" if copies is not None else "")

@@ -24,7 +24,7 @@ from datamodules.common import (
     list_images,
     load_images,
 )
-from datamodules.errors import DatasetError
+from datamodules.errors import DatasetError, check_range
 
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
@@ -165,8 +165,9 @@ class ClassificationDataModule(CachedDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        if not 0 < val_fraction < 1:
-            raise DatasetError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+        check_range("image_size", image_size, 8)
+        check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("max_phash_distance", max_phash_distance, 0, 64)
         self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
         self.channels = channels
 

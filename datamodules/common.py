@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.dicom import DICOM_SUFFIXES, read_dicom
-from datamodules.errors import InputImageError
+from datamodules.errors import InputImageError, check_range
 
 # albumentations asks PyPI for a newer release when it is imported: training must not wait on
 # the network (offline and firewalled machines), so that check stays off unless a user turns it on.
@@ -265,6 +265,8 @@ class CachedDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
     ) -> None:
         super().__init__()
+        check_range("batch_size", batch_size, 1)
+        check_range("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory

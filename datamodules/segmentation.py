@@ -28,7 +28,7 @@ from datamodules.common import (
     list_images,
     load_images,
 )
-from datamodules.errors import DatasetError
+from datamodules.errors import ConfigError, DatasetError, check_range
 
 ANNOTATION_FILE = "_annotations.coco.json"
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
@@ -166,6 +166,9 @@ class SegmentationDataModule(CachedDataModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        check_range("image_size", image_size, 32)
+        if image_size % 32:  # the UNet halves the resolution five times
+            raise ConfigError(f"image_size must be a multiple of 32 for the UNet, got {image_size}")
         self.root = Path(root)
         self.channels = channels
 

@@ -35,3 +35,11 @@ def bootstrap_intervals(
 def with_interval(value: float, interval: tuple[float, float]) -> dict:
     """The JSON form of a number and its interval."""
     return {"value": float(value), "ci95": [round(interval[0], 6), round(interval[1], 6)]}
+
+
+def interval_text(entry: dict) -> str:
+    """A value and its interval; "n/a" for an undefined one (a class without images or predictions)."""
+    low, high = entry["ci95"]
+    if not np.isfinite(entry["value"]):
+        return "n/a"
+    return f"{entry['value']:.4f} [{low:.3f}, {high:.3f}]"

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-from evaluation.bootstrap import bootstrap_intervals, ratio_of_sums, with_interval
+from evaluation.bootstrap import bootstrap_intervals, interval_text, ratio_of_sums, with_interval
 from lightning_modules.postprocessing import connected_components
 
 MATCH_IOU = 0.5
@@ -88,8 +88,7 @@ def box_report(images: list[ImageBoxes], resamples: int = 1000, seed: int = 0) -
 
 def format_box_report(report: dict) -> str:
     def text(name: str) -> str:
-        entry = report[name]
-        return "n/a" if not np.isfinite(entry["value"]) else f"{entry['value']:.4f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+        return interval_text(report[name])
 
     return (f"tumours as boxes (box IoU >= {report['match_iou']}): recall {text('tumor_recall')} "
             f"({report['found_tumors']} of {report['true_tumors']}), precision {text('tumor_precision')} "

@@ -3,9 +3,9 @@ error, reliability diagrams, and ROC / precision-recall curves."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -21,7 +21,8 @@ from lightning_modules.metrics import ECE_BINS, calibration_error
 def reliability_diagram(curves: dict[str, torch.Tensor], labels: torch.Tensor, title: str = "") -> Figure:
     """Accuracy against confidence per bin, one line per set of probabilities (e.g. before and
     after temperature scaling); the diagonal is perfect calibration."""
-    fig, ax = plt.subplots(figsize=(4.8, 4.4), dpi=100)
+    fig = Figure(figsize=(4.8, 4.4), dpi=100)
+    ax = fig.subplots()
     edges = np.linspace(0, 1, ECE_BINS + 1)
     for name, probabilities in curves.items():
         confidence, predicted = probabilities.max(dim=1)
@@ -40,14 +41,20 @@ def reliability_diagram(curves: dict[str, torch.Tensor], labels: torch.Tensor, t
 
 
 def roc_and_pr_figure(probabilities: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> Figure:
-    """One-vs-rest ROC and precision-recall curves per class, with their AUROC."""
+    """One-vs-rest ROC and precision-recall curves per class, with their AUROC; a class without
+    images in the set has neither (n/a)."""
     num_classes = len(class_names)
-    aurocs = multiclass_auroc(probabilities, labels, num_classes, average=None)
-    fpr, tpr, _ = multiclass_roc(probabilities, labels, num_classes)
-    precision, recall, _ = multiclass_precision_recall_curve(probabilities, labels, num_classes)
-    fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(9.6, 4.2), dpi=100)
+    aurocs = auroc_per_class(probabilities, labels, class_names)
+    with warnings.catch_warnings():  # torchmetrics warns of each absent class; it is left out below
+        warnings.simplefilter("ignore", UserWarning)
+        fpr, tpr, _ = multiclass_roc(probabilities, labels, num_classes)
+        precision, recall, _ = multiclass_precision_recall_curve(probabilities, labels, num_classes)
+    fig = Figure(figsize=(9.6, 4.2), dpi=100)
+    (roc_ax, pr_ax) = fig.subplots(1, 2)
     for c, name in enumerate(class_names):
-        roc_ax.plot(fpr[c], tpr[c], label=f"{name} (AUROC {float(aurocs[c]):.3f})")
+        if aurocs[name] is None:
+            continue
+        roc_ax.plot(fpr[c], tpr[c], label=f"{name} (AUROC {aurocs[name]:.3f})")
         pr_ax.plot(recall[c], precision[c], label=name)
     roc_ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one class against the rest")
@@ -58,6 +65,16 @@ def roc_and_pr_figure(probabilities: torch.Tensor, labels: torch.Tensor, class_n
     return fig
 
 
-def auroc_per_class(probabilities: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]) -> dict[str, float]:
-    values = multiclass_auroc(probabilities, labels, len(class_names), average=None)
-    return {name: float(value) for name, value in zip(class_names, values)}
+def auroc_per_class(
+    probabilities: torch.Tensor, labels: torch.Tensor, class_names: Sequence[str]
+) -> dict[str, float | None]:
+    """One-vs-rest AUROC per class; None (undefined) for a class with no image in the set, or with
+    nothing but its own images."""
+    with warnings.catch_warnings():  # torchmetrics warns of each such class, and scores it 0
+        warnings.simplefilter("ignore", UserWarning)
+        values = multiclass_auroc(probabilities, labels, len(class_names), average=None)
+    counts = torch.bincount(labels, minlength=len(class_names))
+    return {
+        name: float(value) if 0 < counts[c] < len(labels) else None
+        for c, (name, value) in enumerate(zip(class_names, values))
+    }

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from evaluation.bootstrap import bootstrap_intervals, with_interval
+from evaluation.bootstrap import bootstrap_intervals, interval_text, with_interval
 from lightning_modules.visualization import confusion_matrix_figure
 
 
@@ -103,16 +103,12 @@ def classification_report(
     }
 
 
-def interval_text(entry: dict) -> str:
-    low, high = entry["ci95"]
-    return f"{entry['value']:.4f} [{low:.3f}, {high:.3f}]"
-
-
 def format_classification_report(report: dict, title: str) -> str:
     lines = [title, f"{'class':<12}{'precision':>24}{'recall':>24}{'f1':>8}{'support':>9}"]
     for name, row in report["per_class"].items():
+        f1 = f"{row['f1']:.4f}" if np.isfinite(row["f1"]) else "n/a"
         lines.append(f"{name:<12}{interval_text(row['precision']):>24}{interval_text(row['recall']):>24}"
-                     f"{row['f1']:>8.4f}{row['support']:>9}")  # fmt: skip
+                     f"{f1:>8}{row['support']:>9}")  # fmt: skip
     lines += [
         f"accuracy {interval_text(report['accuracy'])}, macro {interval_text(report['accuracy_macro'])} "
         f"on {report['num_images']} images (95% bootstrap intervals)",

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from evaluation.bootstrap import bootstrap_intervals, with_interval
+from evaluation.bootstrap import bootstrap_intervals, interval_text, with_interval
 from lightning_modules.metrics import per_image_scores, segmentation_scores
 from lightning_modules.visualization import segmentation_figure
 
@@ -53,8 +53,7 @@ def stats_of_rows(rows: list[dict]) -> torch.Tensor:
 
 def format_segmentation_report(report: dict, title: str) -> str:
     def text(name: str) -> str:
-        entry = report[name]
-        return f"{entry['value']:.4f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+        return interval_text(report[name])
 
     empty = report["empty_ground_truth"]
     quantiles = ", ".join(f"{k} {v:.3f}" for k, v in report["per_image_iou_quantiles"].items())

@@ -4,12 +4,12 @@ initialisation, exact resume, image logging."""
 from __future__ import annotations
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 
+from datamodules.errors import check_range
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
 from lightning_modules.checkpoints import run_folder_checkpoints
 from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
@@ -45,6 +45,9 @@ class TaskModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
+        check_range("lr", lr, 0, low_open=True)
+        check_range("weight_decay", weight_decay, 0)
+        check_range("warmup_fraction", warmup_fraction, 0, 1, high_open=True)
         self.save_hyperparameters()
 
     def load_pretrained_weights(self) -> None:
@@ -84,8 +87,7 @@ class TaskModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def log_figure(self, tag: str, figure: Figure) -> None:
-        """Write a matplotlib figure to TensorBoard (when it is a logger) and close it."""
+        """Write a matplotlib figure to TensorBoard (when it is a logger)."""
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(tag, figure, self.current_epoch, close=False)
-        plt.close(figure)

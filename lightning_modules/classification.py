@@ -8,6 +8,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
 from datamodules.classification import CLASS_NAMES
+from datamodules.errors import check_range
 from lightning_modules.base import TaskModule
 from lightning_modules.calibration import fit_temperature
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
@@ -54,6 +55,10 @@ class ClassificationModule(TaskModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        check_range("label_smoothing", label_smoothing, 0, 1, high_open=True)
+        check_range("mixup_alpha", mixup_alpha, 0)
+        check_range("cutmix_alpha", cutmix_alpha, 0)
+        check_range("mix_prob", mix_prob, 0, 1)
         num_classes = len(CLASS_NAMES)
         check_pretrained_source(model, pretrained, weights_path)
         self.net = create_classifier(model, num_classes, in_channels, **(model_kwargs or {}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from argparse import ArgumentError
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ from jsonargparse._util import import_object
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.errors import UserError
+from datamodules.errors import UserError, check_range
 from lightning_modules.precision import Hardware, fastest_precision
 
 # A mistake in a file or option the user gave; anything else is a bug and keeps its traceback.
@@ -79,6 +80,8 @@ class BrainTumorCLI(LightningCLI):
         if logger_args is not None and "name" in logger_args and logger_args.name is None:
             model_class = import_object(self.config.model.class_path)
             logger_args.name = getattr(model_class, "run_name", "lightning_logs")
+        for name in ("max_epochs", "min_epochs"):
+            check_range(f"trainer.{name}", trainer.get(name), 1)
         if trainer.precision is None:  # the configs leave it to the machine; an explicit value wins
             trainer.precision, reason = fastest_precision(trainer.accelerator, Hardware.detect())
             rank_zero_info(f"Precision {trainer.precision}: {reason} (--trainer.precision overrides)")
@@ -94,9 +97,18 @@ def user_error_behind(error: BaseException) -> BaseException | None:
     return None
 
 
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the tools print it: `warning: <message>`, without the source line that raised it."""
+    return f"warning: {message}\n"
+
+
 def run_with_clean_errors(main: Callable[[], None]) -> None:
-    """A user mistake becomes one `error:` line naming the file or key, not a traceback (set
-    BRAIN_TUMOR_TRACEBACK=1 to see it); any other exception is a bug and shows its traceback."""
+    """Run a script's main: a user mistake becomes one `error:` line naming the file or key, not a
+    traceback (set BRAIN_TUMOR_TRACEBACK=1 to see it); any other exception is a bug and shows its
+    traceback. Warnings print as one `warning:` line each."""
+    warnings.formatwarning = one_line_warning
+    # Lightning's own deprecation inside its loops: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     try:
         main()
     except Exception as error:

@@ -7,6 +7,7 @@ import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.errors import ConfigError, check_range
 from lightning_modules.base import TaskModule
 from lightning_modules.metrics import best_threshold, segmentation_scores, segmentation_stats, threshold_curve
 from lightning_modules.models import create_segmenter
@@ -50,6 +51,11 @@ class SegmentationModule(TaskModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        for name, value in (("dice_weight", dice_weight), ("bce_weight", bce_weight), ("min_tumor_area", min_tumor_area),
+                            ("preview_every_n_epochs", preview_every_n_epochs), ("preview_images", preview_images)):
+            check_range(name, value, 0)
+        if dice_weight == bce_weight == 0:
+            raise ConfigError("dice_weight and bce_weight are both 0: nothing to train on")
         self.net = create_segmenter(encoder_name, None, in_channels)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss()

@@ -5,10 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import cv2
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are only ever saved or logged
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
@@ -18,7 +14,8 @@ def confusion_matrix_figure(confmat: torch.Tensor, class_names: Sequence[str], t
     """Counts with row-normalized colour, so small classes stay readable."""
     counts = confmat.detach().cpu().numpy().astype(int)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(5.5, 4.8), dpi=100)
+    fig = Figure(figsize=(5.5, 4.8), dpi=100)
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(counts):
         ax.text(col, row, f"{count}\n{rates[row, col]:.0%}", ha="center", va="center",
@@ -56,7 +53,8 @@ def segmentation_figure(
 ) -> Figure:
     """One row per sample: image | ground truth (green) | prediction (red)."""
     rows = len(images)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.5 * rows), dpi=100, squeeze=False)
+    fig = Figure(figsize=(7.5, 2.5 * rows), dpi=100)
+    axes = fig.subplots(rows, 3, squeeze=False)
     for row in range(rows):
         image = to_display(images[row])
         panels = (

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
+import logging
 import os
 import subprocess
 import sys
+import traceback
+import types
+import warnings
 from pathlib import Path
 
 import cv2
@@ -13,6 +20,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FORMATWARNING = warnings.formatwarning  # run_with_clean_errors sets the scripts' own; each in-process run restores it
 
 SARTAJ_FOLDERS = ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor")
 MRI_DATASET_FOLDERS = ("glioma", "meningioma", "notumor", "pituitary")
@@ -58,17 +66,68 @@ def mri_dataset_root(tmp_path: Path) -> Path:
     return make_classification_dataset(tmp_path / "mri", MRI_DATASET_FOLDERS, with_testing=False, seed=1)
 
 
+def pytest_configure(config) -> None:
+    # Offline, as the machines that run these tests are: a download fails at once instead of retrying.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 def script_env() -> dict[str, str]:
-    """The environment the repo's scripts run in during tests: offline, quiet."""
+    """The environment the repo's scripts run in when a test starts them as processes: offline, quiet."""
     return {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
-def run_script(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run one of the repo's scripts as a user would, from `cwd`."""
+def run_process(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run one of the repo's scripts in a new Python process, for tests of the process itself
+    (its exit status and stderr, a kill, a signal, several processes)."""
     return subprocess.run(
         [sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=script_env(), capture_output=True, text=True,
         timeout=timeout,
-    )  # fmt: skip
+    )
+
+
+_SCRIPTS: dict[str, types.ModuleType] = {}
+
+
+def script_module(script: str) -> types.ModuleType:
+    """A script of the repo (train.py, scripts/recalibrate.py, ...) imported as a module, once."""
+    if script not in _SCRIPTS:
+        spec = importlib.util.spec_from_file_location(f"_script_{Path(script).stem}", REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SCRIPTS[script] = module
+    return _SCRIPTS[script]
+
+
+def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run one of the repo's scripts as a user would, from `cwd`, but in this process: its `main`
+    under the same error handling as from the command line, with what it prints (stdout; stderr
+    with its log lines and warnings) and its exit status."""
+    from lightning_modules.cli import run_with_clean_errors
+
+    module = script_module(args[0])
+    out, err = io.StringIO(), io.StringIO()
+    log_handler = logging.StreamHandler(err)
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    returncode = 0
+    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        for logger in loggers:
+            logger.addHandler(log_handler)
+        # As a process shows them: on stderr (pytest would record them instead).
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: err.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
+        try:
+            run_with_clean_errors(lambda: sys.exit(module.main(list(args[1:]))))
+        except SystemExit as exit_info:
+            returncode = exit_info.code if isinstance(exit_info.code, int) else int(exit_info.code is not None)
+        except Exception:  # a bug: a process would print its traceback and exit with 1
+            err.write(traceback.format_exc())
+            returncode = 1
+        finally:
+            for logger in loggers:
+                logger.removeHandler(log_handler)
+            warnings.formatwarning = FORMATWARNING
+    return subprocess.CompletedProcess(list(args), returncode, out.getvalue(), err.getvalue())
 
 
 TUMOR_POLYGONS = {  # image index -> polygon (x, y pairs) drawn into the image and annotated

@@ -61,6 +61,7 @@ def upload_and_wait(page, path, text: str) -> str:
     return page.inner_text("#message")
 
 
+@pytest.mark.slow  # a server process and a browser
 def test_upload_shows_probabilities_overlays_and_disclaimer(app_url, tmp_path):
     image = tmp_path / "slice.png"
     cv2.imwrite(str(image), synthetic_slice(np.random.default_rng(0), 1, size=96))

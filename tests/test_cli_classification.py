@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
@@ -21,9 +23,11 @@ from tests.conftest import CLS_CONFIG as CONFIG
 from tests.conftest import (
     REPO,
     SARTAJ_FOLDERS,
+    SEG_CONFIG,
     evaluate_report,
     make_classification_dataset,
     run_folder,
+    run_process,
     run_script,
     script_env,
     tensorboard_scalars,
@@ -131,11 +135,14 @@ def test_same_seed_trains_identically_with_any_number_of_workers(uninterrupted_r
     assert_same_training(run_folder(tmp_path), reference)
 
 
+@pytest.mark.slow  # a process of its own
 def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
     root, reference = uninterrupted_run
     kill = ["--trainer.callbacks+=tests.helpers.SigkillAt", "--trainer.callbacks.epoch", "2",
             "--trainer.callbacks.batch", "1"]  # fmt: skip
-    killed = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", *kill)
+    # A process of its own: SIGKILL ends it where it stands.
+    killed = run_process("train.py", "--config", CONFIG, "--data.root", str(root), *TINY, *RESUME_EPOCHS,
+                         "--data.num_workers", "2", *kill, cwd=tmp_path)  # fmt: skip
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = run_folder(tmp_path)
     assert not (run / "checkpoints" / "last-interrupted.ckpt").exists()  # nothing could be caught
@@ -155,23 +162,13 @@ def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
 
 
 def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
-    result = train(sartaj_root, tmp_path, "--ckpt_path", "last")
+    # As a process: what a user sees is its exit status and the last line of its stderr.
+    result = run_process("train.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--ckpt_path", "last",
+                         cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --ckpt_path last: no run with a last.ckpt or last-interrupted.ckpt under runs/cls"
     )
-
-
-@pytest.mark.parametrize("config", sorted(path.name for path in (REPO / "configs").glob("*.yaml")))
-def test_printed_config_trains_the_same_run(config, tmp_path):
-    config = str(REPO / "configs" / config)
-    printed = run_script("train.py", "--config", config, "--trainer.max_epochs", "3", "--print_config", cwd=tmp_path)
-    assert printed.returncode == 0, printed.stderr
-    (tmp_path / "printed.yaml").write_text(printed.stdout)
-    assert yaml.safe_load(printed.stdout)["trainer"]["max_epochs"] == 3
-    again = run_script("train.py", "--config", "printed.yaml", "--print_config", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
-    assert again.stdout == printed.stdout  # the printed config is a complete, valid config of the same run
 
 
 @pytest.mark.parametrize(
@@ -183,6 +180,15 @@ def test_printed_config_trains_the_same_run(config, tmp_path):
         (["--data.val_fraction", "2"], "error: val_fraction must be between 0 and 1, got 2.0"),
         (["--model.model", "resnet10t"], "do not fit timm model 'resnet10t'"),
         (["--model.weights_path", "missing.pth"], "model 'residual_cnn' is trained from scratch"),
+        (["--data.image_size", "-5"], "error: image_size must be at least 8, got -5"),
+        (["--data.batch_size", "0"], "error: batch_size must be at least 1, got 0"),
+        (["--model.init_args.lr", "-1"], "error: lr must be above 0, got -1.0"),
+        (["--model.warmup_fraction", "1"], "error: warmup_fraction must be in [0, 1), got 1.0"),
+        (["--model.mix_prob", "1.5"], "error: mix_prob must be in [0, 1], got 1.5"),
+        (["--model.label_smoothing", "-0.1"], "error: label_smoothing must be in [0, 1), got -0.1"),
+        (["--trainer.max_epochs", "0"], "error: trainer.max_epochs must be at least 1, got 0"),
+        (["--config", SEG_CONFIG, "--data.image_size", "100"], "error: image_size must be a multiple of 32 for the UNet"),
+        (["--config", SEG_CONFIG, "--model.dice_weight", "0", "--model.bce_weight", "0"], "nothing to train on"),
     ],
 )
 def test_bad_input_is_one_clear_line(args, expected, tmp_path):
@@ -222,6 +228,20 @@ def test_a_bug_keeps_its_traceback_and_a_user_mistake_is_one_line(capsys):
     assert capsys.readouterr().err == "error: data/x.json: not valid JSON\n"
 
 
+def test_warnings_are_one_line_without_the_source_line(capsys, monkeypatch):
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
+    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
+                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))  # fmt: skip
+
+    def warns() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            rank_zero_warn("data/a.jpg: unreadable or corrupt image, skipped")
+
+    run_with_clean_errors(warns)
+    assert capsys.readouterr().err == "warning: data/a.jpg: unreadable or corrupt image, skipped\n"
+
+
 @pytest.mark.parametrize(
     ("script", "truncated"),
     [("evaluate.py", False), ("train.py", True)],  # a text file to evaluate, a cut-off copy to resume from
@@ -243,10 +263,11 @@ def test_evaluate_without_checkpoint_is_a_clear_error(sartaj_root, tmp_path):
     assert result.stderr.strip().splitlines()[-1] == "error: missing.ckpt: checkpoint not found"
 
 
+@pytest.mark.slow  # a process of its own
 def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
-    result = train(
-        sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
-        "--trainer.devices", "2", "--trainer.strategy", "ddp",
+    result = run_process(
+        "train.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--trainer.max_epochs", "1",
+        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoints = run_folder(tmp_path) / "checkpoints"
@@ -254,6 +275,7 @@ def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
     assert not run_folder(tmp_path, version=1).exists()  # both processes wrote to the same run folder
 
 
+@pytest.mark.slow  # a process of its own
 def test_ctrl_c_leaves_a_checkpoint_that_resumes(sartaj_root, tmp_path):
     command = [sys.executable, str(REPO / "train.py"), "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
                "--trainer.max_epochs", "1000"]  # fmt: skip

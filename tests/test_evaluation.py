@@ -4,6 +4,7 @@ that holds copies of the training images."""
 from __future__ import annotations
 
 import shutil
+import warnings
 
 import cv2
 import numpy as np
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
+from evaluation.calibration import auroc_per_class, roc_and_pr_figure
 from evaluation.classification import ClassPredictions, classification_report
 from lightning_modules import ClassificationModule
 from lightning_modules.calibration import TEMPERATURE_RANGE, fit_temperature
@@ -146,3 +148,13 @@ def test_familiarity_flags_noise_and_blank_images_but_few_new_slices():
         assert flagged(noise) >= 0.9
         assert flagged(torch.full((10, 1, 32, 32), -2.0)) >= 0.9  # a black image
         assert flagged(slices(200)[0]) <= 0.2  # new slices like the validation ones: about 5%
+
+
+def test_auroc_of_a_class_without_images_is_undefined_and_raises_no_warning():
+    probabilities = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.1, 0.7, 0.1, 0.1], [0.2, 0.6, 0.1, 0.1]])
+    labels = torch.tensor([0, 1, 1])  # no no_tumor, no pituitary image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aurocs = auroc_per_class(probabilities, labels, CLASS_NAMES)
+        roc_and_pr_figure(probabilities, labels, CLASS_NAMES)
+    assert aurocs == {"glioma": 1.0, "meningioma": 1.0, "no_tumor": None, "pituitary": None}

@@ -183,7 +183,7 @@ def test_not_a_checkpoint_is_one_line(script, images, tmp_path):
     bad = tmp_path / "notes.ckpt"
     bad.write_text("not a checkpoint")
     result = run_script(script, "--cls-ckpt", str(bad), *([str(images)] if script == "predict.py" else []),
-                        cwd=tmp_path, timeout=120)  # fmt: skip
+                        cwd=tmp_path)  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}: not a PyTorch checkpoint (another kind of file, or a truncated copy)"
