@@ -31,11 +31,15 @@ DISCLAIMER = (
 def describe(prediction: Prediction) -> str:
     lines = []
     if prediction.probabilities:
-        lines.append(f"**Predicted class:** {prediction.predicted_class.replace('_', ' ')} "
-                     f"({prediction.probabilities[prediction.predicted_class]:.1%})")  # fmt: skip
+        lines.append(
+            f"**Predicted class:** {prediction.predicted_class.replace('_', ' ')} "
+            f"({prediction.probabilities[prediction.predicted_class]:.1%})"
+        )
     if prediction.tumor_mask is not None:
         row = prediction.row()
-        lines.append(f"**Segmented tumor area:** {row['tumor_area_px']} px ({row['tumor_area_fraction']:.2%} of the image)")
+        lines.append(
+            f"**Segmented tumor area:** {row['tumor_area_px']} px ({row['tumor_area_fraction']:.2%} of the image)"
+        )
     lines += [f"**Warning:** {warning.split(': ', 1)[-1]}" for warning in prediction.warnings]
     return "\n\n".join(lines)
 
@@ -65,20 +69,34 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
         gr.Markdown(DISCLAIMER, elem_id="disclaimer")
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="MRI slice (JPEG, PNG or DICOM)", file_types=["image", *DICOM_SUFFIXES],
-                                 type="filepath", elem_id="upload")  # fmt: skip
+                upload = gr.File(
+                    label="MRI slice (JPEG, PNG or DICOM)",
+                    file_types=["image", *DICOM_SUFFIXES],
+                    type="filepath",
+                    elem_id="upload",
+                )
                 tta = gr.Checkbox(label="Also look at the mirrored slice (test-time augmentation)", elem_id="tta")
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=1):
-                probabilities = gr.Label(label="Class probabilities" if predictor.classifier else
-                                         "Class probabilities (no --cls-ckpt given)", num_top_classes=4,
-                                         elem_id="probabilities")  # fmt: skip
+                probabilities = gr.Label(
+                    label="Class probabilities"
+                    if predictor.classifier
+                    else "Class probabilities (no --cls-ckpt given)",
+                    num_top_classes=4,
+                    elem_id="probabilities",
+                )
         with gr.Row():
-            tumor = gr.Image(label="Segmented tumor" if predictor.segmenter else "Segmented tumor (no --seg-ckpt given)",
-                             elem_id="tumor")  # fmt: skip
-            gradcam = gr.Image(label="Grad-CAM: where the classifier looked" if predictor.classifier else
-                               "Grad-CAM (no --cls-ckpt given)", elem_id="gradcam")  # fmt: skip
+            tumor = gr.Image(
+                label="Segmented tumor" if predictor.segmenter else "Segmented tumor (no --seg-ckpt given)",
+                elem_id="tumor",
+            )
+            gradcam = gr.Image(
+                label="Grad-CAM: where the classifier looked"
+                if predictor.classifier
+                else "Grad-CAM (no --cls-ckpt given)",
+                elem_id="gradcam",
+            )
         outputs = [probabilities, tumor, gradcam, message]
         button.click(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
         upload.upload(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
@@ -87,15 +105,18 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)")
+    parser.add_argument(
+        "--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)"
+    )
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint, run folder or model file")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
     args = parser.parse_args(argv)
     predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
-    build_app(predictor).launch(server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                                show_error=True)  # fmt: skip
+    build_app(predictor).launch(
+        server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True
+    )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,8 @@
     python evaluate.py --ckpt_path models/classifier.safetensors --data.root DATASET --own_split
     python evaluate.py --ckpt_path runs/seg/version_0 [--data.root COCO_EXPORT] [--output_dir DIR]
 
---ckpt_path is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); the task, the image size,
-the channels and the data settings come from it. A classifier's --data.root is a folder with class
+--ckpt_path is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); the task,
+the image size, the channels and the data settings come from it. A classifier's --data.root is a folder with class
 sub-folders, or a dataset root (its Testing/, else its Training/): images that copy one the model
 trained or was validated on (exact, or near by perceptual hash) are counted and left out of a second
 set of results, so that a model is never scored on what it has seen. A segmenter's --data.root is a
@@ -60,14 +60,21 @@ def autocast(device: torch.device):
 
 
 @torch.no_grad()
-def model_outputs(trained: TrainedModel, dataset: Dataset, batch_size: int, num_workers: int,
-                  run: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]):  # fmt: skip
+def model_outputs(
+    trained: TrainedModel,
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    run: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
+):
     """(`run`'s outputs on the batch, as float tensors on the CPU, target) per batch, in dataset order."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
     for images, targets in loader:
         with autocast(trained.device):
             outputs = run(images.to(trained.device))
-        outputs = tuple(output.float().cpu() for output in outputs) if isinstance(outputs, tuple) else outputs.float().cpu()
+        outputs = (
+            tuple(output.float().cpu() for output in outputs) if isinstance(outputs, tuple) else outputs.float().cpu()
+        )
         yield outputs, targets
 
 
@@ -78,8 +85,10 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
         fingerprints = trained.training_fingerprints
         if fingerprints is None:
-            raise UserError(f"{trained.checkpoint}: records no training images (trained before fingerprints were "
-                            "kept), so copies of them cannot be left out; retrain it")  # fmt: skip
+            raise UserError(
+                f"{trained.checkpoint}: records no training images (trained before fingerprints were "
+                "kept), so copies of them cannot be left out; retrain it"
+            )
         copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance"))
         source = f"{', '.join(args.data_root)}"
     else:
@@ -88,13 +97,17 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
         source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
     run = partial(classify, trained.module, tta=args.tta)  # logits and, for the familiarity score, pooled features
-    outputs = [output for dataset in datasets
-               for output in model_outputs(trained, dataset, args.batch_size, args.num_workers, run)]  # fmt: skip
+    outputs = [
+        output
+        for dataset in datasets
+        for output in model_outputs(trained, dataset, args.batch_size, args.num_workers, run)
+    ]
     logits, pooled = (torch.cat([output[i] for output, _ in outputs]) for i in (0, 1))
     labels = torch.cat([labels for _, labels in outputs])
     probabilities = trained.module.probabilities(logits)  # calibrated
-    predictions = ClassPredictions([file for dataset in datasets for file in dataset.files], labels.numpy(),
-                                   probabilities.numpy())  # fmt: skip
+    predictions = ClassPredictions(
+        [file for dataset in datasets for file in dataset.files], labels.numpy(), probabilities.numpy()
+    )
 
     def report(subset: ClassPredictions) -> dict:
         return classification_report(subset, CLASS_NAMES, NO_TUMOR_CLASS, args.bootstrap, args.seed)
@@ -105,14 +118,18 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     shown, scored = results["all_images"], np.ones(len(labels), dtype=bool)
     if copies is not None:
         scored = np.array([copy is None for copy in copies])
-        results["copies_of_training_images"] = {"exact copy": copies.count("exact copy"),
-                                                "near copy": copies.count("near copy")}  # fmt: skip
+        results["copies_of_training_images"] = {
+            "exact copy": copies.count("exact copy"),
+            "near copy": copies.count("near copy"),
+        }
         results["unseen_images"] = shown = report(predictions.subset(scored))
         for row, copy in zip(per_image, copies):
             row["copy_of_training_image"] = copy
-        text += (f"\n\nWithout the {int((~scored).sum())} images that copy one the model trained or was validated on "
-                 f"({results['copies_of_training_images']}):\n"
-                 + format_classification_report(shown, f"{int(scored.sum())} unseen images"))  # fmt: skip
+        text += (
+            f"\n\nWithout the {int((~scored).sum())} images that copy one the model trained or was validated on "
+            f"({results['copies_of_training_images']}):\n"
+            + format_classification_report(shown, f"{int(scored.sum())} unseen images")
+        )
     results["per_image"] = per_image
 
     # Calibration and ranking, on the images scored last (the unseen ones when copies were left out).
@@ -128,15 +145,21 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     flagged = trained.module.is_unfamiliar(pooled)
     for row, unfamiliar in zip(per_image, flagged.tolist()):
         row["unlike_training_data"] = unfamiliar
-    results["unlike_training_data"] = {"distance_threshold": float(trained.module.unfamiliar_threshold),
-                                       "share_flagged": float(flagged[scored].float().mean())}  # fmt: skip
+    results["unlike_training_data"] = {
+        "distance_threshold": float(trained.module.unfamiliar_threshold),
+        "share_flagged": float(flagged[scored].float().mean()),
+    }
     calibration = results["calibration"]
-    text += (f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
-             f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
-             + ", ".join(f"{name} {'n/a' if value is None else f'{value:.3f}'}"
-                         for name, value in calibration["auroc_one_vs_rest"].items())
-             + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
-             "(5% of the validation split by construction)")  # fmt: skip
+    text += (
+        f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
+        f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
+        + ", ".join(
+            f"{name} {'n/a' if value is None else f'{value:.3f}'}"
+            for name, value in calibration["auroc_one_vs_rest"].items()
+        )
+        + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
+        "(5% of the validation split by construction)"
+    )
     title = f"{source}: accuracy {shown['accuracy']['value']:.1%}" + (" (unseen images)" if copies is not None else "")
     figures = classification_figures(shown, CLASS_NAMES, title)
     figures["reliability"] = reliability_diagram({"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}, truth)
@@ -159,9 +182,13 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     source = f"{datamodule.root}, {split} split"
     report = segmentation_report(stats.compute(), dataset.files, args.bootstrap, args.seed)
     min_area = module.hparams.min_tumor_area if args.min_area is None else args.min_area
-    report = {"threshold": float(module.threshold), "min_tumor_area": min_area, **report,
-              "boxes": box_report(boxes, args.bootstrap, args.seed),
-              "iou_global_by_threshold": iou_by_threshold(curve)}  # fmt: skip
+    report = {
+        "threshold": float(module.threshold),
+        "min_tumor_area": min_area,
+        **report,
+        "boxes": box_report(boxes, args.bootstrap, args.seed),
+        "iou_global_by_threshold": iou_by_threshold(curve),
+    }
     for row, image in zip(report["per_image"], boxes):
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
     figures = {}
@@ -170,28 +197,46 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         subset = torch.utils.data.Subset(dataset, indices)
         predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, run))[0], args.min_area)
         figures[name] = case_figure(report, indices, images, masks, predicted)
-    text = (f"{format_segmentation_report(report, source)}\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, "
-            f"stored with it), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}")
+    text = (
+        f"{format_segmentation_report(report, source)}\n"
+        f"masks: probability >= {report['threshold']:.2f} (the model's threshold, "
+        f"stored with it), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}"
+    )
     return {"data": source, **report}, figures, text
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt file or a run folder (its checkpoints/best.ckpt)")
-    parser.add_argument("--data.root", dest="data_root", nargs="+", help="what to evaluate (default: the model's own data)")
-    parser.add_argument("--own_split", action="store_true",
-                        help="classifier: score the model's own test (else validation) split of --data.root, the "
-                        "training data's root moved elsewhere; the split is recomputed from the files, as in training")
+    parser.add_argument(
+        "--data.root", dest="data_root", nargs="+", help="what to evaluate (default: the model's own data)"
+    )
+    parser.add_argument(
+        "--own_split",
+        action="store_true",
+        help="classifier: score the model's own test (else validation) split of --data.root, the "
+        "training data's root moved elsewhere; the split is recomputed from the files, as in training",
+    )
     parser.add_argument("--output_dir", help="where metrics.json and the figures go (default: RUN/evaluation)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bootstrap", type=int, default=1000, help="resamples of the 95%% intervals (default: %(default)s)")
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="resamples of the 95%% intervals (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the resamples (default: %(default)s)")
-    parser.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
-                        help="test-time augmentation: average over flipped views (default: %(default)s)")  # fmt: skip
-    parser.add_argument("--min_area", type=int, help="segmentation: drop predicted tumours of fewer pixels, at the "
-                        "model's input size (default: the model's min_tumor_area)")  # fmt: skip
+    parser.add_argument(
+        "--tta",
+        choices=list(TTA_VIEWS),
+        default="none",
+        help="test-time augmentation: average over flipped views (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min_area",
+        type=int,
+        help="segmentation: drop predicted tumours of fewer pixels, at the "
+        "model's input size (default: the model's min_tumor_area)",
+    )
     args = parser.parse_args(argv)
 
     trained = TrainedModel.load(args.ckpt_path, None, resolve_device(args.device))
@@ -200,8 +245,15 @@ def main(argv: list[str] | None = None) -> None:
     checkpoint = Path(trained.checkpoint)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(checkpoint)
     output_dir.mkdir(parents=True, exist_ok=True)
-    results = {"checkpoint": str(checkpoint), "image_size": trained.image_size, "channels": trained.channels,
-               "tta": args.tta, "bootstrap_resamples": args.bootstrap, "bootstrap_seed": args.seed, **results}  # fmt: skip
+    results = {
+        "checkpoint": str(checkpoint),
+        "image_size": trained.image_size,
+        "channels": trained.channels,
+        "tta": args.tta,
+        "bootstrap_resamples": args.bootstrap,
+        "bootstrap_seed": args.seed,
+        **results,
+    }
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for name, figure in figures.items():
         figure.savefig(output_dir / f"{name}.png", bbox_inches="tight")

@@ -65,16 +65,28 @@ def export_model(model: TrainedModel, activation: torch.nn.Module, path: Path, e
     # The TorchScript exporter: needs only `onnx`, and its output matches PyTorch (tests/test_inference.py).
     warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
     torch.onnx.export(
-        wrapped, (example,), str(path), input_names=["images"], output_names=["probabilities"],
-        dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=OPSET, dynamo=False,
-    )  # fmt: skip
+        wrapped,
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["probabilities"],
+        dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
+    )
     normalize = imagenet_normalization(model.channels)
     sidecar = {
         "checkpoint": model.checkpoint,
-        "input": {"channels": model.channels, "height": model.image_size, "width": model.image_size,
-                  "scale": "pixel / 255", "mean": list(normalize.mean), "std": list(normalize.std)},
+        "input": {
+            "channels": model.channels,
+            "height": model.image_size,
+            "width": model.image_size,
+            "scale": "pixel / 255",
+            "mean": list(normalize.mean),
+            "std": list(normalize.std),
+        },
         **extra,
-    }  # fmt: skip
+    }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=2))
     return path
 
@@ -85,8 +97,9 @@ def export_model_file(model: TrainedModel, path: Path, half: bool) -> Path:
     return write_model_file(module, hparams, model.data_hparams, model.data_state, path, half)
 
 
-def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: Path, format: str = "safetensors",
-                       half: bool = True) -> list[Path]:  # fmt: skip
+def export_checkpoints(
+    cls_ckpt: str | None, seg_ckpt: str | None, output_dir: Path, format: str = "safetensors", half: bool = True
+) -> list[Path]:
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if cls_ckpt:
@@ -95,15 +108,23 @@ def export_checkpoints(cls_ckpt: str | None, seg_ckpt: str | None, output_dir: P
             written.append(export_model_file(classifier, output_dir / "classifier.safetensors", half))
         else:
             temperature = float(classifier.module.temperature)
-            written.append(export_model(classifier, CalibratedSoftmax(temperature), output_dir / "classifier.onnx",
-                                        {"class_names": list(CLASS_NAMES), "temperature": temperature}))  # fmt: skip
+            written.append(
+                export_model(
+                    classifier,
+                    CalibratedSoftmax(temperature),
+                    output_dir / "classifier.onnx",
+                    {"class_names": list(CLASS_NAMES), "temperature": temperature},
+                )
+            )
     if seg_ckpt:
         segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, torch.device("cpu"))
         if format == "safetensors":
             written.append(export_model_file(segmenter, output_dir / "segmenter.safetensors", half))
         else:
-            postprocessing = {"threshold": float(segmenter.module.threshold),  # fitted on the validation split
-                              "min_tumor_area": segmenter.module.hparams.min_tumor_area}  # fmt: skip
+            postprocessing = {
+                "threshold": float(segmenter.module.threshold),  # fitted on the validation split
+                "min_tumor_area": segmenter.module.hparams.min_tumor_area,
+            }
             written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", postprocessing))
     return written
 
@@ -113,15 +134,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder")
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
     parser.add_argument("--output-dir", default="exports", help="default: %(default)s")
-    parser.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
-                        help="a slim model file for this project's tools, or ONNX for other runtimes (default: %(default)s)")
-    parser.add_argument("--dtype", choices=["float16", "float32"], default="float16",
-                        help="of the weights in a model file (default: %(default)s; BENCHMARKS.md measures the difference)")
+    parser.add_argument(
+        "--format",
+        choices=["safetensors", "onnx"],
+        default="safetensors",
+        help="a slim model file for this project's tools, or ONNX for other runtimes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float16", "float32"],
+        default="float16",
+        help="of the weights in a model file (default: %(default)s; BENCHMARKS.md measures the difference)",
+    )
     args = parser.parse_args(argv)
     if not (args.cls_ckpt or args.seg_ckpt):
         parser.error("give --cls-ckpt, --seg-ckpt or both")
-    for path in export_checkpoints(args.cls_ckpt, args.seg_ckpt, Path(args.output_dir), args.format,
-                                   args.dtype == "float16"):  # fmt: skip
+    for path in export_checkpoints(
+        args.cls_ckpt, args.seg_ckpt, Path(args.output_dir), args.format, args.dtype == "float16"
+    ):
         sidecar = f" and {path.with_suffix('.json').name}" if args.format == "onnx" else ""
         print(f"wrote {path}{sidecar} ({path.stat().st_size / 2**20:.1f} MB)")
 

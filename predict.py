@@ -76,15 +76,26 @@ def write_tables(rows: list[dict], output_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files (JPEG, PNG, ..., DICOM .dcm) and/or folders of them")
-    parser.add_argument("--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)")
+    parser.add_argument(
+        "--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)"
+    )
     parser.add_argument("--seg-ckpt", help="segmenter checkpoint, run folder or model file")
-    parser.add_argument("--output", "--output-dir", dest="output_dir", default="predictions",
-                        help="the folder for the tables and images (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--output",
+        "--output-dir",
+        dest="output_dir",
+        default="predictions",
+        help="the folder for the tables and images (default: %(default)s)",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat maps")
-    parser.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
-                        help="test-time augmentation: average over flipped views (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--tta",
+        choices=list(TTA_VIEWS),
+        default="none",
+        help="test-time augmentation: average over flipped views (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     paths = expand_inputs(args.inputs)

@@ -24,9 +24,11 @@ class TrainCLI(BrainTumorCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument(
-            "--ckpt_path", type=str | None, default=None,
+            "--ckpt_path",
+            type=str | None,
+            default=None,
             help="Resume training: a .ckpt file, a run folder, or 'last' for the newest run of this config's task.",
-        )  # fmt: skip
+        )
 
     def before_instantiate_classes(self) -> None:
         super().before_instantiate_classes()

@@ -29,11 +29,15 @@ from datamodules.errors import DatasetError, check_range
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
 FOLDER_TO_CLASS = {
-    "glioma": 0, "glioma_tumor": 0,
-    "meningioma": 1, "meningioma_tumor": 1,
-    "notumor": 2, "no_tumor": 2,
-    "pituitary": 3, "pituitary_tumor": 3,
-}  # fmt: skip
+    "glioma": 0,
+    "glioma_tumor": 0,
+    "meningioma": 1,
+    "meningioma_tumor": 1,
+    "notumor": 2,
+    "no_tumor": 2,
+    "pituitary": 3,
+    "pituitary_tumor": 3,
+}
 
 
 def find_split_folder(root: Path, name: str) -> Path | None:
@@ -177,8 +181,10 @@ class ClassificationDataModule(CachedDataModule):
         hp = self.hparams
         # Every root's Training before any Testing: of two exact copies the first is kept, and when
         # a Testing image copies a Training image, the Testing one must be the one that goes.
-        sources = sorted((s for index, root in enumerate(self.roots) for s in find_class_folders(root, index)),
-                         key=lambda source: source.is_test)  # fmt: skip
+        sources = sorted(
+            (s for index, root in enumerate(self.roots) for s in find_class_folders(root, index)),
+            key=lambda source: source.is_test,
+        )
         paths = [path for source in sources for path in source.paths]
         source_of = np.repeat(np.arange(len(sources)), [len(source.paths) for source in sources])
 
@@ -199,8 +205,10 @@ class ClassificationDataModule(CachedDataModule):
         if is_test.any():
             split_indices["test"] = np.nonzero(keep & is_test)[0]
             if not len(split_indices["test"]):
-                raise DatasetError(f"{', '.join(str(s.folder) for s in sources if s.is_test)}: every image copies a "
-                                   "Training image; nothing is left to test (data.duplicates: keep keeps them)")  # fmt: skip
+                raise DatasetError(
+                    f"{', '.join(str(s.folder) for s in sources if s.is_test)}: every image copies a "
+                    "Training image; nothing is left to test (data.duplicates: keep keeps them)"
+                )
         seen = np.concatenate([split_indices["train"], split_indices["val"]])
         self.training_fingerprints = Fingerprints.of([kept[i] for i in seen])
 
@@ -218,7 +226,9 @@ class ClassificationDataModule(CachedDataModule):
                 f"{root}: {listed} images, {listed - int(mine.sum())} unreadable, {int((mine & ~keep).sum())} "
                 f"dropped as copies, {int(np.isin(groups[mine], groups[~mine]).sum())} with a copy in another root"
             )
-        counts = {split: np.bincount(ds.labels, minlength=len(CLASS_NAMES)).tolist() for split, ds in self.datasets.items()}
+        counts = {
+            split: np.bincount(ds.labels, minlength=len(CLASS_NAMES)).tolist() for split, ds in self.datasets.items()
+        }
         rank_zero_info(
             f"Classification data: per-class counts {dict(zip(CLASS_NAMES, zip(*counts.values())))} "
             f"for splits {list(counts)}"
@@ -232,16 +242,21 @@ class ClassificationDataModule(CachedDataModule):
         if not root.is_dir():
             raise DatasetError(f"{root}: folder to evaluate does not exist or is not a folder")
         has_class_folders = any(p.is_dir() and p.name.lower() in FOLDER_TO_CLASS for p in root.iterdir())
-        folder = root if has_class_folders else find_split_folder(root, "Testing") or find_split_folder(root, "Training")
+        folder = (
+            root if has_class_folders else find_split_folder(root, "Testing") or find_split_folder(root, "Training")
+        )
         if folder is None:
-            raise DatasetError(f"{root}: no class folders, Testing/ or Training/ in it (expected e.g. ROOT/glioma/*.jpg)")
+            raise DatasetError(
+                f"{root}: no class folders, Testing/ or Training/ in it (expected e.g. ROOT/glioma/*.jpg)"
+            )
         paths, labels = scan_class_folders(folder, require_every_class=False)
         kept, kept_indices = load_images(paths, self.hparams.image_size, self.channels)
         if not kept:
             raise DatasetError(f"{folder}: none of its {len(paths)} images is readable")
         files = [str(paths[i]) for i in kept_indices]
-        dataset = ImageLabelDataset(np.stack([item.pixels for item in kept]), labels[kept_indices],
-                                    build_transform([], self.channels), files)  # fmt: skip
+        dataset = ImageLabelDataset(
+            np.stack([item.pixels for item in kept]), labels[kept_indices], build_transform([], self.channels), files
+        )
         return dataset, kept
 
     def _deduplicate(self, sha1s: list[str], groups: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> np.ndarray:

@@ -111,9 +111,7 @@ def load_images(paths: Sequence[Path], size: int, channels: int) -> tuple[list[L
     return [loaded[i] for i in kept], kept
 
 
-def find_duplicate_groups(
-    sha1s: Sequence[str], phashes: Sequence[int], max_phash_distance: int | None
-) -> np.ndarray:
+def find_duplicate_groups(sha1s: Sequence[str], phashes: Sequence[int], max_phash_distance: int | None) -> np.ndarray:
     """Group ids such that byte-identical images, and images whose perceptual hashes
     differ in at most `max_phash_distance` bits (None: exact copies only), share a group."""
     n = len(sha1s)
@@ -172,8 +170,10 @@ class Fingerprints:
         for image in images:
             if bytes.fromhex(image.sha1) in known:
                 found.append("exact copy")
-            elif max_phash_distance is not None and len(self) and (
-                np.bitwise_count(self.phash ^ np.uint64(image.phash)).min() <= max_phash_distance
+            elif (
+                max_phash_distance is not None
+                and len(self)
+                and (np.bitwise_count(self.phash ^ np.uint64(image.phash)).min() <= max_phash_distance)
             ):
                 found.append("near copy")
             else:
@@ -297,8 +297,12 @@ class CachedDataModule(L.LightningDataModule):
         sampler = None
         if shuffle:
             trainer = self.trainer  # None when the datamodule is used on its own
-            sampler = SeededSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
-                                    rank=trainer.global_rank if trainer else 0, seed=hp.seed)  # fmt: skip
+            sampler = SeededSampler(
+                dataset,
+                num_replicas=trainer.world_size if trainer else 1,
+                rank=trainer.global_rank if trainer else 0,
+                seed=hp.seed,
+            )
             if trainer:
                 # Lightning sets the epoch only after creating the first iterator, whose workers start
                 # fetching at once, and on resume it creates it before restoring its loops: without

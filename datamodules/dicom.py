@@ -56,12 +56,15 @@ def read_dicom(path: str | Path, channels: int) -> np.ndarray:
     try:
         stored = dataset.pixel_array
     except Exception as error:  # pydicom raises many kinds for unsupported encodings
-        raise InputImageError(f"{path}: cannot decode its pixels ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0]})") from error  # fmt: skip
+        raise InputImageError(
+            f"{path}: cannot decode its pixels ({type(error).__name__}: {str(error).splitlines()[0]})"
+        ) from error
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     if stored.ndim != 2 or not photometric.startswith("MONOCHROME"):
-        raise InputImageError(f"{path}: a {photometric} image of shape {stored.shape}; MR slices are single-channel "
-                              "(MONOCHROME1 or MONOCHROME2)")  # fmt: skip
+        raise InputImageError(
+            f"{path}: a {photometric} image of shape {stored.shape}; MR slices are single-channel "
+            "(MONOCHROME1 or MONOCHROME2)"
+        )
     values = apply_modality_lut(stored, dataset).astype(np.float64)
     if "VOILUTSequence" in dataset:
         shown = apply_voi_lut(values, dataset).astype(np.float64)

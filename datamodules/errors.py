@@ -21,8 +21,14 @@ class ConfigError(UserError):
     """An option whose value can never work (a negative size, a rate outside its range)."""
 
 
-def check_range(name: str, value: float | None, low: float | None = None, high: float | None = None,
-                low_open: bool = False, high_open: bool = False) -> None:
+def check_range(
+    name: str,
+    value: float | None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
     """Raise ConfigError unless low <= value <= high (`low_open`/`high_open`: strictly); None bounds are open ends."""
     if value is None:
         return

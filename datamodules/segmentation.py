@@ -32,7 +32,10 @@ from datamodules.errors import ConfigError, DatasetError, check_range
 
 ANNOTATION_FILE = "_annotations.coco.json"
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
-REQUIRED_KEYS = {"images": ("id", "file_name", "height", "width"), "annotations": ("id", "image_id", "category_id", "segmentation")}
+REQUIRED_KEYS = {
+    "images": ("id", "file_name", "height", "width"),
+    "annotations": ("id", "image_id", "category_id", "segmentation"),
+}
 
 
 @dataclass
@@ -102,7 +105,9 @@ def rasterise(coco: COCO, image_id: int, report: CocoSplitReport, category_ids: 
     return mask
 
 
-def read_coco_split(split_dir: Path, category_names: list[str] | None) -> tuple[list[Path], list[np.ndarray], CocoSplitReport]:
+def read_coco_split(
+    split_dir: Path, category_names: list[str] | None
+) -> tuple[list[Path], list[np.ndarray], CocoSplitReport]:
     """Image paths and full-size masks of one split folder, with what was found wrong."""
     coco = load_coco(split_dir / ANNOTATION_FILE)
     category_ids = None
@@ -125,7 +130,9 @@ def read_coco_split(split_dir: Path, category_names: list[str] | None) -> tuple[
     for name in report.missing_files[:5]:
         rank_zero_warn(f"{split_dir / name}: listed in {ANNOTATION_FILE} but missing, skipped")
     if not paths:
-        raise DatasetError(f"{split_dir / ANNOTATION_FILE}: none of its {len(coco.imgs)} listed images is in {split_dir}")
+        raise DatasetError(
+            f"{split_dir / ANNOTATION_FILE}: none of its {len(coco.imgs)} listed images is in {split_dir}"
+        )
     return paths, masks, report
 
 
@@ -181,7 +188,9 @@ class SegmentationDataModule(CachedDataModule):
         splits = {s: self.root / folder for s, folder in SPLIT_FOLDERS.items() if (self.root / folder).is_dir()}
         for required in ("train", "val"):
             if required not in splits:
-                raise DatasetError(f"{self.root}: no {SPLIT_FOLDERS[required]}/ folder (expected ROOT/{{train,valid,test}}/)")
+                raise DatasetError(
+                    f"{self.root}: no {SPLIT_FOLDERS[required]}/ folder (expected ROOT/{{train,valid,test}}/)"
+                )
         train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
         eval_transform = build_transform([], self.channels)
         for split, folder in splits.items():
@@ -191,11 +200,14 @@ class SegmentationDataModule(CachedDataModule):
                 raise DatasetError(f"{folder}: none of its {len(paths)} annotated images is readable")
             masks = [masks[i] for i in kept]
             if split == "train" and not any(mask.any() for mask in masks):
-                raise DatasetError(f"{folder / ANNOTATION_FILE}: every mask is empty; no tumor annotations to learn from")
+                raise DatasetError(
+                    f"{folder / ANNOTATION_FILE}: every mask is empty; no tumor annotations to learn from"
+                )
             size = (hp.image_size, hp.image_size)
             resized_masks = np.stack([cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) for mask in masks])
             transform = train_transform if split == "train" else eval_transform
             files = [str(paths[i]) for i in kept]
-            self.datasets[split] = ImageMaskDataset(np.stack([item.pixels for item in loaded]), resized_masks, transform,
-                                                    files)  # fmt: skip
+            self.datasets[split] = ImageMaskDataset(
+                np.stack([item.pixels for item in loaded]), resized_masks, transform, files
+            )
             rank_zero_info(f"Segmentation data {report.summary(split)}, {len(paths) - len(loaded)} unreadable skipped")

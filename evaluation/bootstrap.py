@@ -11,7 +11,9 @@ Statistic = Callable[[np.ndarray], float]  # indices of the images in one resamp
 
 def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray) -> Statistic:
     """A pooled rate over the resampled images (NaN where the denominator sums to 0)."""
-    return lambda indices: numerator[indices].sum() / denominator[indices].sum() if denominator[indices].sum() else np.nan
+    return lambda indices: (
+        numerator[indices].sum() / denominator[indices].sum() if denominator[indices].sum() else np.nan
+    )
 
 
 def bootstrap_intervals(

@@ -59,8 +59,9 @@ def image_boxes(predicted_mask: np.ndarray, truth_mask: np.ndarray) -> ImageBoxe
 def box_report(images: list[ImageBoxes], resamples: int = 1000, seed: int = 0) -> dict:
     """Tumour recall and precision at box IoU >= MATCH_IOU, the mean best box IoU of the true
     tumours, and the share of tumour-free images given a tumour, each with a 95% bootstrap interval."""
-    truth, predicted, matched = (np.array([getattr(image, name) for image in images], dtype=float)
-                                 for name in ("truth", "predicted", "matched"))  # fmt: skip
+    truth, predicted, matched = (
+        np.array([getattr(image, name) for image in images], dtype=float) for name in ("truth", "predicted", "matched")
+    )
     best_iou = [np.array(image.best_iou) for image in images]
     empty = truth == 0
 
@@ -90,8 +91,10 @@ def format_box_report(report: dict) -> str:
     def text(name: str) -> str:
         return interval_text(report[name])
 
-    return (f"tumours as boxes (box IoU >= {report['match_iou']}): recall {text('tumor_recall')} "
-            f"({report['found_tumors']} of {report['true_tumors']}), precision {text('tumor_precision')} "
-            f"({report['predicted_tumors']} predicted), mean best box IoU {text('mean_box_iou')}\n"
-            f"images without a tumour given one: {text('false_positive_image_rate')} "
-            f"(of {report['images_without_tumor']})")  # fmt: skip
+    return (
+        f"tumours as boxes (box IoU >= {report['match_iou']}): recall {text('tumor_recall')} "
+        f"({report['found_tumors']} of {report['true_tumors']}), precision {text('tumor_precision')} "
+        f"({report['predicted_tumors']} predicted), mean best box IoU {text('mean_box_iou')}\n"
+        f"images without a tumour given one: {text('false_positive_image_rate')} "
+        f"(of {report['images_without_tumor']})"
+    )

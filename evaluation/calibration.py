@@ -29,8 +29,12 @@ def reliability_diagram(curves: dict[str, torch.Tensor], labels: torch.Tensor, t
         correct = (predicted == labels).float().numpy()
         bins = np.clip(np.digitize(confidence.numpy(), edges[1:-1]), 0, ECE_BINS - 1)
         filled = [b for b in range(ECE_BINS) if (bins == b).any()]
-        ax.plot([confidence.numpy()[bins == b].mean() for b in filled], [correct[bins == b].mean() for b in filled],
-                marker="o", label=f"{name} (ECE {calibration_error(probabilities, labels):.3f})")  # fmt: skip
+        ax.plot(
+            [confidence.numpy()[bins == b].mean() for b in filled],
+            [correct[bins == b].mean() for b in filled],
+            marker="o",
+            label=f"{name} (ECE {calibration_error(probabilities, labels):.3f})",
+        )
     ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
     ax.set_xlabel("confidence (top class probability)")
     ax.set_ylabel("accuracy")

@@ -32,10 +32,14 @@ class ClassPredictions:
     def per_image(self, class_names: Sequence[str]) -> list[dict]:
         """JSON rows: file, truth, prediction and every class probability."""
         return [
-            {"file": file, "label": class_names[label], "predicted": class_names[int(np.argmax(row))],
-             "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, row)}}
+            {
+                "file": file,
+                "label": class_names[label],
+                "predicted": class_names[int(np.argmax(row))],
+                "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, row)},
+            }
             for file, label, row in zip(self.files, self.labels, self.probabilities)
-        ]  # fmt: skip
+        ]
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
@@ -74,8 +78,9 @@ def classification_report(
 
     def metric(name: str, index: int | None = None):
         def statistic(indices: np.ndarray) -> float:
-            values = classification_metrics(confusion_matrix(labels[indices], predicted[indices], num_classes),
-                                            negative_class)[name]  # fmt: skip
+            values = classification_metrics(
+                confusion_matrix(labels[indices], predicted[indices], num_classes), negative_class
+            )[name]
             return values if index is None else values[index]
 
         return statistic
@@ -107,8 +112,10 @@ def format_classification_report(report: dict, title: str) -> str:
     lines = [title, f"{'class':<12}{'precision':>24}{'recall':>24}{'f1':>8}{'support':>9}"]
     for name, row in report["per_class"].items():
         f1 = f"{row['f1']:.4f}" if np.isfinite(row["f1"]) else "n/a"
-        lines.append(f"{name:<12}{interval_text(row['precision']):>24}{interval_text(row['recall']):>24}"
-                     f"{f1:>8}{row['support']:>9}")  # fmt: skip
+        lines.append(
+            f"{name:<12}{interval_text(row['precision']):>24}{interval_text(row['recall']):>24}"
+            f"{f1:>8}{row['support']:>9}"
+        )
     lines += [
         f"accuracy {interval_text(report['accuracy'])}, macro {interval_text(report['accuracy_macro'])} "
         f"on {report['num_images']} images (95% bootstrap intervals)",

@@ -30,8 +30,10 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
         for name in SEGMENTATION_SCORES:
             scores[name] = lambda indices, name=name: segmentation_scores(stats[indices])[name]
     if "found_tumors" in first:
-        found, true, predicted = (np.array([row[key] for row in rows], dtype=float)
-                                  for key in ("found_tumors", "true_tumors", "predicted_tumors"))  # fmt: skip
+        found, true, predicted = (
+            np.array([row[key] for row in rows], dtype=float)
+            for key in ("found_tumors", "true_tumors", "predicted_tumors")
+        )
         scores["tumor_recall"] = ratio_of_sums(found, true)
         scores["tumor_precision"] = ratio_of_sums(found, predicted)
     return scores
@@ -44,19 +46,25 @@ def paired_differences(first: dict, second: dict, resamples: int = 1000, seed: i
     first_rows = first["per_image"]
     second_rows = [rows_by_file[row["file"]] for row in first_rows if row["file"] in rows_by_file]
     if len(second_rows) != len(first_rows) or len(rows_by_file) != len(first_rows):
-        raise ValueError(f"the reports cover different images ({len(first_rows)} and {len(rows_by_file)}, "
-                         f"{len(second_rows)} in both)")  # fmt: skip
+        raise ValueError(
+            f"the reports cover different images ({len(first_rows)} and {len(rows_by_file)}, "
+            f"{len(second_rows)} in both)"
+        )
     first_scores, second_scores = scores_of_rows(first_rows), scores_of_rows(second_rows)
     names = [name for name in first_scores if name in second_scores]
     everything = np.arange(len(first_rows))
-    differences = {name: (lambda indices, name=name: second_scores[name](indices) - first_scores[name](indices))
-                   for name in names}  # fmt: skip
+    differences = {
+        name: (lambda indices, name=name: second_scores[name](indices) - first_scores[name](indices)) for name in names
+    }
     intervals = bootstrap_intervals(differences, len(first_rows), resamples, seed)
     return {
-        name: {"first": float(first_scores[name](everything)), "second": float(second_scores[name](everything)),
-               "difference": with_interval(differences[name](everything), intervals[name])}
+        name: {
+            "first": float(first_scores[name](everything)),
+            "second": float(second_scores[name](everything)),
+            "difference": with_interval(differences[name](everything), intervals[name]),
+        }
         for name in names
-    }  # fmt: skip
+    }
 
 
 def read_report(path: str | Path) -> dict:
@@ -83,6 +91,8 @@ def format_comparison(comparison: dict, first_name: str, second_name: str) -> st
     lines = [f"{'score':<16} {first_name:>12} {second_name:>12}   difference [95% paired interval]"]
     for name, entry in comparison.items():
         low, high = entry["difference"]["ci95"]
-        lines.append(f"{name:<16} {entry['first']:>12.4f} {entry['second']:>12.4f}   "
-                     f"{entry['difference']['value']:+.4f} [{low:+.4f}, {high:+.4f}]")  # fmt: skip
+        lines.append(
+            f"{name:<16} {entry['first']:>12.4f} {entry['second']:>12.4f}   "
+            f"{entry['difference']['value']:+.4f} [{low:+.4f}, {high:+.4f}]"
+        )
     return "\n".join(lines)

@@ -33,16 +33,24 @@ def segmentation_report(stats: torch.Tensor, files: list[str], resamples: int = 
         **{name: with_interval(value, intervals[name]) for name, value in point.items()},
         "per_image_iou_quantiles": {
             f"q{round(q * 100)}": float(torch.quantile(iou[has_tumor], q)) for q in IOU_QUANTILES
-        } if has_tumor.any() else {},
+        }
+        if has_tumor.any()
+        else {},
         "empty_ground_truth": {
             "images": int((~has_tumor).sum()),
             "predicted_empty": int((~has_tumor & predicted_empty).sum()),
             "how_counted": EMPTY_TRUTH_RULE,
         },
-        "per_image": [{"file": file, "iou": round(float(i), 4), "dice": round(float(d), 4),
-                       **dict(zip(PIXEL_COUNTS, map(int, counts[:4])))}
-                      for file, i, d, counts in zip(files, iou, dice, stats.tolist())],
-    }  # fmt: skip
+        "per_image": [
+            {
+                "file": file,
+                "iou": round(float(i), 4),
+                "dice": round(float(d), 4),
+                **dict(zip(PIXEL_COUNTS, map(int, counts[:4]))),
+            }
+            for file, i, d, counts in zip(files, iou, dice, stats.tolist())
+        ],
+    }
 
 
 def stats_of_rows(rows: list[dict]) -> torch.Tensor:
@@ -75,8 +83,9 @@ def worst_and_best(report: dict, count: int = 4) -> dict[str, list[int]]:
     return {"worst_cases": order[:count].tolist(), "best_cases": order[::-1][:count].tolist()}
 
 
-def case_figure(report: dict, indices: list[int], images: torch.Tensor, truths: torch.Tensor,
-                predictions: torch.Tensor) -> Figure:  # fmt: skip
+def case_figure(
+    report: dict, indices: list[int], images: torch.Tensor, truths: torch.Tensor, predictions: torch.Tensor
+) -> Figure:
     """Image / truth / prediction rows for the given images, titled with their IoU."""
     titles = [f"IoU {report['per_image'][i]['iou']:.2f}" for i in indices]
     return segmentation_figure(images, truths, predictions, titles)

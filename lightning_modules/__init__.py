@@ -9,7 +9,10 @@ import importlib
 
 __all__ = ["ClassificationModule", "SegmentationModule"]
 
-_HOMES = {"ClassificationModule": "lightning_modules.classification", "SegmentationModule": "lightning_modules.segmentation"}
+_HOMES = {
+    "ClassificationModule": "lightning_modules.classification",
+    "SegmentationModule": "lightning_modules.segmentation",
+}
 
 
 def __getattr__(name: str):

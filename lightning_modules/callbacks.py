@@ -60,17 +60,28 @@ class RandomStateCheckpoint(L.Callback):
         return {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
-                      "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+            "numpy": {
+                "keys": torch.from_numpy(keys.astype(np.int64)),
+                "position": position,
+                "has_gauss": has_gauss,
+                "cached_gaussian": cached_gaussian,
+            },
             "python": random.getstate(),
-        }  # fmt: skip
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         torch.set_rng_state(state_dict["torch"])
         if state_dict["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
         numpy_state = state_dict["numpy"]
-        np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                             numpy_state["has_gauss"], numpy_state["cached_gaussian"]))  # fmt: skip
+        np.random.set_state(
+            (
+                "MT19937",
+                numpy_state["keys"].numpy().astype(np.uint32),
+                numpy_state["position"],
+                numpy_state["has_gauss"],
+                numpy_state["cached_gaussian"],
+            )
+        )
         version, internal_state, gauss = state_dict["python"]
         random.setstate((version, tuple(internal_state), gauss))

@@ -127,8 +127,9 @@ class ClassificationModule(TaskModule):
             logits = self(images)
             loss = self.loss(logits, labels)
             # Only here: on a blended image, neither of the two labels is "the" right answer.
-            self.log("train/acc", (logits.argmax(dim=1) == labels).float().mean(), on_step=True, on_epoch=True,
-                     prog_bar=True)  # fmt: skip
+            self.log(
+                "train/acc", (logits.argmax(dim=1) == labels).float().mean(), on_step=True, on_epoch=True, prog_bar=True
+            )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 
@@ -158,11 +159,13 @@ class ClassificationModule(TaskModule):
         logits, labels, pooled = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_outputs))
         logits, labels = logits.reshape(-1, len(CLASS_NAMES)), labels.reshape(-1)
         self.calibrate(logits, labels, pooled.reshape(len(labels), -1))
-        self.log_dict({
-            "val/temperature": self.temperature,
-            "val/ece": calibration_error(logits.softmax(dim=1), labels),
-            "val/ece_calibrated": calibration_error((logits / self.temperature).softmax(dim=1), labels),
-        })  # fmt: skip
+        self.log_dict(
+            {
+                "val/temperature": self.temperature,
+                "val/ece": calibration_error(logits.softmax(dim=1), labels),
+                "val/ece_calibrated": calibration_error((logits / self.temperature).softmax(dim=1), labels),
+            }
+        )
 
     def calibrate(self, logits: torch.Tensor, labels: torch.Tensor, pooled: torch.Tensor) -> None:
         """Fit the temperature and the familiarity model (and its threshold) on validation outputs."""

@@ -24,8 +24,14 @@ USER_ERRORS = (UserError, ArgumentError)
 
 # jsonargparse explains a bad key against every member of a Union; these lines say nothing
 # about the user's mistake.
-_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "- Expected a <class 'NoneType'>",
-          "Given value type:", "Given value:")  # fmt: skip
+_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "- Expected a <class 'NoneType'>",
+    "Given value type:",
+    "Given value:",
+)
 
 
 def one_line(error: BaseException) -> str:
@@ -42,7 +48,9 @@ TRAINER_DEFAULTS = {
     "log_every_n_steps": 10,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
-        "init_args": {"name": None},  # None: the task's run name (TaskModule.run_name); save_dir follows default_root_dir
+        "init_args": {
+            "name": None
+        },  # None: the task's run name (TaskModule.run_name); save_dir follows default_root_dir
     },
 }
 
@@ -71,8 +79,9 @@ class BrainTumorCLI(LightningCLI):
         parser.link_arguments("data.channels", "model.init_args.in_channels", apply_on="instantiate")
         # One option moves every output: the logger's folder is the run folder (lightning_modules.checkpoints),
         # and the checkpoints and config.yaml follow the logger.
-        parser.link_arguments("trainer.default_root_dir", "trainer.logger.init_args.save_dir",
-                              compute_fn=lambda root: root or ".")  # fmt: skip
+        parser.link_arguments(
+            "trainer.default_root_dir", "trainer.logger.init_args.save_dir", compute_fn=lambda root: root or "."
+        )
 
     def before_instantiate_classes(self) -> None:
         trainer = self.config.trainer

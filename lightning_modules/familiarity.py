@@ -15,8 +15,9 @@ import torch
 COVARIANCE_SHRINKAGE = 0.5
 
 
-def fit_class_gaussians(features: torch.Tensor, labels: torch.Tensor, num_classes: int,
-                        shrinkage: float = COVARIANCE_SHRINKAGE) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def fit_class_gaussians(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, shrinkage: float = COVARIANCE_SHRINKAGE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means (num_classes, C) and the precision matrix (C, C) of the shared covariance.
     A class without images keeps an infinitely distant mean, so it is never the nearest."""
     features = features.double()

@@ -29,18 +29,25 @@ def is_model_file(path: str | Path) -> bool:
     return Path(path).suffix == MODEL_FILE_SUFFIX
 
 
-def write_model_file(module: torch.nn.Module, hparams: dict, data_hparams: dict, data_state: dict, path: str | Path,
-                     half: bool = True) -> Path:  # fmt: skip
+def write_model_file(
+    module: torch.nn.Module, hparams: dict, data_hparams: dict, data_state: dict, path: str | Path, half: bool = True
+) -> Path:
     """Write `module`'s weights (parameters in float16 when `half`) and what inference needs to `path`."""
     parameters = {name for name, _ in module.named_parameters()}
     tensors = {}
     for name, value in module.state_dict().items():
         value = value.detach().cpu()
-        tensors[name] = (value.half() if half and name in parameters and value.is_floating_point() else value).contiguous()
+        tensors[name] = (
+            value.half() if half and name in parameters and value.is_floating_point() else value
+        ).contiguous()
     fingerprints = data_state.get("training_fingerprints") or {}
     tensors |= {FINGERPRINTS_PREFIX + key: value.contiguous() for key, value in fingerprints.items()}
-    header = {"format_version": FORMAT_VERSION, "hyper_parameters": hparams, "datamodule_hyper_parameters": data_hparams,
-              "parameters_dtype": "float16" if half else "float32"}  # fmt: skip
+    header = {
+        "format_version": FORMAT_VERSION,
+        "hyper_parameters": hparams,
+        "datamodule_hyper_parameters": data_hparams,
+        "parameters_dtype": "float16" if half else "float32",
+    }
     path = Path(path)
     save_file(tensors, str(path), metadata={HEADER_KEY: json.dumps(header)})
     return path
@@ -63,11 +70,16 @@ def read_model_file(path: str | Path) -> dict:
     header = json.loads(metadata[HEADER_KEY])
     if header.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer version of this project (format {header['format_version']})")
-    fingerprints = {key.removeprefix(FINGERPRINTS_PREFIX): tensors.pop(key)
-                    for key in [key for key in tensors if key.startswith(FINGERPRINTS_PREFIX)]}  # fmt: skip
+    fingerprints = {
+        key.removeprefix(FINGERPRINTS_PREFIX): tensors.pop(key)
+        for key in [key for key in tensors if key.startswith(FINGERPRINTS_PREFIX)]
+    }
     state_dict = {key: value.float() if value.dtype == torch.float16 else value for key, value in tensors.items()}
     data_hparams = header["datamodule_hyper_parameters"]
     data_class = str(data_hparams.get("_class_path", "DataModule")).rsplit(".", 1)[-1]
-    return {"state_dict": state_dict, "hyper_parameters": header["hyper_parameters"],
-            "datamodule_hyper_parameters": data_hparams,
-            data_class: {"training_fingerprints": fingerprints} if fingerprints else {}}  # fmt: skip
+    return {
+        "state_dict": state_dict,
+        "hyper_parameters": header["hyper_parameters"],
+        "datamodule_hyper_parameters": data_hparams,
+        data_class: {"training_fingerprints": fingerprints} if fingerprints else {},
+    }

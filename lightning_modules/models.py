@@ -88,7 +88,9 @@ class ResidualCNN(PooledClassifier):
                 channels = out_channels
         self.stages = nn.Sequential(*stages)
         self.num_features = channels
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(channels, num_classes)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))
@@ -114,12 +116,12 @@ class MobileNetV2Classifier(PooledClassifier):
             first = self.features[0][0]
             self.features[0][0] = nn.Conv2d(in_chans, first.out_channels, 3, 2, 1, bias=False)
         self.num_features = 1280
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
-                                  nn.Linear(self.num_features, num_classes))  # fmt: skip
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate), nn.Linear(self.num_features, num_classes)
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
 
 
 LOCAL_MODELS = {"residual_cnn": ResidualCNN, "mobilenet_v2": MobileNetV2Classifier}
@@ -167,13 +169,17 @@ def create_classifier(
     return model
 
 
-def create_segmenter(encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3) -> nn.Module:
+def create_segmenter(
+    encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3
+) -> nn.Module:
     """A binary UNet (one logit per pixel) from segmentation-models-pytorch, its encoder then loaded
     from `encoder_weights` (lightning_modules.pretrained.load_encoder_weights) unless that is None."""
     import segmentation_models_pytorch as smp
 
     if encoder_name not in smp.encoders.encoders:
-        raise UserError(f"unknown encoder '{encoder_name}': use a name from segmentation_models_pytorch.encoders.encoders")
+        raise UserError(
+            f"unknown encoder '{encoder_name}': use a name from segmentation_models_pytorch.encoders.encoders"
+        )
     model = smp.Unet(encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels, classes=1)
     if encoder_weights is not None:
         load_encoder_weights(model.encoder, encoder_name, encoder_weights)

@@ -58,17 +58,22 @@ class Prediction:
 class TumorPredictor:
     """The classifier, the segmenter or both, applied to image files in batches."""
 
-    def __init__(self, cls_ckpt: str | Path | None = None, seg_ckpt: str | Path | None = None, device: str = "auto") -> None:
+    def __init__(
+        self, cls_ckpt: str | Path | None = None, seg_ckpt: str | Path | None = None, device: str = "auto"
+    ) -> None:
         if cls_ckpt is None and seg_ckpt is None:
-            raise UserError(f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls-ckpt), "
-                            "a segmenter (--seg-ckpt) or both")
+            raise UserError(
+                f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls-ckpt), "
+                "a segmenter (--seg-ckpt) or both"
+            )
         self.device = resolve_device(device)
         self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device) if cls_ckpt else None
         self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
         self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
 
-    def predict_files(self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True,
-                      tta: str = "none") -> Iterator[Prediction]:  # fmt: skip
+    def predict_files(
+        self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True, tta: str = "none"
+    ) -> Iterator[Prediction]:
         """Predictions in input order; unreadable inputs come back with `error` set. `tta` (a key
         of TTA_VIEWS) averages both models over flipped views; Grad-CAM shows the image as it is."""
         pending: list[Prediction] = []
@@ -88,8 +93,10 @@ class TumorPredictor:
         input_size = max(model.image_size for model in (self.classifier, self.segmenter) if model is not None)
         height, width = prediction.image.shape[:2]
         if min(height, width) < SMALL_INPUT_FRACTION * input_size:
-            prediction.warnings.append(f"{path}: a {width}x{height} image, far smaller than the {input_size}x{input_size} "
-                                       "the model was trained at; the result is unreliable")  # fmt: skip
+            prediction.warnings.append(
+                f"{path}: a {width}x{height} image, far smaller than the {input_size}x{input_size} "
+                "the model was trained at; the result is unreliable"
+            )
         return prediction
 
     @staticmethod
@@ -118,21 +125,26 @@ class TumorPredictor:
         if gradcam:
             _, cams = grad_cam(module.net, inputs)
             if cams is None:
-                self.gradcam_unavailable = (f"Grad-CAM is not available for model '{module.hparams.model}': "
-                                            "its features have no spatial layout")  # fmt: skip
+                self.gradcam_unavailable = (
+                    f"Grad-CAM is not available for model '{module.hparams.model}': its features have no spatial layout"
+                )
         logits, pooled = classify(module, inputs, tta)
         probabilities, unfamiliar = module.probabilities(logits), module.is_unfamiliar(pooled)
         for i, prediction in enumerate(valid):
             prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
             prediction.unlike_training_data = bool(unfamiliar[i])
             if unfamiliar[i]:
-                prediction.warnings.append(f"{prediction.path}: unlike the images the classifier was trained on "
-                                           "(not an MRI slice like them, or one it is unsure of): do not trust "
-                                           "its class")  # fmt: skip
+                prediction.warnings.append(
+                    f"{prediction.path}: unlike the images the classifier was trained on "
+                    "(not an MRI slice like them, or one it is unsure of): do not trust "
+                    "its class"
+                )
             if cams is not None:
                 prediction.gradcam = upsample(cams[i], prediction.image.shape[:2])
 
 
 def upsample(map_2d: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """A low-resolution map, bilinearly resized to the input image's (height, width)."""
-    return F.interpolate(map_2d[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+    return (
+        F.interpolate(map_2d[None, None].float(), size=size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+    )

@@ -54,7 +54,11 @@ def adapt_first_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def load_weights(
-    net: nn.Module, state: dict[str, torch.Tensor], source: str, first_conv: str, optional: tuple[str, ...] = (),
+    net: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    first_conv: str,
+    optional: tuple[str, ...] = (),
     what: str = "network",
 ) -> None:
     """Load `state` into `net`: heads dropped, wrappers stripped, `first_conv` adapted to the
@@ -74,7 +78,9 @@ def load_weights(
     try:
         missing, unexpected = nn.Module.load_state_dict(net, cleaned, strict=False)
     except RuntimeError as error:  # same names, other shapes: another width or depth of the architecture
-        raise PretrainedWeightsError(f"{source}: does not fit this {what} ({str(error).splitlines()[1].strip()})") from error
+        raise PretrainedWeightsError(
+            f"{source}: does not fit this {what} ({str(error).splitlines()[1].strip()})"
+        ) from error
     missing = [key for key in missing if not key.startswith(optional)]
     if missing or unexpected:
         raise PretrainedWeightsError(
@@ -101,7 +107,9 @@ def load_classifier_weights(net: nn.Module, name: str, pretrained: bool, weights
             raise PretrainedWeightsError(f"{weights_path}: pretrained weights file not found")
         config = {"file": str(weights_path), **{k: v for k, v in config.items() if k not in ("hf_hub_id", "url")}}
     try:
-        timm.models.load_pretrained(net, pretrained_cfg=config, num_classes=net.num_classes, in_chans=in_channels_of(net))
+        timm.models.load_pretrained(
+            net, pretrained_cfg=config, num_classes=net.num_classes, in_chans=in_channels_of(net)
+        )
     except (OSError, RuntimeError, pickle.UnpicklingError) as error:
         if weights_path:
             raise PretrainedWeightsError(f"{weights_path}: could not load it into '{name}' ({error})") from error
@@ -132,7 +140,9 @@ def classifier_backbone(path: str | Path, encoder_name: str) -> dict[str, torch.
             f"{path}: its classifier is '{hparams.get('model')}', which cannot initialise the '{encoder_name}' "
             f"encoder; train a classifier with model: {encoder_name} (configs/cls_resnet50.yaml) or change encoder_name"
         )
-    return {key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")}
+    return {
+        key.removeprefix("net."): value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")
+    }
 
 
 def smp_imagenet_weights(encoder_name: str) -> dict[str, torch.Tensor]:
@@ -145,7 +155,9 @@ def smp_imagenet_weights(encoder_name: str) -> dict[str, torch.Tensor]:
     if settings is None:
         raise PretrainedWeightsError(f"encoder '{encoder_name}' has no ImageNet weights in segmentation-models-pytorch")
     try:
-        return load_file(hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"]))
+        return load_file(
+            hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"])
+        )
     except (OSError, RuntimeError, ConnectionError) as error:  # huggingface_hub's errors derive from these
         raise PretrainedWeightsError(
             f"could not download 'imagenet' weights for encoder '{encoder_name}' ({type(error).__name__}); on an "

@@ -51,8 +51,13 @@ class SegmentationModule(TaskModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        for name, value in (("dice_weight", dice_weight), ("bce_weight", bce_weight), ("min_tumor_area", min_tumor_area),
-                            ("preview_every_n_epochs", preview_every_n_epochs), ("preview_images", preview_images)):
+        for name, value in (
+            ("dice_weight", dice_weight),
+            ("bce_weight", bce_weight),
+            ("min_tumor_area", min_tumor_area),
+            ("preview_every_n_epochs", preview_every_n_epochs),
+            ("preview_images", preview_images),
+        ):
             check_range(name, value, 0)
         if dice_weight == bce_weight == 0:
             raise ConfigError("dice_weight and bce_weight are both 0: nothing to train on")

@@ -24,7 +24,7 @@ from lightning_modules.segmentation import SegmentationModule
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" is the GPU when there is one; anything else is passed to torch ("cpu", "cuda:1")."""
+    """ "auto" is the GPU when there is one; anything else is passed to torch ("cpu", "cuda:1")."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
@@ -61,7 +61,9 @@ class TrainedModel:
             raise CheckpointError(f"{path}: a {saved_class} checkpoint, expected {module_class.__name__}")
         data = checkpoint.get("datamodule_hyper_parameters")
         if not data or "image_size" not in data:
-            raise CheckpointError(f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py")
+            raise CheckpointError(
+                f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py"
+            )
         data_state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
         if slim:
             arguments = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}

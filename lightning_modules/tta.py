@@ -15,8 +15,9 @@ TTA_VIEWS: dict[str, list[tuple[int, ...]]] = {
 }
 
 
-def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none",
-                 unflipped: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def run_with_tta(
+    module: torch.nn.Module, images: torch.Tensor, tta: str = "none", unflipped: torch.Tensor | None = None
+) -> torch.Tensor:
     """The mean of the module's outputs (logits) over the views of `tta` (a key of TTA_VIEWS);
     `unflipped`: its output on the images as they are, when the caller has it already."""
     outputs = []
@@ -29,7 +30,9 @@ def run_with_tta(module: torch.nn.Module, images: torch.Tensor, tta: str = "none
     return torch.stack(outputs).mean(dim=0)
 
 
-def classify(module: ClassificationModule, images: torch.Tensor, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+def classify(
+    module: ClassificationModule, images: torch.Tensor, tta: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits averaged over the views of `tta`, and the pooled features of the image as it is (what
     the familiarity score reads): the unflipped view's pass gives both."""
     logits, pooled = module.forward_with_features(images)

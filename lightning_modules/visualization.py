@@ -18,8 +18,15 @@ def confusion_matrix_figure(confmat: torch.Tensor, class_names: Sequence[str], t
     ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for (row, col), count in np.ndenumerate(counts):
-        ax.text(col, row, f"{count}\n{rates[row, col]:.0%}", ha="center", va="center",
-                color="white" if rates[row, col] > 0.5 else "black", fontsize=9)  # fmt: skip
+        ax.text(
+            col,
+            row,
+            f"{count}\n{rates[row, col]:.0%}",
+            ha="center",
+            va="center",
+            color="white" if rates[row, col] > 0.5 else "black",
+            fontsize=9,
+        )
     ax.set_xticks(range(len(class_names)), class_names, rotation=30, ha="right")
     ax.set_yticks(range(len(class_names)), class_names)
     ax.set_xlabel("predicted")

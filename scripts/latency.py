@@ -58,8 +58,13 @@ def measure(config: str, runs: int, warmup: int, threads: int) -> dict:
         inputs = {"images": image.numpy()}
         onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
     network = model.module.hparams.get("model") or model.module.hparams.get("encoder_name")
-    return {"config": config, "network": network, "input": f"{model.channels}x{model.image_size}x{model.image_size}",
-            "torch_ms": torch_ms, "onnx_ms": onnx_ms}  # fmt: skip
+    return {
+        "config": config,
+        "network": network,
+        "input": f"{model.channels}x{model.image_size}x{model.image_size}",
+        "torch_ms": torch_ms,
+        "onnx_ms": onnx_ms,
+    }
 
 
 def main() -> None:
@@ -71,8 +76,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = [measure(config, args.runs, args.warmup, args.threads) for config in args.config]
-    print(f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}, "
-          f"onnxruntime {onnxruntime.__version__}; median of {args.runs} runs after {args.warmup} warm-up, batch 1")  # fmt: skip
+    print(
+        f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}; median of {args.runs} runs after {args.warmup} warm-up, batch 1"
+    )
     print("| config | network | input | PyTorch (ms) | onnxruntime (ms) |\n|---|---|---|---:|---:|")
     for row in rows:
         print(f"| {row['config']} | {row['network']} | {row['input']} | {row['torch_ms']:.1f} | {row['onnx_ms']:.1f} |")

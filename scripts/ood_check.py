@@ -41,7 +41,9 @@ def photo_like(rng: np.random.Generator, size: int) -> np.ndarray:
     image = (top * (1 - ramp) + bottom * ramp).repeat(size, axis=1).astype(np.uint8)
     for _ in range(5):
         centre = tuple(int(v) for v in rng.integers(0, size, 2))
-        cv2.circle(image, centre, int(rng.integers(size // 16, size // 4)), [int(c) for c in rng.integers(0, 256, 3)], -1)
+        cv2.circle(
+            image, centre, int(rng.integers(size // 16, size // 4)), [int(c) for c in rng.integers(0, 256, 3)], -1
+        )
     return image
 
 
@@ -53,8 +55,9 @@ def chest_xray_like(rng: np.random.Generator, size: int) -> np.ndarray:
         cv2.ellipse(image, centre, (size // 7, size // 3), 0, 0, 360, 50, -1)
         for rib in range(6):
             y = size // 4 + rib * size // 12
-            cv2.ellipse(image, (size // 2, y), (size // 3, size // 20), 0, 180 + 90 * (side > 0), 270 + 90 * (side > 0),
-                        200, 2)  # fmt: skip
+            cv2.ellipse(
+                image, (size // 2, y), (size // 3, size // 20), 0, 180 + 90 * (side > 0), 270 + 90 * (side > 0), 200, 2
+            )
     cv2.rectangle(image, (size // 2 - size // 30, 0), (size // 2 + size // 30, size), 230, -1)
     image = cv2.GaussianBlur(image, (0, 0), size / 150) + rng.normal(0, 6, image.shape)
     return np.repeat(np.clip(image, 0, 255).astype(np.uint8)[:, :, None], 3, axis=2)

@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     trained = TrainedModel.load(args.ckpt_path, ClassificationModule, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root)
     datamodule.setup("fit")
-    outputs = [(trained.module.forward_with_features(images), labels)
-               for images, labels in torch.utils.data.DataLoader(datamodule.datasets["val"], args.batch_size)]  # fmt: skip
+    outputs = [
+        (trained.module.forward_with_features(images), labels)
+        for images, labels in torch.utils.data.DataLoader(datamodule.datasets["val"], args.batch_size)
+    ]
     logits, pooled = (torch.cat([output[0][i] for output in outputs]) for i in (0, 1))
     labels = torch.cat([output[1] for output in outputs])
     module = trained.module
@@ -45,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     names = ("temperature", "feature_means", "feature_precision", "unfamiliar_threshold")
     checkpoint["state_dict"] = {**checkpoint["state_dict"], **{name: getattr(module, name).clone() for name in names}}
     torch.save(checkpoint, args.output)
-    print(f"wrote {args.output}: temperature {float(module.temperature):.3f}, fitted on {len(labels)} validation images")
+    print(
+        f"wrote {args.output}: temperature {float(module.temperature):.3f}, fitted on {len(labels)} validation images"
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python scripts/shrink_dataset.py SRC DST --max-side 256    # classification folders
     python scripts/shrink_dataset.py SRC DST --max-side 320    # COCO export: annotations are scaled too
-    python scripts/shrink_dataset.py SRC DST --max-side 128 --grayscale   # MRI slices stored as RGB: a third of the bytes
+    python scripts/shrink_dataset.py SRC DST --max-side 128 --grayscale   # RGB-stored slices: a third of the bytes
 
 Every image whose longer side exceeds --max-side is scaled down (aspect kept, INTER_AREA) and
 re-encoded as JPEG; COCO polygons, boxes, areas and image sizes are scaled by the same factor.
@@ -26,7 +26,9 @@ from datamodules.segmentation import ANNOTATION_FILE
 
 def shrink_image(source: Path, target: Path, max_side: int, quality: int, grayscale: bool = False) -> float:
     """Write the scaled JPEG; return the scale factor (1.0 when the image was small enough)."""
-    image = cv2.imdecode(np.fromfile(source, dtype=np.uint8), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(
+        np.fromfile(source, dtype=np.uint8), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_UNCHANGED
+    )
     if image is None:  # keep unreadable files as they are: the datamodules must still see them
         target.write_bytes(source.read_bytes())
         return 1.0
@@ -63,7 +65,9 @@ def main() -> None:
     parser.add_argument("target", type=Path)
     parser.add_argument("--max-side", type=int, default=256)
     parser.add_argument("--quality", type=int, default=92)
-    parser.add_argument("--grayscale", action="store_true", help="store one channel (read back as RGB, it is gray-as-RGB)")
+    parser.add_argument(
+        "--grayscale", action="store_true", help="store one channel (read back as RGB, it is gray-as-RGB)"
+    )
     args = parser.parse_args()
     for folder in sorted({p.parent for p in args.source.rglob("*") if p.is_file()}):
         out = args.target / folder.relative_to(args.source)

@@ -56,8 +56,9 @@ def time_loader(loader, warmup: int, steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def time_hand_loop(module: L.LightningModule, loader, precision: str, device: torch.device, total_steps: int,
-                   warmup: int, steps: int) -> tuple[float, float]:  # fmt: skip
+def time_hand_loop(
+    module: L.LightningModule, loader, precision: str, device: torch.device, total_steps: int, warmup: int, steps: int
+) -> tuple[float, float]:
     """Seconds of the first `warmup` steps and per step after them, of a plain loop over the
     module's training_step."""
     hp = module.hparams
@@ -136,8 +137,19 @@ def main() -> None:
     args, cli_args = parser.parse_known_args()
     total = args.warmup + args.steps
     root = tempfile.mkdtemp(prefix="speed_")
-    cli = BrainTumorCLI([*cli_args, "--trainer.max_steps", str(total), "--trainer.limit_val_batches", "0",
-                         "--trainer.num_sanity_val_steps", "0", "--trainer.default_root_dir", root])  # fmt: skip
+    cli = BrainTumorCLI(
+        [
+            *cli_args,
+            "--trainer.max_steps",
+            str(total),
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.num_sanity_val_steps",
+            "0",
+            "--trainer.default_root_dir",
+            root,
+        ]
+    )
     precision, device = str(cli.config.trainer.precision), cli.trainer.strategy.root_device
     datamodule, module = cli.datamodule, cli.model
     datamodule.setup("fit")
@@ -147,8 +159,9 @@ def main() -> None:
     loader_s = time_loader(datamodule.train_dataloader(), args.warmup, args.steps)
 
     def hand_loop() -> tuple[float, float]:
-        return time_hand_loop(hand_module, datamodule.train_dataloader(), precision, device, total, args.warmup,
-                              args.steps)  # fmt: skip
+        return time_hand_loop(
+            hand_module, datamodule.train_dataloader(), precision, device, total, args.warmup, args.steps
+        )
 
     # The hand loop runs before and after Lightning, so that neither side gets the warmer machine.
     hand_warmup_s, hand_before_s = hand_loop()
@@ -168,29 +181,44 @@ def main() -> None:
         peak, peak_how = None, "not estimated for GPUs: pass --peak-tflops"
 
     results = {
-        "config": cli_args, "device": str(device), "precision": precision, "batch_size": batch_size,
-        "threads": torch.get_num_threads(), "dataloader_workers": datamodule.num_workers,
+        "config": cli_args,
+        "device": str(device),
+        "precision": precision,
+        "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+        "dataloader_workers": datamodule.num_workers,
         "seconds_per_step": {"hand_loop": hand_s, "lightning": lightning_s, "dataloader": loader_s},
         "hand_loop_runs": [hand_before_s, hand_after_s],
         "warmup_seconds": {"hand_loop": hand_warmup_s, "lightning": lightning_warmup_s},
-        "lightning_vs_hand_loop": hand_s / lightning_s, "dataloader_headroom": lightning_s / loader_s,
-        "flops_per_step": flops, "achieved_tflops": flops / lightning_s / 1e12,
-        "peak_tflops": peak / 1e12 if peak else None, "peak_how": peak_how,
+        "lightning_vs_hand_loop": hand_s / lightning_s,
+        "dataloader_headroom": lightning_s / loader_s,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / lightning_s / 1e12,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "peak_how": peak_how,
         "share_of_peak": flops / lightning_s / peak if peak else None,
-    }  # fmt: skip
-    print(f"{precision} on {device}, batch {batch_size}, {results['threads']} threads, "
-          f"{datamodule.num_workers} DataLoader workers; {args.steps} timed steps after {args.warmup}")  # fmt: skip
+    }
+    print(
+        f"{precision} on {device}, batch {batch_size}, {results['threads']} threads, "
+        f"{datamodule.num_workers} DataLoader workers; {args.steps} timed steps after {args.warmup}"
+    )
     print(f"{'':<22}{'steps/s':>10}{'images/s':>10}")
     for name, seconds in results["seconds_per_step"].items():
         print(f"{name:<22}{1 / seconds:>10.2f}{batch_size / seconds:>10.1f}")
-    print(f"first {args.warmup} steps (warm-up, compilation): hand loop {hand_warmup_s:.1f} s, "
-          f"Lightning {lightning_warmup_s:.1f} s")  # fmt: skip
-    print(f"Lightning / hand loop speed: {results['lightning_vs_hand_loop']:.3f}x (target >= 0.95; hand loop "
-          f"{hand_before_s:.3f} s/step before Lightning, {hand_after_s:.3f} after)")  # fmt: skip
+    print(
+        f"first {args.warmup} steps (warm-up, compilation): hand loop {hand_warmup_s:.1f} s, "
+        f"Lightning {lightning_warmup_s:.1f} s"
+    )
+    print(
+        f"Lightning / hand loop speed: {results['lightning_vs_hand_loop']:.3f}x (target >= 0.95; hand loop "
+        f"{hand_before_s:.3f} s/step before Lightning, {hand_after_s:.3f} after)"
+    )
     print(f"DataLoader headroom: {results['dataloader_headroom']:.1f}x the step rate (target >= 3)")
-    print(f"training step: {flops / 1e9:.1f} GFLOP, {results['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved; "
-          f"peak {peak / 1e9 if peak else float('nan'):.0f} GFLOP/s = {peak_how}"
-          + (f"; {results['share_of_peak']:.1%} of peak" if peak else ""))  # fmt: skip
+    print(
+        f"training step: {flops / 1e9:.1f} GFLOP, {results['achieved_tflops'] * 1e3:.1f} GFLOP/s achieved; "
+        f"peak {peak / 1e9 if peak else float('nan'):.0f} GFLOP/s = {peak_how}"
+        + (f"; {results['share_of_peak']:.1%} of peak" if peak else "")
+    )
     if args.output:
         args.output.write_text(json.dumps(results, indent=2))
 

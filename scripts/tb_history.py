@@ -25,7 +25,9 @@ def main() -> None:
     accumulator = EventAccumulator(str(args.run), size_guidance={"scalars": 0})  # 0: keep every event
     accumulator.Reload()
     history = {
-        tag: [[event.step, round(event.wall_time - start, 1), round(event.value, 4)] for event in accumulator.Scalars(tag)]
+        tag: [
+            [event.step, round(event.wall_time - start, 1), round(event.value, 4)] for event in accumulator.Scalars(tag)
+        ]
         for tag in args.tags
     }
     print(json.dumps(history))

@@ -80,7 +80,11 @@ def run_process(*args: str, cwd: Path, timeout: int = 300) -> subprocess.Complet
     """Run one of the repo's scripts in a new Python process, for tests of the process itself
     (its exit status and stderr, a kill, a signal, several processes)."""
     return subprocess.run(
-        [sys.executable, str(REPO / args[0]), *args[1:]], cwd=cwd, env=script_env(), capture_output=True, text=True,
+        [sys.executable, str(REPO / args[0]), *args[1:]],
+        cwd=cwd,
+        env=script_env(),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -109,7 +113,12 @@ def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     log_handler = logging.StreamHandler(err)
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     returncode = 0
-    with contextlib.chdir(cwd), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+    with (
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+        warnings.catch_warnings(),
+    ):
         for logger in loggers:
             logger.addHandler(log_handler)
         # As a process shows them: on stderr (pytest would record them instead).
@@ -149,10 +158,14 @@ def make_coco_split(folder: Path, seed: int = 0, count: int = 6, size: int = 64)
     folder.mkdir(parents=True)
     coco = {
         "info": {"description": "generated"},
-        "categories": [{"id": 0, "name": "Tumor", "supercategory": "none"},
-                       {"id": 1, "name": "0", "supercategory": "Tumor"}, {"id": 2, "name": "1", "supercategory": "Tumor"}],
-        "images": [], "annotations": [],
-    }  # fmt: skip
+        "categories": [
+            {"id": 0, "name": "Tumor", "supercategory": "none"},
+            {"id": 1, "name": "0", "supercategory": "Tumor"},
+            {"id": 2, "name": "1", "supercategory": "Tumor"},
+        ],
+        "images": [],
+        "annotations": [],
+    }
     for index in range(count):
         image = rng.integers(0, 60, (size, size), dtype=np.uint8)
         polygon = TUMOR_POLYGONS.get(index % 5 if index >= 5 else index)
@@ -163,13 +176,30 @@ def make_coco_split(folder: Path, seed: int = 0, count: int = 6, size: int = 64)
             image[mask > 0] = 230
             rle = mask_utils.encode(np.asfortranarray(mask))
             rle["counts"] = rle["counts"].decode()
-            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": index, "category_id": 2,
-                                        "segmentation": rle, "iscrowd": 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                                        "area": int(mask.sum())})  # fmt: skip
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]),
+                    "image_id": index,
+                    "category_id": 2,
+                    "segmentation": rle,
+                    "iscrowd": 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": int(mask.sum()),
+                }
+            )
         elif polygon is not None:
             cv2.fillPoly(image, [np.array(polygon).reshape(-1, 2)], 230)
-            coco["annotations"].append({"id": len(coco["annotations"]), "image_id": index, "category_id": 1,
-                                        "segmentation": [polygon], "iscrowd": 0, "bbox": [0, 0, 1, 1], "area": 1})  # fmt: skip
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]),
+                    "image_id": index,
+                    "category_id": 1,
+                    "segmentation": [polygon],
+                    "iscrowd": 0,
+                    "bbox": [0, 0, 1, 1],
+                    "area": 1,
+                }
+            )
         name = f"{index}_jpg.rf.{index:04d}.jpg"
         cv2.imwrite(str(folder / name), cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
         coco["images"].append({"id": index, "file_name": name, "height": size, "width": size})
@@ -188,10 +218,28 @@ def coco_root(tmp_path: Path) -> Path:
 CLS_CONFIG = str(REPO / "configs" / "cls.yaml")
 SEG_CONFIG = str(REPO / "configs" / "seg.yaml")
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-TINY_CLS = ["--data.image_size", "32", "--data.batch_size", "8", "--data.num_workers", "0",
-            "--model.model_kwargs", "{width: 8, depths: [1, 1]}", *QUIET]  # fmt: skip
-TINY_SEG = ["--model.encoder_name", "resnet18", "--data.image_size", "64", "--data.batch_size", "4",
-            "--data.num_workers", "0", *QUIET]  # fmt: skip
+TINY_CLS = [
+    "--data.image_size",
+    "32",
+    "--data.batch_size",
+    "8",
+    "--data.num_workers",
+    "0",
+    "--model.model_kwargs",
+    "{width: 8, depths: [1, 1]}",
+    *QUIET,
+]
+TINY_SEG = [
+    "--model.encoder_name",
+    "resnet18",
+    "--data.image_size",
+    "64",
+    "--data.batch_size",
+    "4",
+    "--data.num_workers",
+    "0",
+    *QUIET,
+]
 
 
 def run_folder(work: Path, task: str = "cls", version: int = 0) -> Path:
@@ -211,19 +259,31 @@ def tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
 
 def evaluate_report(checkpoint: Path, cwd: Path, *extra: str) -> dict:
     """metrics.json of evaluate.py on `checkpoint` (by default on the data it was trained with)."""
-    result = run_script("evaluate.py", "--ckpt_path", str(checkpoint), "--output_dir", "report", "--bootstrap", "200",
-                        *extra, cwd=cwd)  # fmt: skip
+    result = run_script(
+        "evaluate.py", "--ckpt_path", str(checkpoint), "--output_dir", "report", "--bootstrap", "200", *extra, cwd=cwd
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads((cwd / "report" / "metrics.json").read_text())
 
 
 @pytest.fixture(scope="session")
 def trained_classifier(tmp_path_factory) -> Path:
-    """best.ckpt of a short train.py run that learns the tiny SARTAJ-layout dataset (shared by tests that only read it)."""
+    """best.ckpt of a short train.py run that learns the tiny SARTAJ-layout dataset (shared by tests)."""
     work = tmp_path_factory.mktemp("cls_run")
     root = make_classification_dataset(work / "data", SARTAJ_FOLDERS, per_class=16)
-    result = run_script("train.py", "--config", CLS_CONFIG, "--data.root", str(root), *TINY_CLS,
-                        "--trainer.max_epochs", "12", "--model.lr", "0.01", cwd=work)  # fmt: skip
+    result = run_script(
+        "train.py",
+        "--config",
+        CLS_CONFIG,
+        "--data.root",
+        str(root),
+        *TINY_CLS,
+        "--trainer.max_epochs",
+        "12",
+        "--model.lr",
+        "0.01",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_folder(work) / "checkpoints" / "best.ckpt"
 
@@ -234,7 +294,16 @@ def trained_segmenter(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("seg_run")
     make_coco_split(work / "data" / "train", seed=0, count=8)
     make_coco_split(work / "data" / "valid", seed=1, count=6)
-    result = run_script("train.py", "--config", SEG_CONFIG, "--data.root", str(work / "data"), *TINY_SEG,
-                        "--trainer.max_epochs", "6", cwd=work)  # fmt: skip
+    result = run_script(
+        "train.py",
+        "--config",
+        SEG_CONFIG,
+        "--data.root",
+        str(work / "data"),
+        *TINY_SEG,
+        "--trainer.max_epochs",
+        "6",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return run_folder(work, "seg") / "checkpoints" / "best.ckpt"

@@ -18,8 +18,16 @@ from tests.test_dicom import write_dicom
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without the background-networking flags Chromium keeps dialling out of a closed network.
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')")
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="no Chromium (apt-get install chromium)")
@@ -37,9 +45,13 @@ def app_url(tmp_path):
     port = free_port()
     env = {**script_env(), "GRADIO_ANALYTICS_ENABLED": "False"}
     process = subprocess.Popen(
-        [sys.executable, str(REPO / "app.py"), "--port", str(port)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        [sys.executable, str(REPO / "app.py"), "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         with socket.socket() as s:
@@ -85,8 +97,12 @@ def test_upload_shows_probabilities_overlays_and_disclaimer(app_url, tmp_path):
         page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
 
         page.reload()
-        dicom = write_dicom(tmp_path / "slice.dcm", synthetic_slice(np.random.default_rng(1), 3, size=96) * 16,
-                            WindowCenter=2000, WindowWidth=4000)  # fmt: skip
+        dicom = write_dicom(
+            tmp_path / "slice.dcm",
+            synthetic_slice(np.random.default_rng(1), 3, size=96) * 16,
+            WindowCenter=2000,
+            WindowWidth=4000,
+        )
         assert "Predicted class" in upload_and_wait(page, dicom, "Segmented tumor area")
 
         for bad_file, message in ((not_an_image, "not an image"), (empty, "empty file")):

@@ -4,6 +4,7 @@ datamodules <- lightning_modules <- evaluation <- the scripts."""
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 
@@ -42,7 +43,15 @@ def test_a_package_importing_one_above_it_is_caught(tmp_path):
 
 def test_comparing_reports_loads_neither_lightning_nor_the_networks():
     # A fresh process: this one has imported everything already.
-    code = "import sys, evaluation.compare; print(sorted({'lightning', 'timm', 'segmentation_models_pytorch'} & set(sys.modules)))"
+    heavy = "{'lightning', 'timm', 'segmentation_models_pytorch'}"
+    code = f"import sys, evaluation.compare; print(sorted({heavy} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [["format", "--check"], ["check"]])
+def test_the_code_is_formatted_and_linted(command):
+    ruff = shutil.which("ruff") or pytest.skip("ruff is not installed (pip install -e '.[dev]')")
+    result = subprocess.run([ruff, *command, "."], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

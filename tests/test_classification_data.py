@@ -81,8 +81,11 @@ def test_near_duplicates_group_by_perceptual_hash():
 
 def test_recompressed_copy_is_caught_as_near_duplicate(sartaj_root):
     source = next((sartaj_root / "Training" / "glioma_tumor").glob("*.png"))
-    cv2.imwrite(str(sartaj_root / "Testing" / "glioma_tumor" / "recompressed.jpg"), cv2.imread(str(source)),
-                [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
+    cv2.imwrite(
+        str(sartaj_root / "Testing" / "glioma_tumor" / "recompressed.jpg"),
+        cv2.imread(str(source)),
+        [cv2.IMWRITE_JPEG_QUALITY, 85],
+    )
     baseline_test = len(list((sartaj_root / "Testing").rglob("*.*"))) - 1
     assert len(setup_datamodule(sartaj_root, max_phash_distance=4).datasets["test"]) == baseline_test
     assert len(setup_datamodule(sartaj_root, max_phash_distance=None).datasets["test"]) == baseline_test + 1
@@ -129,10 +132,13 @@ def test_unreadable_image_is_skipped_with_a_warning(sartaj_root, content):
     assert len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32
 
 
-@pytest.mark.parametrize(("folders", "expected"), [
-    (["pituitary_tumor"], "['pituitary']"),
-    (SARTAJ_FOLDERS, "['glioma', 'meningioma', 'no_tumor', 'pituitary']"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("folders", "expected"),
+    [
+        (["pituitary_tumor"], "['pituitary']"),
+        (SARTAJ_FOLDERS, "['glioma', 'meningioma', 'no_tumor', 'pituitary']"),
+    ],
+)
 def test_a_class_left_without_readable_images_is_an_error(sartaj_root, folders, expected):
     for folder in folders:
         for image in (sartaj_root / "Training" / folder).iterdir():
@@ -167,24 +173,39 @@ def test_seeded_sampler_orders_by_seed_and_epoch_only():
 def test_several_roots_merge_into_the_four_classes_with_copies_found_across_them(sartaj_root, mri_dataset_root, caplog):
     # The MRI dataset holds a re-encoded SARTAJ image and a byte-identical one, as the real one does.
     sartaj_image = next((sartaj_root / "Training" / "meningioma_tumor").glob("*.png"))
-    cv2.imwrite(str(mri_dataset_root / "Training" / "meningioma" / "from_sartaj.jpg"), cv2.imread(str(sartaj_image)),
-                [cv2.IMWRITE_JPEG_QUALITY, 85])  # fmt: skip
+    cv2.imwrite(
+        str(mri_dataset_root / "Training" / "meningioma" / "from_sartaj.jpg"),
+        cv2.imread(str(sartaj_image)),
+        [cv2.IMWRITE_JPEG_QUALITY, 85],
+    )
     shutil.copy(sartaj_image, mri_dataset_root / "Training" / "meningioma" / "byte_copy.png")
     # ... and SARTAJ's Testing/ holds a copy of one of the MRI dataset's training images.
-    shutil.copy(next((mri_dataset_root / "Training" / "glioma").glob("*.png")), sartaj_root / "Testing" / "glioma_tumor")
+    shutil.copy(
+        next((mri_dataset_root / "Training" / "glioma").glob("*.png")), sartaj_root / "Testing" / "glioma_tumor"
+    )
 
-    dm = ClassificationDataModule([str(sartaj_root), str(mri_dataset_root)], image_size=32, num_workers=0,
-                                  val_fraction=0.25, max_phash_distance=4)  # fmt: skip
+    dm = ClassificationDataModule(
+        [str(sartaj_root), str(mri_dataset_root)], image_size=32, num_workers=0, val_fraction=0.25, max_phash_distance=4
+    )
     dm.setup("fit")
     seen = np.concatenate([dm.datasets["train"].images, dm.datasets["val"].images])
     assert len(seen) == 32 + 32 + 1  # the byte copy is dropped, the re-encoded copy kept (in the same split)
     assert np.bincount(np.concatenate([dm.datasets["train"].labels, dm.datasets["val"].labels])).tolist() == [
-        16, 17, 16, 16]  # fmt: skip
+        16,
+        17,
+        16,
+        16,
+    ]
     assert len(dm.datasets["test"]) == 8  # SARTAJ's 8 Testing images; the leaked copy is gone
 
     original = read_image(sartaj_image, 1)
-    near = [split for split in ("train", "val") for image in dm.datasets[split].images
-            if np.abs(image.astype(int) - cv2.resize(original, (32, 32), interpolation=cv2.INTER_AREA)[:, :, None]).mean() < 4]  # fmt: skip
+    near = [
+        split
+        for split in ("train", "val")
+        for image in dm.datasets[split].images
+        if np.abs(image.astype(int) - cv2.resize(original, (32, 32), interpolation=cv2.INTER_AREA)[:, :, None]).mean()
+        < 4
+    ]
     assert len(near) == 2 and len(set(near)) == 1  # the original and its re-encoded copy, on one side of the split
     log = caplog.text
     assert f"{mri_dataset_root}: 34 images, 0 unreadable, 1 dropped as copies, 3 with a copy in another root" in log
@@ -193,8 +214,9 @@ def test_several_roots_merge_into_the_four_classes_with_copies_found_across_them
 def test_fingerprints_of_training_images_catch_copies_after_a_checkpoint_round_trip(sartaj_root, tmp_path):
     dm = setup_datamodule(sartaj_root)
     torch.save({"state": dm.state_dict()}, tmp_path / "state.ckpt")
-    fingerprints = Fingerprints.from_state(torch.load(tmp_path / "state.ckpt", weights_only=True)["state"]
-                                           ["training_fingerprints"])  # fmt: skip
+    fingerprints = Fingerprints.from_state(
+        torch.load(tmp_path / "state.ckpt", weights_only=True)["state"]["training_fingerprints"]
+    )
     assert len(fingerprints) == len(dm.datasets["train"]) + len(dm.datasets["val"]) == 32
     source = next((sartaj_root / "Training" / "glioma_tumor").glob("*.png"))
     cv2.imwrite(str(tmp_path / "recompressed.jpg"), cv2.imread(str(source)), [cv2.IMWRITE_JPEG_QUALITY, 85])

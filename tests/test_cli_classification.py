@@ -80,8 +80,9 @@ def test_each_run_gets_its_own_folder_and_evaluate_reports_on_it(sartaj_root, tm
     assert sum(row["predicted"] == row["label"] for row in rows) == confmat.trace()
     assert all(sum(row["probabilities"].values()) == pytest.approx(1, abs=1e-4) for row in rows)
     # Probabilities are calibrated with the temperature fitted on the validation split in training.
-    assert metrics["calibration"]["temperature"] == pytest.approx(float(load(run / "checkpoints" / "best.ckpt")
-                                                                        ["state_dict"]["temperature"]))  # fmt: skip
+    assert metrics["calibration"]["temperature"] == pytest.approx(
+        float(load(run / "checkpoints" / "best.ckpt")["state_dict"]["temperature"])
+    )
     for figure in ("confusion_matrix", "reliability", "roc_pr"):
         assert (run / "evaluation" / f"{figure}.png").read_bytes()[:4] == b"\x89PNG"
     assert "95% bootstrap intervals" in result.stdout
@@ -94,8 +95,16 @@ def test_a_short_run_learns(trained_classifier, tmp_path):
 
 
 def test_default_root_dir_moves_every_output(sartaj_root, tmp_path):
-    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "1", "--trainer.default_root_dir", "elsewhere",
-                   "--trainer.precision", "32-true")  # fmt: skip
+    result = train(
+        sartaj_root,
+        tmp_path,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        "elsewhere",
+        "--trainer.precision",
+        "32-true",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Precision " not in result.stderr  # an explicit precision is used as given
     run = tmp_path / "elsewhere" / "cls" / "version_0"
@@ -138,11 +147,27 @@ def test_same_seed_trains_identically_with_any_number_of_workers(uninterrupted_r
 @pytest.mark.slow  # a process of its own
 def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
     root, reference = uninterrupted_run
-    kill = ["--trainer.callbacks+=tests.helpers.SigkillAt", "--trainer.callbacks.epoch", "2",
-            "--trainer.callbacks.batch", "1"]  # fmt: skip
+    kill = [
+        "--trainer.callbacks+=tests.helpers.SigkillAt",
+        "--trainer.callbacks.epoch",
+        "2",
+        "--trainer.callbacks.batch",
+        "1",
+    ]
     # A process of its own: SIGKILL ends it where it stands.
-    killed = run_process("train.py", "--config", CONFIG, "--data.root", str(root), *TINY, *RESUME_EPOCHS,
-                         "--data.num_workers", "2", *kill, cwd=tmp_path)  # fmt: skip
+    killed = run_process(
+        "train.py",
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(root),
+        *TINY,
+        *RESUME_EPOCHS,
+        "--data.num_workers",
+        "2",
+        *kill,
+        cwd=tmp_path,
+    )
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     run = run_folder(tmp_path)
     assert not (run / "checkpoints" / "last-interrupted.ckpt").exists()  # nothing could be caught
@@ -150,7 +175,10 @@ def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
 
     result = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f"Restored all states from the checkpoint at {Path('runs/cls/version_0/checkpoints/last.ckpt')}" in result.stderr
+    assert (
+        f"Restored all states from the checkpoint at {Path('runs/cls/version_0/checkpoints/last.ckpt')}"
+        in result.stderr
+    )
     assert not run_folder(tmp_path, version=1).exists()  # the run went on in its own folder
     final = load(run / "checkpoints" / "last.ckpt")
     assert (final["epoch"], final["global_step"]) == (3, load(reference / "checkpoints" / "last.ckpt")["global_step"])
@@ -163,8 +191,9 @@ def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
 
 def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
     # As a process: what a user sees is its exit status and the last line of its stderr.
-    result = run_process("train.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--ckpt_path", "last",
-                         cwd=tmp_path)  # fmt: skip
+    result = run_process(
+        "train.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--ckpt_path", "last", cwd=tmp_path
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: --ckpt_path last: no run with a last.ckpt or last-interrupted.ckpt under runs/cls"
@@ -187,7 +216,10 @@ def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
         (["--model.mix_prob", "1.5"], "error: mix_prob must be in [0, 1], got 1.5"),
         (["--model.label_smoothing", "-0.1"], "error: label_smoothing must be in [0, 1), got -0.1"),
         (["--trainer.max_epochs", "0"], "error: trainer.max_epochs must be at least 1, got 0"),
-        (["--config", SEG_CONFIG, "--data.image_size", "100"], "error: image_size must be a multiple of 32 for the UNet"),
+        (
+            ["--config", SEG_CONFIG, "--data.image_size", "100"],
+            "error: image_size must be a multiple of 32 for the UNet",
+        ),
         (["--config", SEG_CONFIG, "--model.dice_weight", "0", "--model.bce_weight", "0"], "nothing to train on"),
     ],
 )
@@ -206,8 +238,17 @@ def test_bad_input_is_one_clear_line(args, expected, tmp_path):
     ],
 )
 def test_unavailable_pretrained_weights_are_one_line(args, expected, sartaj_root, tmp_path):
-    result = train(sartaj_root, tmp_path, "--model.model", "resnet10t", "--model.model_kwargs", "{}", *args,
-                   "--trainer.max_epochs", "1")  # fmt: skip
+    result = train(
+        sartaj_root,
+        tmp_path,
+        "--model.model",
+        "resnet10t",
+        "--model.model_kwargs",
+        "{}",
+        *args,
+        "--trainer.max_epochs",
+        "1",
+    )
     assert result.returncode == 2
     assert expected in result.stderr.strip().splitlines()[-1]
 
@@ -230,8 +271,13 @@ def test_a_bug_keeps_its_traceback_and_a_user_mistake_is_one_line(capsys):
 
 def test_warnings_are_one_line_without_the_source_line(capsys, monkeypatch):
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # restored after the test
-    monkeypatch.setattr(warnings, "showwarning", lambda message, category, filename, lineno, file=None, line=None:
-                        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line)))  # fmt: skip
+    monkeypatch.setattr(
+        warnings,
+        "showwarning",
+        lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        ),
+    )
 
     def warns() -> None:
         with warnings.catch_warnings():
@@ -266,9 +312,22 @@ def test_evaluate_without_checkpoint_is_a_clear_error(sartaj_root, tmp_path):
 @pytest.mark.slow  # a process of its own
 def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
     result = run_process(
-        "train.py", "--config", CONFIG, "--data.root", str(sartaj_root), *TINY, "--trainer.max_epochs", "1",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp", cwd=tmp_path,
-    )  # fmt: skip
+        "train.py",
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(sartaj_root),
+        *TINY,
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     checkpoints = run_folder(tmp_path) / "checkpoints"
     assert (checkpoints / "last.ckpt").is_file()
@@ -277,9 +336,20 @@ def test_ddp_with_two_cpu_processes(sartaj_root, tmp_path):
 
 @pytest.mark.slow  # a process of its own
 def test_ctrl_c_leaves_a_checkpoint_that_resumes(sartaj_root, tmp_path):
-    command = [sys.executable, str(REPO / "train.py"), "--config", CONFIG, "--data.root", str(sartaj_root), *TINY,
-               "--trainer.max_epochs", "1000"]  # fmt: skip
-    process = subprocess.Popen(command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        "--config",
+        CONFIG,
+        "--data.root",
+        str(sartaj_root),
+        *TINY,
+        "--trainer.max_epochs",
+        "1000",
+    ]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
     checkpoints = run_folder(tmp_path) / "checkpoints"
     deadline = time.time() + 300  # generous: a loaded CI machine starts Python slowly
     while not (checkpoints / "last.ckpt").is_file() and process.poll() is None and time.time() < deadline:

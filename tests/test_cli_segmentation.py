@@ -16,16 +16,18 @@ from tests.conftest import TINY_SEG as TINY
 
 
 def test_train_then_evaluate_segmentation(coco_root, tmp_path):
-    result = run_script("train.py", "--config", CONFIG, "--data.root", str(coco_root), *TINY,
-                        "--trainer.max_epochs", "1", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "train.py", "--config", CONFIG, "--data.root", str(coco_root), *TINY, "--trainer.max_epochs", "1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Segmentation data train: 8 images, 2 with an empty mask" in result.stderr
     run = run_folder(tmp_path, "seg")
     assert (run / "checkpoints" / "best.ckpt").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert list(run.glob("events.out.tfevents.*"))
 
-    result = run_script("evaluate.py", "--ckpt_path", str(run), "--output_dir", "report", "--bootstrap", "200",
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "evaluate.py", "--ckpt_path", str(run), "--output_dir", "report", "--bootstrap", "200", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["data"] == f"{coco_root}, val split" and report["num_images"] == 6
@@ -37,7 +39,9 @@ def test_train_then_evaluate_segmentation(coco_root, tmp_path):
     assert ious[EMPTY_IMAGE] == (1.0 if empty["predicted_empty"] else 0.0)
     assert report["iou_per_image"]["value"] == pytest.approx(sum(ious) / 6, abs=1e-4)
     # every image's pixel counts are kept: the global IoU is recomputed from them (scripts/compare_reports.py)
-    assert segmentation_scores(stats_of_rows(report["per_image"]))["iou_global"] == pytest.approx(report["iou_global"]["value"])
+    assert segmentation_scores(stats_of_rows(report["per_image"]))["iou_global"] == pytest.approx(
+        report["iou_global"]["value"]
+    )
     low, high = report["iou_global"]["ci95"]
     assert low <= report["iou_global"]["value"] <= high
     assert set(report["per_image_iou_quantiles"]) == {"q10", "q25", "q50", "q75", "q90"}

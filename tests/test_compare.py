@@ -14,9 +14,21 @@ from evaluation.segmentation import segmentation_report, stats_of_rows
 
 def segmentation_rows(counts: dict[str, tuple[int, int, int, int]], found: dict[str, int]) -> dict:
     """A report whose images have the given (tp, fp, tn, fn) pixel counts and one true tumour each."""
-    return {"per_image": [{"file": file, "tp": tp, "fp": fp, "tn": tn, "fn": fn,
-                           "true_tumors": 1, "predicted_tumors": 1, "found_tumors": found[file]}
-                          for file, (tp, fp, tn, fn) in counts.items()]}  # fmt: skip
+    return {
+        "per_image": [
+            {
+                "file": file,
+                "tp": tp,
+                "fp": fp,
+                "tn": tn,
+                "fn": fn,
+                "true_tumors": 1,
+                "predicted_tumors": 1,
+                "found_tumors": found[file],
+            }
+            for file, (tp, fp, tn, fn) in counts.items()
+        ]
+    }
 
 
 def test_segmentation_rows_give_back_the_pixel_counts():
@@ -38,8 +50,11 @@ def test_differences_are_exact_and_images_are_paired_by_file():
 
 
 def test_a_report_against_itself_reordered_differs_by_exactly_zero():
-    rows = {"per_image": [{"file": f"{i}.png", "label": "glioma", "predicted": ["glioma", "no_tumor"][i % 3 == 0]}
-                          for i in range(30)]}  # fmt: skip
+    rows = {
+        "per_image": [
+            {"file": f"{i}.png", "label": "glioma", "predicted": ["glioma", "no_tumor"][i % 3 == 0]} for i in range(30)
+        ]
+    }
     shuffled = {"per_image": rows["per_image"][::-1]}  # the same predictions listed in another order
     comparison = paired_differences(rows, shuffled, resamples=200)
     assert comparison["accuracy"]["first"] == pytest.approx(20 / 30)

@@ -61,7 +61,9 @@ def test_each_config_resolves_to_what_it_did_before_the_defaults_moved_into_code
     module._trainer = None
     given = module.configure_callbacks()
     checkpoints = [callback for callback in given if isinstance(callback, ModelCheckpoint)]
-    listed = [ModelCheckpoint(**entry["init_args"]) for entry in callbacks if entry["class_path"].endswith("ModelCheckpoint")]
+    listed = [
+        ModelCheckpoint(**entry["init_args"]) for entry in callbacks if entry["class_path"].endswith("ModelCheckpoint")
+    ]
     assert [settings(callback) for callback in checkpoints] == [settings(callback) for callback in listed]
     assert {type(callback) for callback in given} == {RandomStateCheckpoint, GracefulInterrupt, ModelCheckpoint}
     (monitor,) = [entry for entry in callbacks if entry["class_path"].endswith("LearningRateMonitor")]

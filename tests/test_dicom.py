@@ -53,15 +53,22 @@ def test_rescale_and_monochrome1_and_the_fallback_window(tmp_path):
     inverted = read_dicom(write_dicom(tmp_path / "m1.dcm", RAMP, PhotometricInterpretation="MONOCHROME1"), channels=1)
     assert np.array_equal(inverted[..., 0], 255 - plain[..., 0])
     # values 0..3960 rescaled to -1000..2960: the window 1000 +- 500 now sits 1000 stored units higher
-    rescaled = read_dicom(write_dicom(tmp_path / "r.dcm", RAMP, RescaleSlope=1, RescaleIntercept=-1000,
-                                      WindowCenter=1000, WindowWidth=1000), channels=1)  # fmt: skip
+    rescaled = read_dicom(
+        write_dicom(
+            tmp_path / "r.dcm", RAMP, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=1000, WindowWidth=1000
+        ),
+        channels=1,
+    )
     assert abs(int(rescaled[0, 50, 0]) - 128) <= 1
 
 
-@pytest.mark.parametrize(("elements", "frames", "message"), [
-    ({"Modality": "CT"}, 1, "a CT image; the models read MR slices only"),
-    ({}, 3, "a multi-frame DICOM (3 frames); give single slices"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("elements", "frames", "message"),
+    [
+        ({"Modality": "CT"}, 1, "a CT image; the models read MR slices only"),
+        ({}, 3, "a multi-frame DICOM (3 frames); give single slices"),
+    ],
+)
 def test_other_modalities_and_series_are_refused(tmp_path, elements, frames, message):
     values = np.stack([RAMP] * frames) if frames > 1 else RAMP
     path = write_dicom(tmp_path / "x.dcm", values, frames=frames, **elements)

@@ -52,8 +52,9 @@ def test_bootstrap_is_seeded():
 
 def test_report_of_a_perfect_classifier():
     labels = np.array([0, 1, 2, 3] * 5)
-    report = classification_report(ClassPredictions([""] * 20, labels, np.eye(4)[labels]), CLASS_NAMES,
-                                   NO_TUMOR_CLASS, resamples=100)  # fmt: skip
+    report = classification_report(
+        ClassPredictions([""] * 20, labels, np.eye(4)[labels]), CLASS_NAMES, NO_TUMOR_CLASS, resamples=100
+    )
     assert report["accuracy"] == {"value": 1.0, "ci95": [1.0, 1.0]}
     assert report["per_class"]["glioma"]["recall"]["value"] == 1.0 and report["per_class"]["glioma"]["support"] == 5
     assert report["confusion_matrix"] == (np.eye(4, dtype=int) * 5).tolist()

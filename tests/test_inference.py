@@ -38,8 +38,17 @@ def images(tmp_path):
 
 def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_segmenter, images, tmp_path):
     out = tmp_path / "out"
-    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(trained_segmenter),
-                        "--output-dir", str(out), str(images), cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "predict.py",
+        "--cls-ckpt",
+        str(trained_classifier),
+        "--seg-ckpt",
+        str(trained_segmenter),
+        "--output-dir",
+        str(out),
+        str(images),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(open(out / "predictions.csv")))
     assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["a.png", "b.jpg"]
@@ -50,9 +59,13 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
             row["predicted_class"] == ["glioma", "meningioma", "no_tumor", "pituitary"][int(np.argmax(probabilities))]
         )
         assert row["error"] == ""
-        assert row["warning"] == ("" if row["unlike_training_data"] == "0" else f"{row['file']}: unlike the images "
-                                  "the classifier was trained on (not an MRI slice like them, or one it is unsure of): "
-                                  "do not trust its class")  # fmt: skip
+        assert row["warning"] == (
+            ""
+            if row["unlike_training_data"] == "0"
+            else f"{row['file']}: unlike the images "
+            "the classifier was trained on (not an MRI slice like them, or one it is unsure of): "
+            "do not trust its class"
+        )
     assert json.loads((out / "predictions.json").read_text())[0]["file"] == rows[0]["file"]
     mask = cv2.imread(str(next((out / "masks").glob("*_b.png"))), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (70, 70) and set(np.unique(mask)) <= {0, 255}  # at the input's own size
@@ -63,8 +76,9 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
 
 
 def test_predict_with_the_segmenter_alone(trained_segmenter, images, tmp_path):
-    result = run_script("predict.py", "--seg-ckpt", str(trained_segmenter), "--output", "out", str(images),
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "predict.py", "--seg-ckpt", str(trained_segmenter), "--output", "out", str(images), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
     assert len(rows) == 2 and "predicted_class" not in rows[0] and not list((tmp_path / "out").glob("gradcam"))
@@ -87,9 +101,16 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifi
     (images / "truncated.jpg").write_bytes((images / "c.jpg").read_bytes()[:40])
     (images / "empty.png").write_bytes(b"")
     cv2.imwrite(str(images / "dot.png"), np.full((1, 1), 200, np.uint8))
-    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier.parents[1]),  # a run folder
-                        "--output-dir", str(tmp_path / "out"), str(images), str(tmp_path / "missing.png"),
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "predict.py",
+        "--cls-ckpt",
+        str(trained_classifier.parents[1]),  # a run folder
+        "--output-dir",
+        str(tmp_path / "out"),
+        str(images),
+        str(tmp_path / "missing.png"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 4, result.stderr
@@ -98,8 +119,10 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifi
     assert any("empty.png: empty file" in e for e in errors)
     assert any("missing.png: file not found" in e for e in errors)
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "far smaller" in line]
-    assert warnings == [f"warning: {images / 'dot.png'}: a 1x1 image, far smaller than the 32x32 the model was "
-                        "trained at; the result is unreliable"]  # fmt: skip
+    assert warnings == [
+        f"warning: {images / 'dot.png'}: a 1x1 image, far smaller than the 32x32 the model was "
+        "trained at; the result is unreliable"
+    ]
     rows = {row["file"].rsplit("/", 1)[-1]: row for row in csv.DictReader(open(tmp_path / "out" / "predictions.csv"))}
     assert {name for name, row in rows.items() if row["error"] == ""} == {"a.png", "b.jpg", "c.jpg", "dot.png"}
     assert "far smaller" in rows["dot.png"]["warning"] and rows["dot.png"]["predicted_class"]
@@ -182,8 +205,9 @@ def test_checkpoint_with_code_in_it_is_refused_unrun(trained_classifier, tmp_pat
 def test_not_a_checkpoint_is_one_line(script, images, tmp_path):
     bad = tmp_path / "notes.ckpt"
     bad.write_text("not a checkpoint")
-    result = run_script(script, "--cls-ckpt", str(bad), *([str(images)] if script == "predict.py" else []),
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        script, "--cls-ckpt", str(bad), *([str(images)] if script == "predict.py" else []), cwd=tmp_path
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: {bad}: not a PyTorch checkpoint (another kind of file, or a truncated copy)"
@@ -200,24 +224,43 @@ def test_checkpoints_need_no_pretrained_weights_file(trained_classifier, images,
     make_coco_split(data / "train", seed=0, count=8)
     make_coco_split(data / "valid", seed=1, count=6)
     common = ["--config", SEG_CONFIG, "--data.root", str(data), *TINY_SEG]
-    result = run_script("train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "1",
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "1", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     weights.unlink()
     run = run_folder(tmp_path, "seg")
 
     result = run_script("evaluate.py", "--ckpt_path", str(run), "--bootstrap", "50", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    result = run_script("predict.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(run),
-                        "--output-dir", "out", str(images), cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "predict.py",
+        "--cls-ckpt",
+        str(trained_classifier),
+        "--seg-ckpt",
+        str(run),
+        "--output-dir",
+        "out",
+        str(images),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_script(
         "export.py", "--seg-ckpt", str(run), "--output-dir", "exports", "--format", "onnx", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "exports" / "segmenter.onnx").is_file()
-    result = run_script("train.py", *common, "--model.encoder_weights", str(weights), "--trainer.max_epochs", "2",
-                        "--ckpt_path", "last", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "train.py",
+        *common,
+        "--model.encoder_weights",
+        str(weights),
+        "--trainer.max_epochs",
+        "2",
+        "--ckpt_path",
+        "last",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -232,8 +275,10 @@ def test_onnx_export_matches_pytorch(trained_classifier, trained_segmenter, tmp_
     paths = export_checkpoints(str(trained_classifier), str(trained_segmenter), tmp_path, format="onnx")
     classifier = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module
     assert float(classifier.temperature) != 1.0  # fitted in training, and part of the exported graph
-    cases = [(paths[0], trained_classifier, ClassificationModule, classifier.probabilities),
-             (paths[1], trained_segmenter, SegmentationModule, torch.sigmoid)]  # fmt: skip
+    cases = [
+        (paths[0], trained_classifier, ClassificationModule, classifier.probabilities),
+        (paths[1], trained_segmenter, SegmentationModule, torch.sigmoid),
+    ]
     for onnx_path, checkpoint, module_class, activation in cases:
         sidecar = json.loads(onnx_path.with_suffix(".json").read_text())["input"]
         model = TrainedModel.load(checkpoint, module_class, torch.device("cpu"))
@@ -273,17 +318,32 @@ def test_tta_reuses_the_unflipped_output_it_is_given():
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_model_files_predict_like_their_checkpoints(trained_classifier, trained_segmenter, images, tmp_path, dtype):
-    result = run_script("export.py", "--cls-ckpt", str(trained_classifier), "--seg-ckpt", str(trained_segmenter),
-                        "--output-dir", "models", "--dtype", dtype, cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "export.py",
+        "--cls-ckpt",
+        str(trained_classifier),
+        "--seg-ckpt",
+        str(trained_segmenter),
+        "--output-dir",
+        "models",
+        "--dtype",
+        dtype,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     cpu = torch.device("cpu")
-    for checkpoint, name, module_class in [(trained_classifier, "classifier", ClassificationModule),
-                                           (trained_segmenter, "segmenter", SegmentationModule)]:  # fmt: skip
+    for checkpoint, name, module_class in [
+        (trained_classifier, "classifier", ClassificationModule),
+        (trained_segmenter, "segmenter", SegmentationModule),
+    ]:
         path = tmp_path / "models" / f"{name}.safetensors"
         assert path.stat().st_size < Path(checkpoint).stat().st_size / (2 if dtype == "float32" else 4)  # no optimizer
         original, slim = TrainedModel.load(checkpoint, module_class, cpu), TrainedModel.load(path, module_class, cpu)
-        assert (slim.image_size, slim.channels, slim.data_hparams) == (original.image_size, original.channels,
-                                                                         original.data_hparams)  # fmt: skip
+        assert (slim.image_size, slim.channels, slim.data_hparams) == (
+            original.image_size,
+            original.channels,
+            original.data_hparams,
+        )
         for key, value in original.module.state_dict().items():  # buffers (temperature, threshold, BN) exactly
             if key not in dict(original.module.named_parameters()) or dtype == "float32":
                 assert torch.equal(slim.module.state_dict()[key], value), key
@@ -294,8 +354,17 @@ def test_model_files_predict_like_their_checkpoints(trained_classifier, trained_
     classifier = TrainedModel.load(tmp_path / "models" / "classifier.safetensors", ClassificationModule, cpu)
     expected = TrainedModel.load(trained_classifier, ClassificationModule, cpu).training_fingerprints
     assert np.array_equal(classifier.training_fingerprints.sha1, expected.sha1) and len(expected) > 0
-    result = run_script("predict.py", "--cls-ckpt", "models/classifier.safetensors", "--seg-ckpt",
-                        "models/segmenter.safetensors", "--output", "out", str(images), cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "predict.py",
+        "--cls-ckpt",
+        "models/classifier.safetensors",
+        "--seg-ckpt",
+        "models/segmenter.safetensors",
+        "--output",
+        "out",
+        str(images),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -305,14 +374,18 @@ def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
     result = run_script("predict.py", "--cls-ckpt", "other.safetensors", str(images), cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].endswith("other.safetensors: a safetensors file without this "
-                                                           "project's header; write one with export.py")  # fmt: skip
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("other.safetensors: a safetensors file without this project's header; write one with export.py")
+    )
 
 
 def test_recalibrating_a_checkpoint_refits_what_training_fitted(trained_classifier, tmp_path):
     original = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module
-    result = run_script("scripts/recalibrate.py", "--ckpt_path", str(trained_classifier), "--output", "re.ckpt",
-                        cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "scripts/recalibrate.py", "--ckpt_path", str(trained_classifier), "--output", "re.ckpt", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     refitted = TrainedModel.load(tmp_path / "re.ckpt", ClassificationModule, torch.device("cpu")).module
     # the same weights and validation split: the same fit, up to training's mixed precision

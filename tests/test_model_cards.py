@@ -41,8 +41,19 @@ def test_the_bundled_model_scores_what_its_card_states(name, tmp_path):
     root = SHARED_DATA / dataset
     if not root.is_dir():
         pytest.skip(f"{root} is not here: the card's numbers cannot be recomputed on this machine")
-    result = run_script("evaluate.py", "--ckpt_path", str(MODELS / f"{name}.safetensors"), "--data.root", str(root),
-                        *arguments, "--bootstrap", "10", "--output_dir", "report", cwd=tmp_path)  # fmt: skip
+    result = run_script(
+        "evaluate.py",
+        "--ckpt_path",
+        str(MODELS / f"{name}.safetensors"),
+        "--data.root",
+        str(root),
+        *arguments,
+        "--bootstrap",
+        "10",
+        "--output_dir",
+        "report",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     measured = json.loads((tmp_path / "report" / "metrics.json").read_text())
     measured = measured["all_images"][key] if "all_images" in measured else measured[key]

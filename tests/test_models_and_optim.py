@@ -51,7 +51,9 @@ def test_unknown_model_name_is_a_clear_error():
 
 def test_pretrained_weights_are_read_when_training_starts_not_when_built(tmp_path):
     path = tmp_path / "resnet10t.pth"
-    module = ClassificationModule(model="resnet10t", model_kwargs={}, in_channels=3, weights_path=str(path))  # no file yet
+    module = ClassificationModule(
+        model="resnet10t", model_kwargs={}, in_channels=3, weights_path=str(path)
+    )  # no file yet
     source = timm.create_model("resnet10t", num_classes=1000)
     torch.save(source.state_dict(), path)
     assert not torch.equal(module.net.conv1[0].weight, source.conv1[0].weight)

@@ -51,7 +51,9 @@ def test_crowd_rle_and_empty_images(coco_root):
 def test_problems_in_the_export_are_counted(coco_root):
     annotation_file = coco_root / "train" / "_annotations.coco.json"
     coco = json.loads(annotation_file.read_text())
-    coco["annotations"].append({"id": 99, "image_id": 0, "category_id": 1, "segmentation": [[1, 1, 3, 3]], "iscrowd": 0})
+    coco["annotations"].append(
+        {"id": 99, "image_id": 0, "category_id": 1, "segmentation": [[1, 1, 3, 3]], "iscrowd": 0}
+    )
     coco["annotations"].append({"id": 98, "image_id": 1, "category_id": 1, "segmentation": [], "iscrowd": 0})
     coco["images"].append({"id": 50, "file_name": "gone.jpg", "height": 64, "width": 64})
     annotation_file.write_text(json.dumps(coco))
@@ -87,8 +89,12 @@ def test_metrics_of_perfect_and_empty_predictions():
     perfect = segmentation_stats()
     perfect.update(target.float(), target)
     assert segmentation_scores(perfect.compute()) == {
-        "iou_global": 1.0, "dice_global": 1.0, "iou_per_image": 1.0, "dice_per_image": 1.0, "iou_per_tumor_image": 1.0,
-    }  # fmt: skip
+        "iou_global": 1.0,
+        "dice_global": 1.0,
+        "iou_per_image": 1.0,
+        "dice_per_image": 1.0,
+        "iou_per_tumor_image": 1.0,
+    }
     empty = segmentation_stats()
     empty.update(torch.zeros_like(target, dtype=torch.float), target)
     scores = segmentation_scores(empty.compute())
@@ -118,7 +124,9 @@ def test_wrong_encoder_checkpoint_names_the_file(tmp_path):
 
 def save_classification_checkpoint(path, model: str, in_channels: int = 1) -> dict[str, torch.Tensor]:
     """A checkpoint as train.py writes it (the parts encoder loading reads); returns the network's weights."""
-    module = ClassificationModule(model=model, in_channels=in_channels, model_kwargs={} if model != "residual_cnn" else None)
+    module = ClassificationModule(
+        model=model, in_channels=in_channels, model_kwargs={} if model != "residual_cnn" else None
+    )
     hparams = {"_class_path": "lightning_modules.ClassificationModule", **module.hparams}
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": hparams}, path)
@@ -144,16 +152,20 @@ def test_a_classifier_checkpoint_becomes_the_encoder(tmp_path, as_run_folder):
 def test_a_classifier_of_another_architecture_is_refused_in_one_line(tmp_path):
     checkpoint = tmp_path / "best.ckpt"
     save_classification_checkpoint(checkpoint, "residual_cnn")
-    with pytest.raises(PretrainedWeightsError, match=r"best.ckpt: its classifier is 'residual_cnn', which cannot "
-                                                     r"initialise the 'resnet18' encoder"):  # fmt: skip
+    with pytest.raises(
+        PretrainedWeightsError,
+        match=r"best.ckpt: its classifier is 'residual_cnn', which cannot "
+        r"initialise the 'resnet18' encoder",
+    ):
         create_segmenter("resnet18", str(checkpoint))
 
 
 def test_module_runs_a_training_and_a_validation_step(coco_root, tmp_path):
     dm = setup_datamodule(coco_root)
     model = SegmentationModule(encoder_name="resnet18", preview_every_n_epochs=1)
-    trainer = L.Trainer(fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False,
-                        default_root_dir=tmp_path)  # fmt: skip
+    trainer = L.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
     before = next(model.net.decoder.parameters()).detach().clone()
     trainer.fit(model, datamodule=dm)
     assert not torch.equal(before, next(model.net.decoder.parameters()))
@@ -195,7 +207,10 @@ def test_unreadable_image_is_skipped_with_a_warning(coco_root, content):
 def test_a_split_without_readable_images_is_an_error(coco_root):
     for image in (coco_root / "valid").glob("*.jpg"):
         image.write_bytes(b"")
-    with pytest.warns(UserWarning), pytest.raises(DatasetError, match="valid: none of its 6 annotated images is readable"):
+    with (
+        pytest.warns(UserWarning),
+        pytest.raises(DatasetError, match="valid: none of its 6 annotated images is readable"),
+    ):
         setup_datamodule(coco_root)
 
 
