@@ -4,7 +4,6 @@ datamodules <- lightning_modules <- evaluation <- the scripts."""
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 
@@ -52,6 +51,6 @@ def test_comparing_reports_loads_neither_lightning_nor_the_networks():
 
 @pytest.mark.parametrize("command", [["format", "--check"], ["check"]])
 def test_the_code_is_formatted_and_linted(command):
-    ruff = shutil.which("ruff") or pytest.skip("ruff is not installed (pip install -e '.[dev]')")
-    result = subprocess.run([ruff, *command, "."], cwd=REPO, capture_output=True, text=True, timeout=120)
+    pytest.importorskip("ruff", reason="ruff is not installed (pip install -e '.[dev]')")
+    result = subprocess.run([sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
