@@ -40,6 +40,11 @@ def describe(prediction: Prediction) -> str:
         lines.append(
             f"**Segmented tumor area:** {row['tumor_area_px']} px ({row['tumor_area_fraction']:.2%} of the image)"
         )
+    if prediction.disagreement:
+        lines.append(
+            f"**The two models disagree:** {prediction.disagreement}. "
+            "Do not trust either answer alone: look at the image."
+        )
     lines += [f"**Warning:** {warning.split(': ', 1)[-1]}" for warning in prediction.warnings]
     return "\n\n".join(lines)
 

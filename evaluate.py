@@ -38,7 +38,13 @@ from evaluation.classification import (
     classification_report,
     format_classification_report,
 )
-from evaluation.segmentation import case_figure, format_segmentation_report, segmentation_report, worst_and_best
+from evaluation.segmentation import (
+    boundary_distances,
+    case_figure,
+    format_segmentation_report,
+    segmentation_report,
+    worst_and_best,
+)
 from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
@@ -168,39 +174,81 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
 
 
 def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
-    datamodule = trained.datamodule(args.data_root[0] if args.data_root else None)
-    datamodule.setup("test")
-    split = datamodule.test_split_name
-    dataset = datamodule.datasets[split]
-    module, stats, curve, boxes = trained.module, segmentation_stats(), threshold_curve(), []
+    datamodule, copies = trained.datamodule(), None
+    if args.data_root and not args.own_split:
+        parts = [datamodule.evaluation_images(root) for root in args.data_root]
+        datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
+        fingerprints = trained.training_fingerprints
+        if fingerprints is not None:
+            copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance", 2))
+        source = ", ".join(args.data_root)
+    else:
+        datamodule = trained.datamodule(args.data_root)
+        datamodule.setup("test")
+        datasets = [datamodule.datasets[datamodule.test_split_name]]
+        source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
+    module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
     run = partial(run_with_tta, module, tta=args.tta)
-    for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, run):
-        curve.update(logits.sigmoid(), masks.int())
-        predicted = module.tumor_masks(logits, args.min_area)
-        stats.update(predicted.float(), masks.int())
-        boxes += [image_boxes(p[0].numpy(), m[0].numpy()) for p, m in zip(predicted, masks)]
-    source = f"{datamodule.root}, {split} split"
-    report = segmentation_report(stats.compute(), dataset.files, args.bootstrap, args.seed)
+    for dataset in datasets:
+        for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, run):
+            curve.update(logits.sigmoid(), masks.int())
+            predicted = module.tumor_masks(logits, args.min_area)
+            stats.update(predicted.float(), masks.int())
+            boxes += [image_boxes(p[0].numpy(), m[0].numpy()) for p, m in zip(predicted, masks)]
+            distances.append(boundary_distances(predicted, masks > 0))
+    files = [file for dataset in datasets for file in dataset.files]
+    labels = [label for dataset in datasets for label in dataset.labels]
+    stats, distances = stats.compute(), np.concatenate(distances)
+
+    def report_of(keep: np.ndarray) -> dict:
+        subset = [box for box, kept in zip(boxes, keep) if kept]
+        return {
+            **segmentation_report(
+                stats[torch.from_numpy(keep)],
+                [f for f, k in zip(files, keep) if k],
+                args.bootstrap,
+                args.seed,
+                [label for label, k in zip(labels, keep) if k],
+                distances[keep],
+            ),
+            "boxes": box_report(subset, args.bootstrap, args.seed),
+        }
+
     min_area = module.hparams.min_tumor_area if args.min_area is None else args.min_area
     report = {
         "threshold": float(module.threshold),
         "min_tumor_area": min_area,
-        **report,
-        "boxes": box_report(boxes, args.bootstrap, args.seed),
+        "tumor_area_threshold": float(module.tumor_area_threshold),
+        **report_of(np.ones(len(files), dtype=bool)),
         "iou_global_by_threshold": iou_by_threshold(curve),
     }
     for row, image in zip(report["per_image"], boxes):
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
+    text = format_segmentation_report(report, f"All {len(files)} images of {source}")
+    if copies is not None:
+        unseen = np.array([copy is None for copy in copies])
+        report["copies_of_training_images"] = {kind: copies.count(kind) for kind in ("exact copy", "near copy")}
+        for row, copy in zip(report["per_image"], copies):
+            row["copy_of_training_image"] = copy
+        if unseen.any() and not unseen.all():
+            report["unseen_images"] = report_of(unseen)
+            report["unseen_images"].pop("per_image")
+            text += (
+                f"\n\nWithout the {int((~unseen).sum())} images that copy one the model trained or was validated "
+                f"on ({report['copies_of_training_images']}):\n"
+                + format_segmentation_report(report["unseen_images"], f"{int(unseen.sum())} unseen images")
+            )
     figures = {}
+    dataset = torch.utils.data.ConcatDataset(datasets)
     for name, indices in worst_and_best(report).items():
         images, masks = map(torch.stack, zip(*(dataset[i] for i in indices)))
         subset = torch.utils.data.Subset(dataset, indices)
         predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, run))[0], args.min_area)
         figures[name] = case_figure(report, indices, images, masks, predicted)
-    text = (
-        f"{format_segmentation_report(report, source)}\n"
-        f"masks: probability >= {report['threshold']:.2f} (the model's threshold, "
-        f"stored with it), tumours under {min_area} px dropped\n{format_box_report(report['boxes'])}"
+    text += (
+        f"\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, stored with it), tumours under "
+        f"{min_area} px dropped, a tumour only where at least {report['tumor_area_threshold']:.0f} px reach it\n"
+        f"{format_box_report(report['boxes'])}"
     )
     return {"data": source, **report}, figures, text
 

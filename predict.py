@@ -109,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
         for warning in prediction.warnings:
             tqdm.write(f"warning: {warning}", file=sys.stderr)
+        if prediction.disagreement:
+            tqdm.write(f"warning: {prediction.path}: the models disagree: {prediction.disagreement}", file=sys.stderr)
         row = prediction.row()
         if prediction.error:
             failures += 1

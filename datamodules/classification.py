@@ -25,6 +25,7 @@ from datamodules.common import (
     load_images,
 )
 from datamodules.errors import DatasetError, check_range
+from datamodules.splits import stratified_group_split
 
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
@@ -100,28 +101,6 @@ def check_every_class_readable(split_dir: Path, labels: np.ndarray) -> None:
     empty = [CLASS_NAMES[c] for c in range(len(CLASS_NAMES)) if not np.any(labels == c)]
     if empty:
         raise DatasetError(f"{split_dir}: no readable image for class(es) {empty} (every one was skipped)")
-
-
-def stratified_group_split(
-    labels: np.ndarray, groups: np.ndarray, val_fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split that keeps each class's share and never puts one group on both sides."""
-    rng = np.random.default_rng(seed)
-    group_ids, first_member = np.unique(groups, return_index=True)
-    group_labels = labels[first_member]
-    val_groups: list[int] = []
-    for label in np.unique(labels):
-        candidates = group_ids[group_labels == label]
-        rng.shuffle(candidates)
-        target = round(val_fraction * np.sum(labels == label))
-        taken = 0
-        for group in candidates:
-            if taken >= target:
-                break
-            val_groups.append(group)
-            taken += int(np.sum(groups == group))
-    is_val = np.isin(groups, val_groups)
-    return np.nonzero(~is_val)[0], np.nonzero(is_val)[0]
 
 
 class ImageLabelDataset(CachedDataset):

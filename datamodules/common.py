@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.dicom import DICOM_SUFFIXES, read_dicom
 from datamodules.errors import InputImageError, check_range
+from datamodules.splits import union_groups
 
 # albumentations asks PyPI for a newer release when it is imported: training must not wait on
 # the network (offline and firewalled machines), so that check stays off unless a user turns it on.
@@ -83,9 +84,12 @@ class LoadedImage:
 def _load_one(path: Path, size: int, channels: int) -> LoadedImage | None:
     raw = path.read_bytes()
     image = decode_image(raw, channels)
-    if image is None:
-        return None
-    gray = image[:, :, 0] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return None if image is None else describe_image(image, raw, size, channels)
+
+
+def describe_image(image: np.ndarray, raw: bytes, size: int, channels: int) -> LoadedImage:
+    """A decoded image resized for training, with the hashes of its file (`raw`) and of its pixels."""
+    gray = image[:, :, 0] if channels == 1 or image.shape[2] == 1 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
     phash = int(str(imagehash.phash(Image.fromarray(gray))), 16)
     return LoadedImage(resize_square(image, size), image.shape[:2], hashlib.sha1(raw).hexdigest(), phash)
 
@@ -102,40 +106,37 @@ def load_images(paths: Sequence[Path], size: int, channels: int) -> tuple[list[L
     Keeping the resized pixels in memory means each epoch costs no JPEG decoding,
     which is most of the time on a CPU machine. Unreadable files are skipped with a
     warning each; returns the images that loaded and their indices into `paths`."""
+    return load_in_threads(paths, lambda path: _load_one(path, size, channels), lambda path: path)
+
+
+def load_in_threads(items: Sequence, load: Callable, path_of: Callable) -> tuple[list, np.ndarray]:
+    """`load(item)` for every item, in threads; items it returns None for (unreadable) are
+    skipped with a warning naming `path_of(item)`. Returns what loaded and its indices into `items`."""
     with ThreadPoolExecutor() as pool:
-        loaded = list(pool.map(lambda p: _load_one(p, size, channels), paths))
-    for path, item in zip(paths, loaded):
-        if item is None:
-            rank_zero_warn(f"{path}: unreadable or corrupt image, skipped")
-    kept = np.array([i for i, item in enumerate(loaded) if item is not None], dtype=np.int64)
+        loaded = list(pool.map(load, items))
+    for item, result in zip(items, loaded):
+        if result is None:
+            rank_zero_warn(f"{path_of(item)}: unreadable or corrupt image, skipped")
+    kept = np.array([i for i, result in enumerate(loaded) if result is not None], dtype=np.int64)
     return [loaded[i] for i in kept], kept
 
 
 def find_duplicate_groups(sha1s: Sequence[str], phashes: Sequence[int], max_phash_distance: int | None) -> np.ndarray:
     """Group ids such that byte-identical images, and images whose perceptual hashes
     differ in at most `max_phash_distance` bits (None: exact copies only), share a group."""
-    n = len(sha1s)
-    parent = np.arange(n)
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
+    def pairs() -> Iterator[tuple[int, int]]:
+        first_with_hash: dict[str, int] = {}
+        for i, digest in enumerate(sha1s):
+            yield i, first_with_hash.setdefault(digest, i)
+        if max_phash_distance is not None and len(sha1s):
+            hashes = np.array(phashes, dtype=np.uint64)
+            for i in range(len(hashes) - 1):
+                distances = np.bitwise_count(hashes[i + 1 :] ^ hashes[i])
+                for j in np.nonzero(distances <= max_phash_distance)[0]:
+                    yield i, i + 1 + int(j)
 
-    def union(i: int, j: int) -> None:
-        parent[find(i)] = find(j)
-
-    first_with_hash: dict[str, int] = {}
-    for i, digest in enumerate(sha1s):
-        union(i, first_with_hash.setdefault(digest, i))
-    if max_phash_distance is not None and n:
-        hashes = np.array(phashes, dtype=np.uint64)
-        for i in range(n - 1):
-            distances = np.bitwise_count(hashes[i + 1 :] ^ hashes[i])
-            for j in np.nonzero(distances <= max_phash_distance)[0]:
-                union(i, i + 1 + int(j))
-    return np.array([find(i) for i in range(n)])
+    return union_groups(len(sha1s), pairs())
 
 
 @dataclass

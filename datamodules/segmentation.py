@@ -1,147 +1,54 @@
-"""DataModule for the Roboflow COCO export of "Brain Tumor Image DataSet: Semantic Segmentation".
+"""DataModule for tumour segmentation from every source a user has (datamodules.mask_sources),
+merged: a Roboflow COCO export, image/mask folders, figshare .mat slices, masks beside images, and
+healthy slices (`negatives`) whose masks are empty.
 
-Layout: ROOT/{train,valid,test}/ each with images and `_annotations.coco.json`; test/ is
-optional (the validation split stands in). Every tumor annotation of an image, polygon or
-RLE, is rasterised into one binary mask at the image's own size, then resized (nearest)."""
+A source with its own split (the COCO export) keeps it; the images of the others get a seeded
+validation split, stratified by class and grouped by patient and by copies (exact or near, by
+perceptual hash, across all sources), so that no patient and no image is on both sides."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from pycocotools.coco import COCO
+from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.common import (
     CachedDataModule,
     CachedDataset,
+    Fingerprints,
+    LoadedImage,
     build_transform,
     default_geometric_augmentations,
-    list_images,
-    load_images,
+    find_duplicate_groups,
+    load_in_threads,
 )
 from datamodules.errors import ConfigError, DatasetError, check_range
+from datamodules.mask_sources import (
+    NO_TUMOR,
+    TUMOR,
+    MaskedImage,
+    Source,
+    healthy_slices,
+    load_masked_image,
+    read_source,
+)
+from datamodules.splits import merged_groups, same_patient, stratified_group_split
 
-ANNOTATION_FILE = "_annotations.coco.json"
-SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
-REQUIRED_KEYS = {
-    "images": ("id", "file_name", "height", "width"),
-    "annotations": ("id", "image_id", "category_id", "segmentation"),
-}
-
-
-@dataclass
-class CocoSplitReport:
-    """What reading one split found; logged so that data problems are visible."""
-
-    images: int = 0
-    empty_masks: int = 0
-    missing_files: list[str] = field(default_factory=list)
-    unlisted_files: int = 0
-    degenerate_polygons: int = 0
-    crowd_annotations: int = 0
-    category_ids: Counter = field(default_factory=Counter)
-
-    def summary(self, split: str) -> str:
-        return (
-            f"{split}: {self.images} images, {self.empty_masks} with an empty mask, "
-            f"{len(self.missing_files)} annotated files missing, {self.unlisted_files} image files not in the "
-            f"annotations (ignored), {self.degenerate_polygons} degenerate polygons (<3 points) skipped, "
-            f"{self.crowd_annotations} RLE/crowd annotations, category ids {dict(sorted(self.category_ids.items()))}"
-        )
-
-
-def load_coco(annotation_file: Path) -> COCO:
-    """pycocotools' index over a file checked to be COCO, with errors that name the file."""
-    if not annotation_file.is_file():
-        raise DatasetError(f"{annotation_file}: annotation file missing")
-    try:
-        data = json.loads(annotation_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{annotation_file}: not valid JSON ({error})") from error
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
-        raise DatasetError(f"{annotation_file}: not a COCO file (needs 'images' and 'annotations' lists)")
-    for section, keys in REQUIRED_KEYS.items():
-        for position, entry in enumerate(data[section]):
-            missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
-            if missing:
-                name = entry.get("id", f"#{position}") if isinstance(entry, dict) else f"#{position}"
-                raise DatasetError(f"{annotation_file}: {section[:-1]} {name} has no {', '.join(map(repr, missing))}")
-    data.setdefault("categories", [])
-    coco = COCO()
-    coco.dataset = data
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
-        coco.createIndex()
-    return coco
-
-
-def rasterise(coco: COCO, image_id: int, report: CocoSplitReport, category_ids: set[int] | None) -> np.ndarray:
-    """Union of an image's tumor annotations as a HxW uint8 {0, 1} mask."""
-    info = coco.imgs[image_id]
-    mask = np.zeros((info["height"], info["width"]), np.uint8)
-    for ann in coco.loadAnns(coco.getAnnIds(imgIds=image_id)):
-        if category_ids is not None and ann["category_id"] not in category_ids:
-            continue
-        report.category_ids[ann["category_id"]] += 1
-        segmentation = ann.get("segmentation")
-        if ann.get("iscrowd"):
-            report.crowd_annotations += 1
-        elif isinstance(segmentation, list):
-            # frPyObjects fails on empty or <3-point polygons; a polygon needs 6 coordinates
-            polygons = [p for p in segmentation if len(p) >= 6]
-            report.degenerate_polygons += len(segmentation) - len(polygons)
-            if not polygons:
-                continue
-            ann = {**ann, "segmentation": polygons}
-        mask |= coco.annToMask(ann).astype(np.uint8)
-    return mask
-
-
-def read_coco_split(
-    split_dir: Path, category_names: list[str] | None
-) -> tuple[list[Path], list[np.ndarray], CocoSplitReport]:
-    """Image paths and full-size masks of one split folder, with what was found wrong."""
-    coco = load_coco(split_dir / ANNOTATION_FILE)
-    category_ids = None
-    if category_names is not None:
-        category_ids = {c["id"] for c in coco.dataset["categories"] if c["name"] in category_names}
-    report = CocoSplitReport()
-    paths, masks = [], []
-    for image_id, info in coco.imgs.items():
-        path = split_dir / info["file_name"]
-        if not path.is_file():
-            report.missing_files.append(info["file_name"])
-            continue
-        mask = rasterise(coco, image_id, report, category_ids)
-        paths.append(path)
-        masks.append(mask)
-        report.empty_masks += int(not mask.any())
-    listed = {p.name for p in paths} | set(report.missing_files)
-    report.unlisted_files = sum(p.name not in listed for p in list_images(split_dir))
-    report.images = len(paths)
-    for name in report.missing_files[:5]:
-        rank_zero_warn(f"{split_dir / name}: listed in {ANNOTATION_FILE} but missing, skipped")
-    if not paths:
-        raise DatasetError(
-            f"{split_dir / ANNOTATION_FILE}: none of its {len(coco.imgs)} listed images is in {split_dir}"
-        )
-    return paths, masks, report
+SPLITS = ("train", "val", "test")
 
 
 class ImageMaskDataset(CachedDataset):
     """Cached uint8 images (N, H, W, C) and masks (N, H, W); one joint transform per item."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, transform, files: list[str]) -> None:
+    def __init__(
+        self, images: np.ndarray, masks: np.ndarray, transform, files: list[str], labels: list[str] | None = None
+    ) -> None:
         super().__init__(transform, files)
         self.images, self.masks = images, masks
+        self.labels = labels or [TUMOR if mask.any() else NO_TUMOR for mask in masks]  # the class of each slice
 
     def __len__(self) -> int:
         return len(self.images)
@@ -152,62 +59,126 @@ class ImageMaskDataset(CachedDataset):
 
 
 class SegmentationDataModule(CachedDataModule):
-    """Brain-tumor segmentation data from a Roboflow COCO export.
+    """Brain-tumour segmentation data with a leakage-free validation split.
 
     Args:
-        root: folder with train/, valid/ and optionally test/.
-        image_size: images and masks are resized to image_size x image_size.
+        root: a source folder (any layout of datamodules.mask_sources), or a list of them, merged.
+        negatives: healthy slices: classification dataset roots or no-tumour class folders (their
+            Training/ split), whose images become empty masks, so the model learns that most slices
+            hold no tumour.
+        image_size: images and masks are resized to image_size x image_size (a multiple of 32).
         channels: 3 reads RGB (ImageNet encoders), 1 grayscale.
         augment: flips, affine jitter (moving the mask too) and brightness/contrast (image only).
-        category_names: annotation categories that count as tumor; None takes all.
-        **kwargs: batch size and DataLoader options of `CachedDataModule`.
+        category_names: COCO annotation categories that count as tumor; None takes all.
+        val_fraction: share of the images of sources without a split of their own held out for validation.
+        max_phash_distance: perceptual hashes this many bits apart or fewer count as the same image
+            (grouped in the split); None checks exact bytes only.
+        **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
     """
 
     def __init__(
         self,
-        root: str,
+        root: str | list[str],
+        negatives: str | list[str] | None = None,
         image_size: int = 256,
         channels: Literal[1, 3] = 3,
         augment: bool = True,
         category_names: list[str] | None = None,
+        val_fraction: float = 0.15,
+        max_phash_distance: int | None = 2,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_range("image_size", image_size, 32)
         if image_size % 32:  # the UNet halves the resolution five times
             raise ConfigError(f"image_size must be a multiple of 32 for the UNet, got {image_size}")
-        self.root = Path(root)
+        check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("max_phash_distance", max_phash_distance, 0, 64)
+        self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
+        self.negatives = [Path(r) for r in ([negatives] if isinstance(negatives, str) else negatives or [])]
         self.channels = channels
+
+    @property
+    def root(self) -> Path:
+        return self.roots[0]
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         hp = self.hparams
-        if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: data root does not exist or is not a folder")
-        splits = {s: self.root / folder for s, folder in SPLIT_FOLDERS.items() if (self.root / folder).is_dir()}
-        for required in ("train", "val"):
-            if required not in splits:
-                raise DatasetError(
-                    f"{self.root}: no {SPLIT_FOLDERS[required]}/ folder (expected ROOT/{{train,valid,test}}/)"
-                )
+        sources = [read_source(root, category_names=hp.category_names) for root in self.roots]
+        sources += [Source(root, "healthy slices", healthy_slices(root)) for root in self.negatives]
+        items, loaded, masks, source_of = self._load(sources)
+        if not any(mask.any() for mask, item in zip(masks, items) if item.split in ("train", None)):
+            raise DatasetError(
+                f"{', '.join(map(str, self.roots))}: every mask is empty; no tumour annotations to learn from"
+            )
+        split = self._split(items, loaded, source_of)
+        self.training_fingerprints = Fingerprints.of(
+            [loaded[i] for i in np.flatnonzero(np.isin(split, ["train", "val"]))]
+        )
         train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
         eval_transform = build_transform([], self.channels)
-        for split, folder in splits.items():
-            paths, masks, report = read_coco_split(folder, hp.category_names)
-            loaded, kept = load_images(paths, hp.image_size, self.channels)
-            if not loaded:
-                raise DatasetError(f"{folder}: none of its {len(paths)} annotated images is readable")
-            masks = [masks[i] for i in kept]
-            if split == "train" and not any(mask.any() for mask in masks):
-                raise DatasetError(
-                    f"{folder / ANNOTATION_FILE}: every mask is empty; no tumor annotations to learn from"
-                )
-            size = (hp.image_size, hp.image_size)
-            resized_masks = np.stack([cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST) for mask in masks])
-            transform = train_transform if split == "train" else eval_transform
-            files = [str(paths[i]) for i in kept]
-            self.datasets[split] = ImageMaskDataset(
-                np.stack([item.pixels for item in loaded]), resized_masks, transform, files
+        for name in SPLITS:
+            indices = np.flatnonzero(split == name)
+            if len(indices):
+                transform = train_transform if name == "train" else eval_transform
+                self.datasets[name] = self._dataset([items[i] for i in indices], [loaded[i] for i in indices],
+                                                    [masks[i] for i in indices], transform)  # fmt: skip
+        if "val" not in self.datasets:
+            raise DatasetError(f"{', '.join(map(str, self.roots))}: nothing left for validation")
+        for index, source in enumerate(sources):
+            mine = source_of == index
+            counts = ", ".join(
+                f"{int((mine & (split == name)).sum())} {name}" for name in SPLITS if (split == name).any()
             )
-            rank_zero_info(f"Segmentation data {report.summary(split)}, {len(paths) - len(loaded)} unreadable skipped")
+            tumours = sum(bool(masks[i].any()) for i in np.flatnonzero(mine))
+            rank_zero_info(
+                f"{source.root} ({source.layout}): {int(mine.sum())} images, {tumours} with a tumour; {counts}"
+            )
+
+    def _load(self, sources: list[Source]) -> tuple[list[MaskedImage], list[LoadedImage], list[np.ndarray], np.ndarray]:
+        items = [item for source in sources for item in source.images]
+        source_of = np.repeat(np.arange(len(sources)), [len(source.images) for source in sources])
+        results, kept = load_in_threads(items, lambda item: load_masked_image(item, self.hparams.image_size,
+                                                                               self.channels), lambda item: item.path)  # fmt: skip
+        folders = [(source, item.path.parent) for source, item in zip(source_of, items)]  # a COCO split: a folder
+        readable = {folders[i] for i in kept}
+        for folder in dict.fromkeys(folders):
+            if folder not in readable:
+                raise DatasetError(f"{folder[1]}: none of its {folders.count(folder)} images is readable")
+        return [items[i] for i in kept], [r[0] for r in results], [r[1] for r in results], source_of[kept]
+
+    def _split(self, items: list[MaskedImage], loaded: list[LoadedImage], source_of: np.ndarray) -> np.ndarray:
+        """Each image's split: its source's own, else the seeded split by class and group; an image
+        grouped with one of a fixed split (a copy, the same patient) follows it."""
+        hp = self.hparams
+        copies = find_duplicate_groups([item.sha1 for item in loaded], [item.phash for item in loaded],
+                                       hp.max_phash_distance)  # fmt: skip
+        patients = [f"{source}:{same_patient(item.patient)}" if item.patient else None
+                    for source, item in zip(source_of, items)]  # fmt: skip
+        groups = merged_groups(copies, patients)
+        split = np.array([item.split or "" for item in items], dtype=object)
+        free = np.flatnonzero(split == "")
+        labels = np.array([item.label for item in items])
+        if len(free):
+            train, val = stratified_group_split(labels[free], groups[free], hp.val_fraction, hp.seed)
+            split[free[train]], split[free[val]] = "train", "val"
+        for name in ("test", "val", "train"):  # the strongest claim last: an image seen in training stays there
+            fixed_groups = groups[[i for i in range(len(items)) if items[i].split == name]]
+            split[np.isin(groups, fixed_groups) & np.isin(np.arange(len(items)), free)] = name
+        return split
+
+    def _dataset(self, items: list[MaskedImage], loaded: list[LoadedImage], masks: list[np.ndarray],
+                 transform) -> ImageMaskDataset:  # fmt: skip
+        labels = [item.label if mask.any() or item.label == NO_TUMOR else NO_TUMOR for item, mask in zip(items, masks)]
+        images = np.stack([image.pixels for image in loaded])
+        return ImageMaskDataset(images, np.stack(masks), transform, [str(item.path) for item in items], labels)
+
+    def evaluation_images(self, root: str | Path) -> tuple[ImageMaskDataset, list[LoadedImage]]:
+        """Every image of `root` with its mask (a COCO export's test/, else valid/; a classification
+        dataset's no-tumour Testing/, else Training/ images), prepared as for training, for
+        evaluation; with the loaded images, whose hashes tell copies of training images."""
+        source = read_source(root, for_evaluation=True, category_names=self.hparams.category_names)
+        items, loaded, masks, _ = self._load([source])
+        return self._dataset(items, loaded, masks, build_transform([], self.channels)), loaded

@@ -3,34 +3,90 @@ bootstrap interval, from per-image pixel counts (lightning_modules.metrics.segme
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from evaluation.bootstrap import bootstrap_intervals, interval_text, with_interval
+from evaluation.bootstrap import bootstrap_intervals, interval_text, ratio_of_sums, with_interval
 from lightning_modules.metrics import per_image_scores, segmentation_scores
 from lightning_modules.visualization import segmentation_figure
 
 IOU_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 PIXEL_COUNTS = ("tp", "fp", "tn", "fn")  # the columns of segmentation_stats, kept per image so reports can be compared
+BOUNDARY_DISTANCES = ("hd95", "mean_surface_distance")
+BOUNDARY_RULE = (
+    "per image with a tumour in both truth and prediction (MONAI, in pixels at the model's input size), averaged "
+    "over those images; undefined where either mask is empty"
+)
 EMPTY_TRUTH_RULE = (
     "per-image IoU/Dice is 1 when truth and prediction are both empty, 0 when only the truth is; such images add "
     "nothing to the global scores, which pool pixels over all images"
 )
 
 
-def segmentation_report(stats: torch.Tensor, files: list[str], resamples: int = 1000, seed: int = 0) -> dict:
+def segmentation_report(
+    stats: torch.Tensor,
+    files: list[str],
+    resamples: int = 1000,
+    seed: int = 0,
+    labels: list[str] | None = None,
+    distances: np.ndarray | None = None,
+) -> dict:
     """JSON-ready numbers from per-image [tp, fp, tn, fn, support] rows, every IoU and Dice with
-    its 95% bootstrap interval, and every image's IoU, Dice and pixel counts."""
+    its 95% bootstrap interval, and every image's IoU, Dice and pixel counts; with each image's
+    class (`labels`), the mean Dice per class; with its boundary `distances` (N, 2: 95th-percentile
+    Hausdorff and mean surface distance, NaN where undefined), their means."""
     iou, dice = per_image_scores(stats)
     has_tumor = (stats[:, 0] + stats[:, 3]) > 0
     predicted_empty = (stats[:, 0] + stats[:, 1]) == 0
     point = segmentation_scores(stats)
     statistics = {name: (lambda indices, name=name: segmentation_scores(stats[indices])[name]) for name in point}
+    tumor, healthy = has_tumor.numpy(), ~has_tumor.numpy()
+    found = ~predicted_empty.numpy()
+    statistics["tumor_slices_given_a_tumor"] = ratio_of_sums(tumor & found, tumor)
+    statistics["healthy_slices_given_none"] = ratio_of_sums(healthy & ~found, healthy)
+    dice_values = dice.numpy()
+    classes = sorted({label for label, t in zip(labels or [], tumor) if t})
+    for name in classes:
+        of_class = np.array([label == name for label in labels]) & tumor
+        statistics[f"dice/{name}"] = ratio_of_sums(dice_values * of_class, of_class)
+    if distances is not None:
+        for column, name in enumerate(BOUNDARY_DISTANCES):
+            defined = np.isfinite(distances[:, column])
+            statistics[name] = ratio_of_sums(np.where(defined, distances[:, column], 0), defined)
+    everything = np.arange(len(stats))
     intervals = bootstrap_intervals(statistics, len(stats), resamples, seed)
+    extra = {
+        name: with_interval(statistics[name](everything), intervals[name]) for name in statistics if name not in point
+    }
     return {
         "num_images": len(stats),
         **{name: with_interval(value, intervals[name]) for name, value in point.items()},
+        "detection": {
+            "tumor_slices": int(tumor.sum()),
+            "healthy_slices": int(healthy.sum()),
+            "tumor_slices_given_a_tumor": extra.pop("tumor_slices_given_a_tumor"),
+            "healthy_slices_given_none": extra.pop("healthy_slices_given_none"),
+        },
+        "dice_per_class": {name: extra.pop(f"dice/{name}") for name in classes},
+        **(
+            {
+                "boundary_distance_px": {
+                    **{name: extra.pop(name) for name in BOUNDARY_DISTANCES},
+                    "images": int(np.isfinite(distances[:, 0]).sum()),
+                    "how_counted": BOUNDARY_RULE,
+                }
+            }
+            if distances is not None
+            else {}
+        ),
+        "per_image_dice_quantiles": {
+            f"q{round(q * 100)}": float(torch.quantile(dice[has_tumor], q)) for q in IOU_QUANTILES
+        }
+        if has_tumor.any()
+        else {},
         "per_image_iou_quantiles": {
             f"q{round(q * 100)}": float(torch.quantile(iou[has_tumor], q)) for q in IOU_QUANTILES
         }
@@ -47,8 +103,17 @@ def segmentation_report(stats: torch.Tensor, files: list[str], resamples: int = 
                 "iou": round(float(i), 4),
                 "dice": round(float(d), 4),
                 **dict(zip(PIXEL_COUNTS, map(int, counts[:4]))),
+                **({"label": labels[index]} if labels else {}),
+                **(
+                    {
+                        name: round(float(value), 3) if np.isfinite(value) else None
+                        for name, value in zip(BOUNDARY_DISTANCES, distances[index])
+                    }
+                    if distances is not None
+                    else {}
+                ),
             }
-            for file, i, d, counts in zip(files, iou, dice, stats.tolist())
+            for index, (file, i, d, counts) in enumerate(zip(files, iou, dice, stats.tolist()))
         ],
     }
 
@@ -63,18 +128,33 @@ def format_segmentation_report(report: dict, title: str) -> str:
     def text(name: str) -> str:
         return interval_text(report[name])
 
-    empty = report["empty_ground_truth"]
+    empty, detection = report["empty_ground_truth"], report["detection"]
     quantiles = ", ".join(f"{k} {v:.3f}" for k, v in report["per_image_iou_quantiles"].items())
-    return "\n".join(
-        [
-            f"{title}: {report['num_images']} images (95% bootstrap intervals)",
-            f"global (pixels pooled):  IoU {text('iou_global')}  Dice {text('dice_global')}",
-            f"mean per image:          IoU {text('iou_per_image')}  Dice {text('dice_per_image')}",
-            f"mean per tumor image:    IoU {text('iou_per_tumor_image')}",
-            f"per-image IoU quantiles (tumor images): {quantiles}",
-            f"empty ground truth: {empty['images']} images, {empty['predicted_empty']} predicted empty",
-        ]
-    )
+    dice_quantiles = ", ".join(f"{k} {v:.3f}" for k, v in report["per_image_dice_quantiles"].items())
+    lines = [
+        f"{title}: {report['num_images']} images (95% bootstrap intervals)",
+        f"global (pixels pooled):  IoU {text('iou_global')}  Dice {text('dice_global')}",
+        f"mean per image:          IoU {text('iou_per_image')}  Dice {text('dice_per_image')}",
+        f"mean per tumor image:    IoU {text('iou_per_tumor_image')}  Dice {text('dice_per_tumor_image')}",
+        f"per-image quantiles (tumor images): IoU {quantiles}; Dice {dice_quantiles}",
+        f"tumour slices given a tumour: {interval_text(detection['tumor_slices_given_a_tumor'])} "
+        f"(of {detection['tumor_slices']}); healthy slices given none: "
+        f"{interval_text(detection['healthy_slices_given_none'])} (of {detection['healthy_slices']})",
+        f"empty ground truth: {empty['images']} images, {empty['predicted_empty']} predicted empty",
+    ]
+    if report["dice_per_class"]:
+        lines.append(
+            "mean Dice per class: "
+            + ", ".join(f"{name} {interval_text(entry)}" for name, entry in report["dice_per_class"].items())
+        )
+    if "boundary_distance_px" in report:
+        boundary = report["boundary_distance_px"]
+        lines.append(
+            f"boundary distance (px, {boundary['images']} images with both masks): 95th-percentile "
+            f"Hausdorff {interval_text(boundary['hd95'])}, mean surface "
+            f"{interval_text(boundary['mean_surface_distance'])}"
+        )
+    return "\n".join(lines)
 
 
 def worst_and_best(report: dict, count: int = 4) -> dict[str, list[int]]:
@@ -89,3 +169,19 @@ def case_figure(
     """Image / truth / prediction rows for the given images, titled with their IoU."""
     titles = [f"IoU {report['per_image'][i]['iou']:.2f}" for i in indices]
     return segmentation_figure(images, truths, predictions, titles)
+
+
+def boundary_distances(predicted: torch.Tensor, truth: torch.Tensor) -> np.ndarray:
+    """(N, 2) 95th-percentile Hausdorff and mean surface distances (MONAI's, symmetric, in pixels)
+    between predicted and true masks (N, 1, H, W); NaN where either mask is empty."""
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance
+
+    distances = np.full((len(truth), 2), np.nan)
+    both = (predicted.flatten(1).any(dim=1) & truth.flatten(1).any(dim=1)).numpy()
+    if both.any():
+        pair = predicted[both].float(), truth[both].float()
+        with warnings.catch_warnings():  # MONAI's deprecation notes of its own internals
+            warnings.simplefilter("ignore")
+            distances[both, 0] = compute_hausdorff_distance(*pair, percentile=95).flatten().numpy()
+            distances[both, 1] = compute_average_surface_distance(*pair, symmetric=True).flatten().numpy()
+    return distances

@@ -62,6 +62,7 @@ def segmentation_scores(stats: torch.Tensor) -> dict[str, float]:
         "iou_per_image": float(iou.mean()),
         "dice_per_image": float(dice.mean()),
         "iou_per_tumor_image": float(iou[has_tumor].mean()) if has_tumor.any() else float("nan"),
+        "dice_per_tumor_image": float(dice[has_tumor].mean()) if has_tumor.any() else float("nan"),
     }
 
 

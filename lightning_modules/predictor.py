@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.classification import CLASS_NAMES
+from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.common import load_image_file
 from datamodules.errors import InputImageError, UserError
 from lightning_modules.bundled import BUNDLED_MODELS
@@ -23,6 +23,7 @@ from lightning_modules.tta import classify, run_with_tta
 # An input whose shorter side is below this share of the model's input size is blown up so much
 # that the model sees mostly interpolation: it is still predicted, with a warning.
 SMALL_INPUT_FRACTION = 0.25
+NO_TUMOR = CLASS_NAMES[NO_TUMOR_CLASS]
 
 
 @dataclass
@@ -42,6 +43,23 @@ class Prediction:
     def predicted_class(self) -> str | None:
         return max(self.probabilities, key=self.probabilities.get) if self.probabilities else None
 
+    @property
+    def models_agree(self) -> bool | None:
+        """Whether the classifier and the segmenter agree on "is there a tumour?"; None unless both ran."""
+        if not self.probabilities or self.tumor_mask is None:
+            return None
+        return (self.predicted_class != NO_TUMOR) == bool(self.tumor_mask.any())
+
+    @property
+    def disagreement(self) -> str | None:
+        """What the two models say when they disagree on whether there is a tumour."""
+        if self.models_agree is not False:
+            return None
+        said = f"the classifier says {self.predicted_class.replace('_', ' ')} ({self.probabilities[self.predicted_class]:.0%})"
+        if self.tumor_mask.any():
+            return f"{said}, the segmenter finds a tumour of {int(self.tumor_mask.sum())} px"
+        return f"{said}, the segmenter finds no tumour"
+
     def row(self) -> dict:
         """One line of the predictions table."""
         row = {"file": self.path}
@@ -52,7 +70,12 @@ class Prediction:
         if self.tumor_mask is not None:
             row["tumor_area_px"] = int(self.tumor_mask.sum())
             row["tumor_area_fraction"] = round(float(self.tumor_mask.mean()), 6)
-        return row | {"warning": "; ".join(self.warnings), "error": self.error or ""}
+        if self.models_agree is not None:
+            row["models_agree"] = int(self.models_agree)
+        doubts = self.warnings + (
+            [f"{self.path}: the models disagree: {self.disagreement}"] if self.disagreement else []
+        )
+        return row | {"warning": "; ".join(doubts), "error": self.error or ""}
 
 
 class TumorPredictor:

@@ -9,11 +9,27 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.errors import ConfigError, check_range
 from lightning_modules.base import TaskModule
-from lightning_modules.metrics import best_threshold, segmentation_scores, segmentation_stats, threshold_curve
+from lightning_modules.metrics import (
+    THRESHOLD_GRID,
+    best_threshold,
+    segmentation_scores,
+    segmentation_stats,
+    threshold_curve,
+)
 from lightning_modules.models import create_segmenter
 from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.pretrained import load_encoder_weights
 from lightning_modules.visualization import segmentation_figure
+
+HEALTHY_FALSE_POSITIVE_SHARE = 0.02  # of healthy validation slices that the fitted decision may give a tumour
+
+
+def tumor_area_threshold(healthy_areas: torch.Tensor, share: float = HEALTHY_FALSE_POSITIVE_SHARE) -> float:
+    """The least tumour area (pixels) that at most `share` of these healthy slices reach; 0 without any."""
+    if not len(healthy_areas):
+        return 0.0
+    allowed = int(share * len(healthy_areas))  # healthy slices that may still be given a tumour
+    return float(healthy_areas.sort(descending=True).values[allowed]) + 1
 
 
 class SegmentationModule(TaskModule):
@@ -70,19 +86,26 @@ class SegmentationModule(TaskModule):
         # with the best global IoU on each epoch's validation split, so every checkpoint has its own.
         # (Training still selects checkpoints by IoU at 0.5, which the threshold does not influence.)
         self.register_buffer("threshold", torch.tensor(0.5))
+        # "Is there a tumour?": a slice is given one only when at least this many pixels (at the model's
+        # input size) reach the threshold, the least area that at most HEALTHY_FALSE_POSITIVE_SHARE of the
+        # healthy validation slices reach; fitted with the threshold. 0: any pixel (no healthy slices seen).
+        self.register_buffer("tumor_area_threshold", torch.tensor(0.0))
+        self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: areas at each threshold, has tumour
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
     def tumor_masks(self, logits: torch.Tensor, min_tumor_area: int | None = None) -> torch.Tensor:
         """Binary masks (N, 1, H, W) from logits: probabilities at or above the fitted threshold,
-        without tumours smaller than `min_tumor_area` pixels (default: the module's)."""
+        without tumours smaller than `min_tumor_area` pixels (default: the module's), and empty
+        for a slice whose tumour area stays below the fitted `tumor_area_threshold` (no tumour)."""
         masks = logits.float().sigmoid() >= self.threshold
         min_area = self.hparams.min_tumor_area if min_tumor_area is None else min_tumor_area
         if min_area > 1:
             kept = [remove_small_components(mask[0].cpu().numpy().astype(np.uint8), min_area) for mask in masks]
             masks = torch.from_numpy(np.stack(kept)[:, None] > 0).to(masks.device)
-        return masks
+        has_tumor = masks.flatten(1).sum(dim=1) >= self.tumor_area_threshold.clamp_min(1)
+        return masks & has_tumor[:, None, None, None]
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
@@ -105,7 +128,11 @@ class SegmentationModule(TaskModule):
         logits = self(images)
         self.log("val/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True)
         self.val_stats.update(logits.sigmoid(), masks.int())
-        self.val_threshold_curve.update(logits.float().sigmoid(), masks.int())
+        probabilities = logits.float().sigmoid()
+        self.val_threshold_curve.update(probabilities, masks.int())
+        grid = torch.tensor(THRESHOLD_GRID, device=probabilities.device)
+        areas = (probabilities.flatten(1)[:, :, None] >= grid).sum(dim=1)  # (N, thresholds)
+        self._val_areas.append((areas, masks.flatten(1).amax(dim=1) > 0))
         if batch_idx == 0 and self._preview_due():
             count = self.hparams.preview_images
             figure = segmentation_figure(images[:count], masks[:count], logits[:count] > 0)
@@ -125,7 +152,21 @@ class SegmentationModule(TaskModule):
         if not self.trainer.sanity_checking:
             self.threshold.fill_(threshold)
             self.log_dict({"val/threshold": threshold, "val/iou_global_at_threshold": iou})
+            self._fit_tumor_decision(min(range(len(THRESHOLD_GRID)), key=lambda i: abs(THRESHOLD_GRID[i] - threshold)))
+        self._val_areas.clear()
+
+    def _fit_tumor_decision(self, threshold_index: int) -> None:
+        """Fit `tumor_area_threshold` on this epoch's validation slices (of every process)."""
+        areas, has_tumor = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_areas))
+        areas, has_tumor = areas.reshape(-1, len(THRESHOLD_GRID))[:, threshold_index], has_tumor.reshape(-1)
+        self.tumor_area_threshold.fill_(tumor_area_threshold(areas[~has_tumor]))
+        found = areas >= self.tumor_area_threshold.clamp_min(1)
+        rates = {"val/tumor_slices_found": found[has_tumor], "val/healthy_slices_given_a_tumor": found[~has_tumor]}
+        self.log_dict({name: values.float().mean() for name, values in rates.items() if len(values)})
+        self.log("val/tumor_area_threshold", self.tumor_area_threshold)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Checkpoints from before threshold tuning cut at 0.5.
         checkpoint["state_dict"].setdefault("threshold", torch.tensor(0.5))
+        # ... and those from before the tumour decision give any slice with a pixel above it a tumour.
+        checkpoint["state_dict"].setdefault("tumor_area_threshold", torch.tensor(0.0))

@@ -68,6 +68,7 @@ class TrainedModel:
         if slim:
             arguments = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
             module = module_class(**arguments)
+            module.on_load_checkpoint(checkpoint)  # fills in what older files lack, as for a checkpoint
             module.load_state_dict(checkpoint["state_dict"])
             module = module.to(device).eval()
         else:

@@ -13,13 +13,14 @@ import pytest
 import timm
 import torch
 
+from datamodules.classification import CLASS_NAMES
 from datamodules.errors import UserError
 from lightning_modules.bundled import BUNDLED_MODELS, models_to_use
 from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam
 from lightning_modules.models import create_segmenter
-from lightning_modules.predictor import TumorPredictor
+from lightning_modules.predictor import Prediction, TumorPredictor
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
@@ -392,3 +393,33 @@ def test_recalibrating_a_checkpoint_refits_what_training_fitted(trained_classifi
     assert float(refitted.temperature) == pytest.approx(float(original.temperature), rel=0.05)
     assert float(refitted.unfamiliar_threshold) == pytest.approx(float(original.unfamiliar_threshold), rel=0.1)
     assert torch.equal(refitted.net.head[-1].weight, original.net.head[-1].weight)
+
+
+@pytest.mark.parametrize(
+    ("predicted", "tumor_px", "agree", "said"),
+    [
+        ("no_tumor", 120, False, "the classifier says no tumor (90%), the segmenter finds a tumour of 120 px"),
+        ("glioma", 0, False, "the classifier says glioma (90%), the segmenter finds no tumour"),
+        ("glioma", 120, True, None),
+        ("no_tumor", 0, True, None),
+    ],
+)
+def test_disagreement_of_the_two_models_is_said_in_the_table_and_on_the_page(predicted, tumor_px, agree, said):
+    import app
+
+    probabilities = {name: 0.9 if name == predicted else 0.1 / 3 for name in CLASS_NAMES}
+    mask = np.zeros((20, 20), np.uint8)
+    mask.flat[:tumor_px] = 1
+    prediction = Prediction(
+        "slice.png", image=np.zeros((20, 20, 3), np.uint8), probabilities=probabilities, tumor_mask=mask
+    )
+    assert prediction.models_agree is agree and prediction.disagreement == said
+    row = prediction.row()
+    assert row["models_agree"] == int(agree)
+    assert (f"slice.png: the models disagree: {said}" in row["warning"]) == (not agree)
+    assert ("**The two models disagree:**" in app.describe(prediction)) == (not agree)
+
+
+def test_one_model_alone_has_nothing_to_disagree_with():
+    prediction = Prediction("slice.png", probabilities={name: 0.25 for name in CLASS_NAMES})
+    assert prediction.models_agree is None and "models_agree" not in prediction.row()

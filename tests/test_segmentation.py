@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from datamodules import DatasetError, SegmentationDataModule
-from datamodules.segmentation import read_coco_split
+from datamodules.coco import read_coco_split
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
 from lightning_modules.pretrained import PretrainedWeightsError
+from lightning_modules.segmentation import tumor_area_threshold
 from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
 
 
@@ -94,6 +95,7 @@ def test_metrics_of_perfect_and_empty_predictions():
         "iou_per_image": 1.0,
         "dice_per_image": 1.0,
         "iou_per_tumor_image": 1.0,
+        "dice_per_tumor_image": 1.0,
     }
     empty = segmentation_stats()
     empty.update(torch.zeros_like(target, dtype=torch.float), target)
@@ -209,7 +211,7 @@ def test_a_split_without_readable_images_is_an_error(coco_root):
         image.write_bytes(b"")
     with (
         pytest.warns(UserWarning),
-        pytest.raises(DatasetError, match="valid: none of its 6 annotated images is readable"),
+        pytest.raises(DatasetError, match="valid: none of its 6 images is readable"),
     ):
         setup_datamodule(coco_root)
 
@@ -262,3 +264,21 @@ def test_pretrained_weights_are_loaded_into_the_network_that_exists(tmp_path):
     parameters = {name: id(value) for name, value in module.net.named_parameters()}
     module.load_pretrained_weights()
     assert {name: id(value) for name, value in module.net.named_parameters()} == parameters
+
+
+def test_the_tumor_decision_leaves_at_most_two_percent_of_healthy_slices_a_tumor():
+    healthy = torch.tensor([0.0] * 90 + [3, 3, 5, 8, 20, 40, 41, 50, 60, 100])  # 100 healthy slices' areas
+    threshold = tumor_area_threshold(healthy)
+    assert threshold == 51  # two slices (60 and 100 px) may keep a tumour, no more
+    assert int((healthy >= threshold).sum()) == 2
+    assert tumor_area_threshold(torch.tensor([])) == 0.0  # no healthy slices: any pixel is a tumour
+
+
+def test_masks_below_the_tumor_area_threshold_are_empty():
+    module = SegmentationModule(encoder_name="resnet18")
+    logits = torch.full((2, 1, 32, 32), -10.0)
+    logits[0, 0, :10, :10] = 10  # 100 px
+    logits[1, 0, :4, :4] = 10  # 16 px
+    module.tumor_area_threshold.fill_(50)
+    masks = module.tumor_masks(logits)
+    assert masks[0].sum() == 100 and masks[1].sum() == 0

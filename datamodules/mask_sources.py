@@ -1,0 +1,214 @@
+"""Where segmentation images and their tumour masks come from, whatever the layout a user has:
+
+- a Roboflow COCO export, ROOT/{train,valid,test}/ with `_annotations.coco.json` (its own split),
+  or one split folder of it;
+- image/mask folder pairs, ROOT/images/ + ROOT/masks/ with matching names (the common Kaggle copy of
+  figshare), optionally ROOT/metadata.csv with `image,mask,label,patient_id`;
+- masks beside their images as NAME_mask.png (the LGG kaggle_3m layout, a folder per patient);
+- the original figshare download, a folder of MATLAB v7.3 `.mat` slices (datamodules.figshare);
+- healthy slices (`negatives`): a classification dataset root or class folder, whose no-tumour
+  images get empty masks.
+
+Each layout becomes a list of `MaskedImage`: the image, where its mask is, its class and patient
+when known, and the source's own split when it has one."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_info
+
+from datamodules.coco import ANNOTATION_FILE, read_coco_split
+from datamodules.common import IMAGE_SUFFIXES, LoadedImage, decode_image, describe_image, list_images
+from datamodules.errors import DatasetError, InputImageError
+from datamodules.figshare import figshare_label_and_patient, read_figshare_slice
+
+TUMOR = "tumor"  # the class of a tumour slice whose type the source does not say
+NO_TUMOR = "no_tumor"
+COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
+NO_TUMOR_FOLDERS = ("no_tumor", "notumor", "no", "healthy", "normal")
+MASK_SUFFIX = "_mask"
+
+
+@dataclass
+class MaskedImage:
+    """One segmentation image and where its mask comes from."""
+
+    path: Path  # the image file, or the .mat file that holds image and mask
+    mask: np.ndarray | Path | None  # the full-size mask, a mask image file, or None: a healthy slice
+    label: str = TUMOR  # the tumour class when known, TUMOR when not, NO_TUMOR for a healthy slice
+    patient: str | None = None
+    split: str | None = None  # the source's own split ("train", "val", "test"); None: the seeded split decides
+
+
+@dataclass
+class Source:
+    """One root and what was found in it."""
+
+    root: Path
+    layout: str
+    images: list[MaskedImage]
+
+
+def read_mask_file(path: Path) -> np.ndarray | None:
+    """A mask image as {0, 1}: any nonzero pixel of a 0/1 mask, pixels above half of a 0/255 one."""
+    mask = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE) if path.is_file() else None
+    if mask is None:
+        return None
+    return (mask > (127 if mask.max() > 1 else 0)).astype(np.uint8)
+
+
+def load_masked_image(item: MaskedImage, size: int, channels: int) -> tuple[LoadedImage, np.ndarray] | None:
+    """The image resized for training with its hashes, and its mask at the same size; None when
+    the image or its mask cannot be read, or their sizes differ."""
+    raw = item.path.read_bytes()
+    if item.path.suffix.lower() == ".mat":
+        try:
+            figshare = read_figshare_slice(item.path)
+        except InputImageError:
+            return None
+        image, mask = figshare.image[:, :, None], figshare.mask
+        if channels == 3:
+            image = np.repeat(image, 3, axis=2)
+    else:
+        image = decode_image(raw, channels)
+        if image is None:
+            return None
+        mask = read_mask_file(item.mask) if isinstance(item.mask, Path) else item.mask
+        if mask is None and isinstance(item.mask, Path):
+            return None
+        mask = np.zeros(image.shape[:2], np.uint8) if mask is None else mask
+    if mask.shape != image.shape[:2]:
+        return None
+    resized = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return describe_image(image, raw, size, channels), resized
+
+
+def find_layout(root: Path) -> str:
+    """Which of the layouts above `root` is; a one-line error for a folder that is none of them."""
+    if not root.is_dir():
+        raise DatasetError(f"{root}: data root does not exist or is not a folder")
+    if (root / ANNOTATION_FILE).is_file():
+        return "coco split"
+    if any((root / folder / ANNOTATION_FILE).is_file() for folder in COCO_SPLITS):
+        return "coco export"
+    if (root / "images").is_dir() and (root / "masks").is_dir():
+        return "image/mask folders"
+    if next(root.rglob("*.mat"), None) is not None:
+        return "figshare .mat"
+    if any(path.stem.endswith(MASK_SUFFIX) for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES):
+        return "masks beside images"
+    if no_tumor_folders(root):
+        return "healthy slices"
+    raise DatasetError(
+        f"{root}: no segmentation data found (a COCO export, images/ + masks/, .mat slices, NAME{MASK_SUFFIX}.png "
+        "beside NAME.png, or a classification dataset's no-tumour images)"
+    )
+
+
+def read_source(root: str | Path, for_evaluation: bool = False, category_names: list[str] | None = None) -> Source:
+    """Every image of `root` with its mask. For evaluation, a COCO export gives its test/ (else
+    valid/) split and a classification dataset its Testing/ (else Training/) no-tumour images."""
+    root = Path(root)
+    layout = find_layout(root)
+    if layout == "coco export":
+        folders = {name: split for name, split in COCO_SPLITS.items() if (root / name).is_dir()}
+        for required in ("train", "valid"):
+            if required not in folders and not for_evaluation:
+                raise DatasetError(f"{root}: no {required}/ folder (expected ROOT/{{train,valid,test}}/)")
+        if for_evaluation:
+            folders = {name: None for name in (("test",) if "test" in folders else ("valid",))}
+        images = [item for name, split in folders.items() for item in coco_images(root / name, split, category_names)]
+    elif layout == "coco split":
+        images = coco_images(root, None, category_names)
+    elif layout == "image/mask folders":
+        images = image_mask_pairs(root)
+    elif layout == "figshare .mat":
+        described = {path: figshare_label_and_patient(path) for path in sorted(root.rglob("*.mat"))}
+        images = [MaskedImage(path, None, *about) for path, about in described.items() if about is not None]
+        if not images:
+            raise DatasetError(f"{root}: none of its .mat files is a figshare slice (struct cjdata)")
+    elif layout == "masks beside images":
+        images = masks_beside_images(root)
+    else:
+        images = healthy_slices(root, for_evaluation)
+    return Source(root, layout, images)
+
+
+def coco_images(folder: Path, split: str | None, category_names: list[str] | None) -> list[MaskedImage]:
+    paths, masks, report = read_coco_split(folder, category_names)
+    rank_zero_info(f"Segmentation data {report.summary(folder.name)}")
+    return [MaskedImage(path, mask, TUMOR if mask.any() else NO_TUMOR, None, split) for path, mask in zip(paths, masks)]
+
+
+def image_mask_pairs(root: Path) -> list[MaskedImage]:
+    """ROOT/images/NAME.* with ROOT/masks/NAME.*; labels and patients from ROOT/metadata.csv when present."""
+    masks = {path.stem: path for path in list_images(root / "masks")}
+    metadata = {}
+    if (root / "metadata.csv").is_file():
+        with open(root / "metadata.csv", newline="") as handle:
+            for row in csv.DictReader(handle):
+                if "image" not in row:
+                    raise DatasetError(
+                        f"{root / 'metadata.csv'}: no 'image' column (expected image,mask,label,patient_id)"
+                    )
+                metadata[Path(row["image"]).stem] = row
+    images, unmatched = [], []
+    for path in list_images(root / "images"):
+        if path.stem not in masks:
+            unmatched.append(path.name)
+            continue
+        row = metadata.get(path.stem, {})
+        images.append(MaskedImage(path, masks[path.stem], row.get("label") or TUMOR, row.get("patient_id") or None))
+    if unmatched:
+        raise DatasetError(f"{root / 'images'}: {len(unmatched)} images without a mask in masks/, e.g. {unmatched[0]}")
+    if not images:
+        raise DatasetError(f"{root / 'images'}: no images")
+    return images
+
+
+def masks_beside_images(root: Path) -> list[MaskedImage]:
+    """NAME.tif (or .png ...) with NAME_mask.tif beside it; the folder's name is the patient."""
+    images = []
+    for mask in sorted(p for p in root.rglob(f"*{MASK_SUFFIX}.*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        image = mask.with_name(mask.stem.removesuffix(MASK_SUFFIX) + mask.suffix)
+        if not image.is_file():
+            raise DatasetError(f"{mask}: no image beside it ({image.name})")
+        images.append(MaskedImage(image, mask, TUMOR, mask.parent.name if mask.parent != root else None))
+    return images
+
+
+def no_tumor_folders(root: Path) -> list[Path]:
+    """The no-tumour class folders of a classification dataset root (Training/ and Testing/), of a
+    split folder, or `root` itself when it is one."""
+    if root.name.lower() in NO_TUMOR_FOLDERS:
+        return [root]
+    found = []
+    for folder in [root, *(p for p in root.iterdir() if p.is_dir())]:
+        found += [p for p in folder.iterdir() if p.is_dir() and p.name.lower() in NO_TUMOR_FOLDERS]
+    return sorted(set(found))
+
+
+def healthy_slices(root: str | Path, for_evaluation: bool = False) -> list[MaskedImage]:
+    """A classification dataset's no-tumour images, each with an empty mask. For training, its
+    Training/ split only (Testing/ stays unseen); for evaluation, Testing/ when it has one."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: healthy-slice folder does not exist or is not a folder")
+    folders = no_tumor_folders(root)
+    split_of = {folder: folder.parent.name.lower() for folder in folders}
+    wanted = "testing" if for_evaluation and "testing" in split_of.values() else "training"
+    if wanted in split_of.values():
+        folders = [folder for folder in folders if split_of[folder] in (wanted,)]
+    else:  # a bare class folder, or class folders without split folders above them
+        folders = [folder for folder in folders if split_of[folder] not in ("testing", "training")] or folders
+    if not folders:
+        raise DatasetError(f"{root}: no no-tumour class folder ({', '.join(NO_TUMOR_FOLDERS)}) in it")
+    images = [MaskedImage(path, None, NO_TUMOR) for folder in folders for path in list_images(folder)]
+    if not images:
+        raise DatasetError(f"{', '.join(map(str, folders))}: no images")
+    return images
