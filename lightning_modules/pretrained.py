@@ -145,6 +145,18 @@ def classifier_backbone(path: str | Path, encoder_name: str) -> dict[str, torch.
     }
 
 
+def pretraining_fingerprints(encoder_weights: str | None) -> dict[str, torch.Tensor] | None:
+    """The training-image fingerprints of the classification checkpoint an encoder starts from
+    (None for other sources): images its weights have seen, so evaluation can leave them out."""
+    if encoder_weights in (None, "imagenet") or not (
+        Path(encoder_weights).is_dir() or Path(encoder_weights).suffix == ".ckpt"
+    ):
+        return None
+    checkpoint = read_checkpoint(find_checkpoint(encoder_weights))
+    state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
+    return state.get("training_fingerprints")
+
+
 def smp_imagenet_weights(encoder_name: str) -> dict[str, torch.Tensor]:
     """smp's ImageNet weights of an encoder, from the Hugging Face hub (where smp keeps them)."""
     import segmentation_models_pytorch as smp

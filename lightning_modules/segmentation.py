@@ -18,7 +18,7 @@ from lightning_modules.metrics import (
 )
 from lightning_modules.models import create_segmenter
 from lightning_modules.postprocessing import remove_small_components
-from lightning_modules.pretrained import load_encoder_weights
+from lightning_modules.pretrained import load_encoder_weights, pretraining_fingerprints
 from lightning_modules.visualization import segmentation_figure
 
 HEALTHY_FALSE_POSITIVE_SHARE = 0.02  # of healthy validation slices that the fitted decision may give a tumour
@@ -90,7 +90,11 @@ class SegmentationModule(TaskModule):
         # input size) reach the threshold, the least area that at most HEALTHY_FALSE_POSITIVE_SHARE of the
         # healthy validation slices reach; fitted with the threshold. 0: any pixel (no healthy slices seen).
         self.register_buffer("tumor_area_threshold", torch.tensor(0.0))
-        self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: areas at each threshold, has tumour
+        self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # Fingerprints of the images a classifier this encoder was pretrained from saw (checkpoints keep them).
+        self.pretraining_fingerprints: dict[str, torch.Tensor] | None = (
+            None  # per batch: areas at each threshold, has tumour
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -111,6 +115,7 @@ class SegmentationModule(TaskModule):
         hp = self.hparams
         if hp.encoder_weights is not None:
             load_encoder_weights(self.net.encoder, hp.encoder_name, hp.encoder_weights)
+            self.pretraining_fingerprints = pretraining_fingerprints(hp.encoder_weights)
             rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -165,7 +170,12 @@ class SegmentationModule(TaskModule):
         self.log_dict({name: values.float().mean() for name, values in rates.items() if len(values)})
         self.log("val/tumor_area_threshold", self.tumor_area_threshold)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.pretraining_fingerprints:
+            checkpoint["pretraining_fingerprints"] = self.pretraining_fingerprints
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.pretraining_fingerprints = checkpoint.get("pretraining_fingerprints")
         # Checkpoints from before threshold tuning cut at 0.5.
         checkpoint["state_dict"].setdefault("threshold", torch.tensor(0.5))
         # ... and those from before the tumour decision give any slice with a pixel above it a tumour.

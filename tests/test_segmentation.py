@@ -282,3 +282,41 @@ def test_masks_below_the_tumor_area_threshold_are_empty():
     module.tumor_area_threshold.fill_(50)
     masks = module.tumor_masks(logits)
     assert masks[0].sum() == 100 and masks[1].sum() == 0
+
+
+def test_images_of_the_classifier_an_encoder_was_pretrained_from_count_as_seen(sartaj_root, coco_root, tmp_path):
+    from lightning_modules.trained_model import TrainedModel
+    from tests.conftest import CLS_CONFIG, SEG_CONFIG, TINY_CLS, TINY_SEG, run_folder, run_script
+
+    tiny_resnet = ["--model.model", "resnet18", "--model.model_kwargs", "{}"]
+    result = run_script(
+        "train.py",
+        "--config",
+        CLS_CONFIG,
+        "--data.root",
+        str(sartaj_root),
+        *TINY_CLS,
+        *tiny_resnet,
+        "--trainer.max_epochs",
+        "1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    classifier = TrainedModel.load(run_folder(tmp_path), None, torch.device("cpu")).training_fingerprints
+    result = run_script(
+        "train.py",
+        "--config",
+        SEG_CONFIG,
+        "--data.root",
+        str(coco_root),
+        *TINY_SEG,
+        "--model.encoder_weights",
+        str(run_folder(tmp_path)),
+        "--trainer.max_epochs",
+        "1",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = TrainedModel.load(run_folder(tmp_path, "seg"), None, torch.device("cpu")).training_fingerprints
+    assert len(seen) == len(classifier) + 8 + 6  # the classifier's images, then the segmenter's train and valid
+    assert {row.tobytes() for row in classifier.sha1} <= {row.tobytes() for row in seen.sha1}
