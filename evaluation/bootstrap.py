@@ -17,17 +17,27 @@ def ratio_of_sums(numerator: np.ndarray, denominator: np.ndarray) -> Statistic:
 
 
 def bootstrap_intervals(
-    statistics: dict[str, Statistic], size: int, resamples: int = 1000, seed: int = 0, level: float = 0.95
+    statistics: dict[str, Statistic],
+    size: int,
+    resamples: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    joint: Callable[[np.ndarray], dict[str, float]] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """A `level` interval for each statistic, from the same seeded resamples of `size` images
     drawn with replacement. Resamples where a statistic is undefined (NaN, e.g. a recall of a
-    class that the resample lacks) are left out of that statistic's interval."""
+    class that the resample lacks) are left out of that statistic's interval. `joint` computes
+    several statistics in one pass over a resample (their names are its keys)."""
     rng = np.random.default_rng(seed)
     samples = [rng.integers(0, size, size) for _ in range(resamples)]
     tails = [(1 - level) / 2, (1 + level) / 2]
     intervals = {}
-    for name, statistic in statistics.items():
-        values = np.array([statistic(indices) for indices in samples], dtype=float)
+    columns = {name: [statistic(indices) for indices in samples] for name, statistic in statistics.items()}
+    if joint is not None:
+        rows = [joint(indices) for indices in samples]
+        columns |= {name: [row[name] for row in rows] for name in (rows[0] if rows else {})}
+    for name, column in columns.items():
+        values = np.array(column, dtype=float)
         values = values[np.isfinite(values)]
         low, high = np.quantile(values, tails) if len(values) else (np.nan, np.nan)
         intervals[name] = (float(low), float(high))

@@ -159,3 +159,16 @@ def test_auroc_of_a_class_without_images_is_undefined_and_raises_no_warning():
         aurocs = auroc_per_class(probabilities, labels, CLASS_NAMES)
         roc_and_pr_figure(probabilities, labels, CLASS_NAMES)
     assert aurocs == {"glioma": 1.0, "meningioma": 1.0, "no_tumor": None, "pituitary": None}
+
+
+def test_boundary_distances_of_a_shifted_mask_and_of_empty_ones():
+    from evaluation.segmentation import boundary_distances
+
+    truth = torch.zeros(3, 1, 64, 64, dtype=torch.bool)
+    truth[:, :, 10:30, 10:30] = True
+    predicted = torch.zeros_like(truth)
+    predicted[0, :, 10:30, 13:33] = True  # the same square, 3 px to the right
+    predicted[1] = truth[1]
+    distances = boundary_distances(predicted, truth)  # image 2: nothing predicted
+    assert distances[0, 0] == pytest.approx(3.0) and distances[1].tolist() == [0.0, 0.0]
+    assert np.isnan(distances[2]).all()
