@@ -183,7 +183,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
             copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance", 2))
         source = ", ".join(args.data_root)
     else:
-        datamodule = trained.datamodule(args.data_root)
+        datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
         datamodule.setup("test")
         datasets = [datamodule.datasets[datamodule.test_split_name]]
         source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
@@ -262,8 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--own_split",
         action="store_true",
-        help="classifier: score the model's own test (else validation) split of --data.root, the "
-        "training data's root moved elsewhere; the split is recomputed from the files, as in training",
+        help="score the model's own test (else validation) split of --data.root, the training data's root "
+        "moved elsewhere; the split is recomputed from the files, as in training",
+    )
+    parser.add_argument(
+        "--data.negatives",
+        dest="data_negatives",
+        nargs="+",
+        help="segmenter, with --own_split: where the healthy slices it was trained with are now",
     )
     parser.add_argument("--output_dir", help="where metrics.json and the figures go (default: RUN/evaluation)")
     parser.add_argument("--batch_size", type=int, default=32)

@@ -5,6 +5,7 @@ they differ only in folder names, which map onto the same four canonical classes
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -25,7 +26,7 @@ from datamodules.common import (
     load_images,
 )
 from datamodules.errors import DatasetError, check_range
-from datamodules.splits import stratified_group_split
+from datamodules.splits import merged_groups, same_patient, stratified_group_split
 
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
@@ -56,12 +57,34 @@ class ClassFolders:
     is_test: bool
     paths: list[Path]
     labels: np.ndarray
+    patients: list[str | None] | None = None  # per image, where the dataset says
+    every_class: bool = True  # a dataset of class folders has all four; a table may have only some
+
+
+def read_metadata_table(root: Path, root_index: int = 0) -> ClassFolders:
+    """ROOT/metadata.csv (`image,label,patient_id`, image paths relative to ROOT), as the figshare
+    dataset's copies come: tumour classes only, and the patient of every slice."""
+    with open(root / "metadata.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = {"image", "label"} - set(rows[0] if rows else {})
+    if missing:
+        raise DatasetError(f"{root / 'metadata.csv'}: no {', '.join(sorted(missing))} column")
+    unknown = sorted({row["label"] for row in rows} - set(FOLDER_TO_CLASS))
+    if unknown:
+        raise DatasetError(
+            f"{root / 'metadata.csv'}: unknown label(s) {unknown}; expected one of {sorted(FOLDER_TO_CLASS)}"
+        )
+    labels = np.array([FOLDER_TO_CLASS[row["label"].lower()] for row in rows], dtype=np.int64)
+    patients = [row.get("patient_id") or None for row in rows]
+    return ClassFolders(root_index, root, False, [root / row["image"] for row in rows], labels, patients, False)
 
 
 def find_class_folders(root: Path, root_index: int = 0) -> list[ClassFolders]:
-    """ROOT/Training (required) and ROOT/Testing (optional), scanned."""
+    """ROOT/Training (required) and ROOT/Testing (optional), scanned; or ROOT/metadata.csv."""
     if not root.is_dir():
         raise DatasetError(f"{root}: data root does not exist or is not a folder")
+    if (root / "metadata.csv").is_file() and find_split_folder(root, "Training") is None:
+        return [read_metadata_table(root, root_index)]
     training_dir = find_split_folder(root, "Training")
     if training_dir is None:
         raise DatasetError(f"{root}: no Training/ folder (expected ROOT/Training/<class>/*.jpg)")
@@ -171,12 +194,21 @@ class ClassificationDataModule(CachedDataModule):
         source_of = source_of[kept_indices]
         labels = np.concatenate([source.labels for source in sources])[kept_indices]
         for index, source in enumerate(sources):
-            check_every_class_readable(source.folder, labels[source_of == index])
+            if source.every_class:
+                check_every_class_readable(source.folder, labels[source_of == index])
         is_test = np.array([sources[index].is_test for index in source_of], dtype=bool)
         root_of = np.array([sources[index].root_index for index in source_of])
         sha1s = [item.sha1 for item in kept]
 
         groups = find_duplicate_groups(sha1s, [item.phash for item in kept], hp.max_phash_distance)
+        patients = [
+            f"{source.root_index}:{same_patient(patient)}" if patient else None
+            for source in sources
+            for patient in (source.patients or [None] * len(source.paths))
+        ]
+        patients = [patients[i] for i in kept_indices]
+        if any(patients):  # a patient's slices, like an image's copies, stay on one side of the split
+            groups = merged_groups(groups, patients)
         keep = self._deduplicate(sha1s, groups, labels, is_test)
         train_pool = np.nonzero(keep & ~is_test)[0]
         train_rel, val_rel = stratified_group_split(labels[train_pool], groups[train_pool], hp.val_fraction, hp.seed)
@@ -224,11 +256,15 @@ class ClassificationDataModule(CachedDataModule):
         folder = (
             root if has_class_folders else find_split_folder(root, "Testing") or find_split_folder(root, "Training")
         )
-        if folder is None:
+        if folder is None and (root / "metadata.csv").is_file():
+            table = read_metadata_table(root)
+            folder, paths, labels = root, table.paths, table.labels
+        elif folder is None:
             raise DatasetError(
                 f"{root}: no class folders, Testing/ or Training/ in it (expected e.g. ROOT/glioma/*.jpg)"
             )
-        paths, labels = scan_class_folders(folder, require_every_class=False)
+        else:
+            paths, labels = scan_class_folders(folder, require_every_class=False)
         kept, kept_indices = load_images(paths, self.hparams.image_size, self.channels)
         if not kept:
             raise DatasetError(f"{folder}: none of its {len(paths)} images is readable")

@@ -79,13 +79,15 @@ class TrainedModel:
             module = module_class.load_from_checkpoint(path, map_location=device, weights_only=True).eval()
         return cls(module, int(data["image_size"]), int(data.get("channels", 3)), str(path), dict(data), data_state)
 
-    def datamodule(self, root: str | list[str] | None = None) -> CachedDataModule:
-        """The datamodule the model was trained with, with its arguments, on `root` if given."""
+    def datamodule(self, root: str | list[str] | None = None, **moved: str | list[str] | None) -> CachedDataModule:
+        """The datamodule the model was trained with, with its arguments, on `root` if given (and other
+        data folders that have moved, e.g. `negatives`)."""
         class_name = str(self.data_hparams.get("_class_path", "")).rsplit(".", 1)[-1]
         if class_name not in DATAMODULES:
             raise CheckpointError(f"{self.checkpoint}: trained with an unknown datamodule '{class_name}'")
         arguments = {key: value for key, value in self.data_hparams.items() if not key.startswith("_")}
-        return DATAMODULES[class_name](**{**arguments, **({"root": root} if root else {})})
+        moved = {key: value for key, value in {"root": root, **moved}.items() if value}
+        return DATAMODULES[class_name](**{**arguments, **moved})
 
     @property
     def training_fingerprints(self) -> Fingerprints | None:

@@ -224,3 +224,24 @@ def test_fingerprints_of_training_images_catch_copies_after_a_checkpoint_round_t
     probes, _ = load_images([source, tmp_path / "recompressed.jpg", tmp_path / "new.png"], 32, 1)
     assert fingerprints.copies_in(probes, max_phash_distance=4) == ["exact copy", "near copy", None]
     assert fingerprints.copies_in(probes, max_phash_distance=None) == ["exact copy", None, None]
+
+
+def test_a_metadata_table_is_a_third_root_split_by_patient(sartaj_root, tmp_path):
+    from datamodules.splits import same_patient
+    from tests.conftest import make_mask_folders
+
+    patients = [f"MR{i:03d}" for i in range(12)] + ["MR900B", "MR900D", "MR900G"]
+    table = make_mask_folders(tmp_path / "figshare", patients, per_patient=3)  # images/ + metadata.csv
+    dm = ClassificationDataModule([str(sartaj_root), str(table)], image_size=32, num_workers=0, val_fraction=0.3)
+    dm.setup("fit")
+    rows = {line.split(",")[0]: line.split(",") for line in (table / "metadata.csv").read_text().splitlines()[1:]}
+    side = {}
+    for split in ("train", "val"):
+        for file, label in zip(dm.datasets[split].files, dm.datasets[split].labels):
+            if "/figshare/" in file:
+                row = rows[f"images/{file.rsplit('/', 1)[-1]}"]
+                assert CLASS_NAMES[label] == row[2]  # the table's label
+                assert side.setdefault(same_patient(row[3]), split) == split  # a patient on one side only
+    assert len(side) == 13 and set(side.values()) == {"train", "val"}
+    dataset, _ = dm.labelled_images(table)  # and it can be evaluated as a folder
+    assert len(dataset) == 45
