@@ -14,6 +14,7 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,9 +23,12 @@ from pathlib import Path
 import onnxruntime
 import torch
 
-from export import export_model
-from lightning_modules.cli import BrainTumorCLI
-from lightning_modules.trained_model import TrainedModel
+# The scripts at the top of the checkout are not installed: import them from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from export import export_model  # noqa: E402
+from lightning_modules.cli import BrainTumorCLI  # noqa: E402
+from lightning_modules.trained_model import TrainedModel  # noqa: E402
 
 
 def median_ms(call: Callable[[], object], runs: int, warmup: int) -> float:

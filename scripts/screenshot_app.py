@@ -8,12 +8,17 @@ Without models, the bundled ones (models/).
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-from app import build_app
-from lightning_modules.bundled import models_to_use
-from lightning_modules.predictor import TumorPredictor
+# The scripts at the top of the checkout are not installed: import them from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from app import build_app  # noqa: E402
+from lightning_modules.bundled import models_to_use  # noqa: E402
+from lightning_modules.predictor import TumorPredictor  # noqa: E402
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
