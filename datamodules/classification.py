@@ -5,7 +5,6 @@ they differ only in folder names, which map onto the same four canonical classes
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,10 +25,12 @@ from datamodules.common import (
     load_images,
 )
 from datamodules.errors import DatasetError, check_range
+from datamodules.figshare import METADATA_FILE, read_metadata
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
 
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
+NO_TUMOR = CLASS_NAMES[NO_TUMOR_CLASS]  # also the class of a healthy segmentation slice
 FOLDER_TO_CLASS = {
     "glioma": 0,
     "glioma_tumor": 0,
@@ -64,11 +65,7 @@ class ClassFolders:
 def read_metadata_table(root: Path, root_index: int = 0) -> ClassFolders:
     """ROOT/metadata.csv (`image,label,patient_id`, image paths relative to ROOT), as the figshare
     dataset's copies come: tumour classes only, and the patient of every slice."""
-    with open(root / "metadata.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    missing = {"image", "label"} - set(rows[0] if rows else {})
-    if missing:
-        raise DatasetError(f"{root / 'metadata.csv'}: no {', '.join(sorted(missing))} column")
+    rows = read_metadata(root, required=("image", "label"))
     unknown = sorted({row["label"] for row in rows} - set(FOLDER_TO_CLASS))
     if unknown:
         raise DatasetError(
@@ -83,7 +80,7 @@ def find_class_folders(root: Path, root_index: int = 0) -> list[ClassFolders]:
     """ROOT/Training (required) and ROOT/Testing (optional), scanned; or ROOT/metadata.csv."""
     if not root.is_dir():
         raise DatasetError(f"{root}: data root does not exist or is not a folder")
-    if (root / "metadata.csv").is_file() and find_split_folder(root, "Training") is None:
+    if (root / METADATA_FILE).is_file() and find_split_folder(root, "Training") is None:
         return [read_metadata_table(root, root_index)]
     training_dir = find_split_folder(root, "Training")
     if training_dir is None:
@@ -256,7 +253,7 @@ class ClassificationDataModule(CachedDataModule):
         folder = (
             root if has_class_folders else find_split_folder(root, "Testing") or find_split_folder(root, "Training")
         )
-        if folder is None and (root / "metadata.csv").is_file():
+        if folder is None and (root / METADATA_FILE).is_file():
             table = read_metadata_table(root)
             folder, paths, labels = root, table.paths, table.labels
         elif folder is None:

@@ -7,15 +7,28 @@ them transposed; scalars come as 1x1 doubles."""
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from datamodules.errors import InputImageError
+from datamodules.errors import DatasetError, InputImageError
 
 FIGSHARE_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
+METADATA_FILE = "metadata.csv"  # the table of the dataset's copies: image,mask,label,patient_id
+
+
+def read_metadata(root: Path, required: tuple[str, ...] = ("image",)) -> list[dict[str, str]]:
+    """The rows of ROOT/metadata.csv, with a one-line error when a required column is missing."""
+    path = Path(root) / METADATA_FILE
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    missing = [column for column in required if column not in (rows[0] if rows else {})]
+    if missing:
+        raise DatasetError(f"{path}: no {', '.join(map(repr, missing))} column (expected image,mask,label,patient_id)")
+    return rows
 
 
 @dataclass

@@ -14,7 +14,6 @@ when known, and the source's own split when it has one."""
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +21,13 @@ import cv2
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.classification import NO_TUMOR
 from datamodules.coco import ANNOTATION_FILE, read_coco_split
 from datamodules.common import IMAGE_SUFFIXES, LoadedImage, decode_image, describe_image, list_images
 from datamodules.errors import DatasetError, InputImageError
-from datamodules.figshare import figshare_label_and_patient, read_figshare_slice
+from datamodules.figshare import METADATA_FILE, figshare_label_and_patient, read_figshare_slice, read_metadata
 
 TUMOR = "tumor"  # the class of a tumour slice whose type the source does not say
-NO_TUMOR = "no_tumor"
 COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 NO_TUMOR_FOLDERS = ("no_tumor", "notumor", "no", "healthy", "normal")
 MASK_SUFFIX = "_mask"
@@ -149,14 +148,8 @@ def image_mask_pairs(root: Path) -> list[MaskedImage]:
     """ROOT/images/NAME.* with ROOT/masks/NAME.*; labels and patients from ROOT/metadata.csv when present."""
     masks = {path.stem: path for path in list_images(root / "masks")}
     metadata = {}
-    if (root / "metadata.csv").is_file():
-        with open(root / "metadata.csv", newline="") as handle:
-            for row in csv.DictReader(handle):
-                if "image" not in row:
-                    raise DatasetError(
-                        f"{root / 'metadata.csv'}: no 'image' column (expected image,mask,label,patient_id)"
-                    )
-                metadata[Path(row["image"]).stem] = row
+    if (root / METADATA_FILE).is_file():
+        metadata = {Path(row["image"]).stem: row for row in read_metadata(root)}
     images, unmatched = [], []
     for path in list_images(root / "images"):
         if path.stem not in masks:
@@ -203,7 +196,7 @@ def healthy_slices(root: str | Path, for_evaluation: bool = False) -> list[Maske
     split_of = {folder: folder.parent.name.lower() for folder in folders}
     wanted = "testing" if for_evaluation and "testing" in split_of.values() else "training"
     if wanted in split_of.values():
-        folders = [folder for folder in folders if split_of[folder] in (wanted,)]
+        folders = [folder for folder in folders if split_of[folder] == wanted]
     else:  # a bare class folder, or class folders without split folders above them
         folders = [folder for folder in folders if split_of[folder] not in ("testing", "training")] or folders
     if not folders:

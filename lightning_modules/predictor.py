@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
+from datamodules.classification import CLASS_NAMES, NO_TUMOR
 from datamodules.common import load_image_file
 from datamodules.errors import InputImageError, UserError
 from lightning_modules.bundled import BUNDLED_MODELS
@@ -23,7 +23,6 @@ from lightning_modules.tta import classify, run_with_tta
 # An input whose shorter side is below this share of the model's input size is blown up so much
 # that the model sees mostly interpolation: it is still predicted, with a warning.
 SMALL_INPUT_FRACTION = 0.25
-NO_TUMOR = CLASS_NAMES[NO_TUMOR_CLASS]
 
 
 @dataclass
