@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import albumentations as A
 import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
@@ -67,6 +68,9 @@ class SegmentationDataModule(CachedDataModule):
             Training/ split), whose images become empty masks, so the model learns that most slices
             hold no tumour.
         image_size: images and masks are resized to image_size x image_size (a multiple of 32).
+        crop_size: train on random crop_size x crop_size crops of those (a multiple of 32; a tumour
+            slice's crop holds part of its tumour): the detail of image_size at the cost per step of
+            crop_size. Validation, evaluation and inference see whole images. None: whole images.
         channels: 3 reads RGB (ImageNet encoders), 1 grayscale.
         augment: flips, affine jitter (moving the mask too) and brightness/contrast (image only).
         category_names: COCO annotation categories that count as tumor; None takes all.
@@ -81,6 +85,7 @@ class SegmentationDataModule(CachedDataModule):
         root: str | list[str],
         negatives: str | list[str] | None = None,
         image_size: int = 256,
+        crop_size: int | None = None,
         channels: Literal[1, 3] = 3,
         augment: bool = True,
         category_names: list[str] | None = None,
@@ -90,8 +95,10 @@ class SegmentationDataModule(CachedDataModule):
     ) -> None:
         super().__init__(**kwargs)
         check_range("image_size", image_size, 32)
-        if image_size % 32:  # the UNet halves the resolution five times
-            raise ConfigError(f"image_size must be a multiple of 32 for the UNet, got {image_size}")
+        check_range("crop_size", crop_size, 32, image_size)
+        for name, size in (("image_size", image_size), ("crop_size", crop_size)):
+            if size is not None and size % 32:  # the UNet halves the resolution five times
+                raise ConfigError(f"{name} must be a multiple of 32 for the UNet, got {size}")
         check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
         check_range("max_phash_distance", max_phash_distance, 0, 64)
         self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
@@ -117,7 +124,10 @@ class SegmentationDataModule(CachedDataModule):
         self.training_fingerprints = Fingerprints.of(
             [loaded[i] for i in np.flatnonzero(np.isin(split, ["train", "val"]))]
         )
-        train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
+        # Cropping first keeps the augmentations' cost that of a crop; a crop holds tumour where there is one.
+        crop = [A.CropNonEmptyMaskIfExists(hp.crop_size, hp.crop_size)] if hp.crop_size else []
+        augmentations = default_geometric_augmentations() if hp.augment else []
+        train_transform = build_transform(crop + augmentations, self.channels)
         eval_transform = build_transform([], self.channels)
         for name in SPLITS:
             indices = np.flatnonzero(split == name)

@@ -90,11 +90,9 @@ class SegmentationModule(TaskModule):
         # input size) reach the threshold, the least area that at most HEALTHY_FALSE_POSITIVE_SHARE of the
         # healthy validation slices reach; fitted with the threshold. 0: any pixel (no healthy slices seen).
         self.register_buffer("tumor_area_threshold", torch.tensor(0.0))
-        self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: areas at each threshold, has tumour
         # Fingerprints of the images a classifier this encoder was pretrained from saw (checkpoints keep them).
-        self.pretraining_fingerprints: dict[str, torch.Tensor] | None = (
-            None  # per batch: areas at each threshold, has tumour
-        )
+        self.pretraining_fingerprints: dict[str, torch.Tensor] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)

@@ -20,7 +20,14 @@ BEFORE = REPO / "tests" / "data" / "configs_before_issue_18"  # `--print_config`
 CONFIGS_BEFORE = sorted(path.name for path in BEFORE.glob("*.yaml"))
 # Arguments added since (issue 19), at the defaults that keep the old behaviour: a COCO export has
 # its own split, so the seeded split's options do not apply to it.
-ADDED_SINCE = {"datamodules.SegmentationDataModule": {"negatives": None, "val_fraction": 0.15, "max_phash_distance": 2}}
+ADDED_SINCE = {
+    "datamodules.SegmentationDataModule": {
+        "negatives": None,
+        "crop_size": None,
+        "val_fraction": 0.15,
+        "max_phash_distance": 2,
+    }
+}
 
 
 def printed_config(capsys, *args: str) -> str:

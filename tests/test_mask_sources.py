@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import torch
 
-from datamodules.errors import DatasetError
+from datamodules.errors import ConfigError, DatasetError
 from datamodules.figshare import read_figshare_slice
 from datamodules.mask_sources import NO_TUMOR, find_layout, read_source
 from datamodules.segmentation import SegmentationDataModule
@@ -116,6 +116,20 @@ def test_healthy_slices_get_empty_masks_from_the_training_split_only(tmp_path):
     assert all("/Training/notumor/" in file and not mask.any() for file, mask in healthy_rows)
     assert all(mask.any() for _, mask, label in everything if label != NO_TUMOR)
     assert any(label == NO_TUMOR for label in dm.datasets["val"].labels)  # the split is stratified by class
+
+
+def test_crops_train_on_part_of_each_slice_with_its_tumour_and_validate_on_whole_slices(tmp_path):
+    root = make_mask_folders(tmp_path / "pairs", [f"P{i}" for i in range(8)], per_patient=2)
+    dm = datamodule(str(root), crop_size=32, augment=False)
+    for index in range(len(dm.datasets["train"])):
+        image, mask = dm.datasets["train"][index]
+        assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+        assert mask.any()  # every slice here has a tumour, and its crop holds part of it
+    image, mask = dm.datasets["val"][0]
+    assert image.shape == (3, 64, 64) and mask.shape == (1, 64, 64)
+    for crop_size, message in ((48, "crop_size must be a multiple of 32"), (96, r"crop_size must be in \[32, 64\]")):
+        with pytest.raises(ConfigError, match=message):
+            SegmentationDataModule(str(root), image_size=64, crop_size=crop_size)
 
 
 def test_masks_beside_their_images(tmp_path):
