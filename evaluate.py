@@ -9,7 +9,8 @@
 the image size, the channels and the data settings come from it. A classifier's --data.root is a folder with class
 sub-folders, or a dataset root (its Testing/, else its Training/): images that copy one the model
 trained or was validated on (exact, or near by perceptual hash) are counted and left out of a second
-set of results, so that a model is never scored on what it has seen. A segmenter's --data.root is a
+set of results, so that a model is never scored on what it has seen; several roots (or a split drawn from
+several) are also scored one by one. A segmenter's --data.root is a
 COCO export (its test/, else valid/). Writes DIR/metrics.json (every number, its interval, every
 image's prediction) and figures, and prints a table; DIR defaults to the run folder's evaluation/.
 """
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.errors import UserError
+from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
 from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure
 from evaluation.classification import (
@@ -57,6 +59,17 @@ from lightning_modules.tta import TTA_VIEWS, classify, run_with_tta
 def default_output_dir(checkpoint: Path) -> Path:
     run = run_folder_of(checkpoint)
     return run / "evaluation" if run else checkpoint.with_name(f"{checkpoint.stem}-evaluation")
+
+
+def source_index(files: list[str], roots: list[str] | list[Path]) -> np.ndarray:
+    """Which of `roots` each file lies under (the deepest that holds it), -1 for none."""
+    parts = [Path(root).resolve().parts for root in roots]
+    index = np.full(len(files), -1)
+    for i, file in enumerate(files):
+        folders = Path(file).resolve().parts
+        holders = [(len(root), r) for r, root in enumerate(parts) if folders[: len(root)] == root]
+        index[i] = max(holders)[1] if holders else -1
+    return index
 
 
 def autocast(device: torch.device):
@@ -96,12 +109,12 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
                 "kept), so copies of them cannot be left out; retrain it"
             )
         copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance"))
-        source = f"{', '.join(args.data_root)}"
+        source, roots = f"{', '.join(args.data_root)}", args.data_root
     else:
         datamodule = trained.datamodule(args.data_root)
         datamodule.setup("test")
         datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
-        source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
+        source, roots = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split", datamodule.roots
     run = partial(classify, trained.module, tta=args.tta)  # logits and, for the familiarity score, pooled features
     outputs = [
         output
@@ -135,6 +148,17 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
             f"\n\nWithout the {int((~scored).sum())} images that copy one the model trained or was validated on "
             f"({results['copies_of_training_images']}):\n"
             + format_classification_report(shown, f"{int(scored.sum())} unseen images")
+        )
+    if len(roots) > 1:  # one row per dataset: how the model does on each, on the images scored
+        sources = source_index(predictions.files, roots)
+        results["per_source"] = {
+            str(root): report(predictions.subset(scored & (sources == r)))
+            for r, root in enumerate(roots)
+            if (scored & (sources == r)).any()
+        }
+        text += "\nper source:" + "".join(
+            f"\n  {root}: accuracy {interval_text(row['accuracy'])} on {row['num_images']} images"
+            for root, row in results["per_source"].items()
         )
     results["per_image"] = per_image
 

@@ -80,6 +80,21 @@ def test_evaluating_a_folder_leaves_out_copies_of_training_images(trained_classi
     assert set(flags.values()) == {None}
 
 
+def test_several_folders_are_also_scored_one_by_one(trained_classifier, tmp_path):
+    rng = np.random.default_rng(7)
+    for name, per_class in (("first", 3), ("second", 2)):
+        for label, folder in enumerate(CLASS_NAMES):
+            (tmp_path / name / folder).mkdir(parents=True)
+            for i in range(per_class):
+                cv2.imwrite(str(tmp_path / name / folder / f"{i}.png"), synthetic_slice(rng, label))
+    roots = [str(tmp_path / "first"), str(tmp_path / "second")]
+    metrics = evaluate_report(trained_classifier, tmp_path, "--data.root", *roots)
+    assert {root: row["num_images"] for root, row in metrics["per_source"].items()} == {roots[0]: 12, roots[1]: 8}
+    for root, row in metrics["per_source"].items():  # each row: the accuracy of its own images alone
+        mine = [image for image in metrics["per_image"] if image["file"].startswith(root + "/")]
+        assert row["accuracy"]["value"] == pytest.approx(np.mean([i["label"] == i["predicted"] for i in mine]))
+
+
 def test_temperature_scaling_undoes_overconfidence_and_lowers_the_nll():
     torch.manual_seed(0)
     true_logits = torch.randn(2000, 4)
