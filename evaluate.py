@@ -3,15 +3,16 @@
     python evaluate.py --ckpt_path runs/cls/version_0                       # its own data: test split, else validation
     python evaluate.py --ckpt_path runs/cls/version_0 --data.root FOLDER    # any labelled folder(s)
     python evaluate.py --ckpt_path models/classifier.safetensors --data.root DATASET --own_split
-    python evaluate.py --ckpt_path runs/seg/version_0 [--data.root COCO_EXPORT] [--output_dir DIR]
+    python evaluate.py --ckpt_path runs/seg/version_0 [--data.root FOLDER ...] [--output_dir DIR]
 
 --ckpt_path is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); the task,
 the image size, the channels and the data settings come from it. A classifier's --data.root is a folder with class
 sub-folders, or a dataset root (its Testing/, else its Training/): images that copy one the model
 trained or was validated on (exact, or near by perceptual hash) are counted and left out of a second
 set of results, so that a model is never scored on what it has seen; several roots (or a split drawn from
-several) are also scored one by one. A segmenter's --data.root is a
-COCO export (its test/, else valid/). Writes DIR/metrics.json (every number, its interval, every
+several) are also scored one by one. A segmenter's --data.root is any segmentation source or a mix
+(a COCO export's test/, else valid/; image/mask folders; figshare .mat files; healthy slices), its seen
+images scored apart likewise. Writes DIR/metrics.json (every number, its interval, every
 image's prediction) and figures, and prints a table; DIR defaults to the run folder's evaluation/.
 """
 
