@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -24,6 +25,9 @@ def main() -> None:
     start = args.start if args.start is not None else (args.run / "config.yaml").stat().st_mtime
     accumulator = EventAccumulator(str(args.run), size_guidance={"scalars": 0})  # 0: keep every event
     accumulator.Reload()
+    logged = set(accumulator.Tags()["scalars"])
+    if missing := [tag for tag in args.tags if tag not in logged]:  # a typo, or not logged yet
+        sys.exit(f"{args.run}: no scalar {', '.join(missing)} logged (yet); it has {', '.join(sorted(logged))}")
     history = {
         tag: [
             [event.step, round(event.wall_time - start, 1), round(event.value, 4)] for event in accumulator.Scalars(tag)
