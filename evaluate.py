@@ -62,17 +62,6 @@ def default_output_dir(checkpoint: Path) -> Path:
     return run / "evaluation" if run else checkpoint.with_name(f"{checkpoint.stem}-evaluation")
 
 
-def source_index(files: list[str], roots: list[str] | list[Path]) -> np.ndarray:
-    """Which of `roots` each file lies under (the deepest that holds it), -1 for none."""
-    parts = [Path(root).resolve().parts for root in roots]
-    index = np.full(len(files), -1)
-    for i, file in enumerate(files):
-        folders = Path(file).resolve().parts
-        holders = [(len(root), r) for r, root in enumerate(parts) if folders[: len(root)] == root]
-        index[i] = max(holders)[1] if holders else -1
-    return index
-
-
 def autocast(device: torch.device):
     """Inference in the precision training would pick on this device."""
     precision, _ = fastest_precision(device.type, Hardware.detect())
@@ -151,7 +140,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
             + format_classification_report(shown, f"{int(scored.sum())} unseen images")
         )
     if len(roots) > 1:  # one row per dataset: how the model does on each, on the images scored
-        sources = source_index(predictions.files, roots)
+        # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
+        sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
         results["per_source"] = {
             str(root): report(predictions.subset(scored & (sources == r)))
             for r, root in enumerate(roots)

@@ -124,11 +124,15 @@ def check_every_class_readable(split_dir: Path, labels: np.ndarray) -> None:
 
 
 class ImageLabelDataset(CachedDataset):
-    """Cached uint8 images (N, H, W, C) with integer labels; transforms run per item."""
+    """Cached uint8 images (N, H, W, C) with integer labels, and the index of the data root each
+    came from (0 for all without `root_of`); transforms run per item."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, files: list[str]) -> None:
+    def __init__(
+        self, images: np.ndarray, labels: np.ndarray, transform, files: list[str], root_of: np.ndarray | None = None
+    ) -> None:
         super().__init__(transform, files)
         self.images, self.labels = images, labels
+        self.root_of = np.zeros(len(labels), dtype=int) if root_of is None else root_of
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -226,7 +230,9 @@ class ClassificationDataModule(CachedDataModule):
         for split, indices in split_indices.items():
             transform = train_transform if split == "train" else eval_transform
             files = [str(paths[kept_indices[i]]) for i in indices]
-            self.datasets[split] = ImageLabelDataset(images[indices], labels[indices], transform, files)
+            self.datasets[split] = ImageLabelDataset(
+                images[indices], labels[indices], transform, files, root_of[indices]
+            )
         for index, root in enumerate(self.roots):
             mine = root_of == index
             listed = sum(len(source.paths) for source in sources if source.root_index == index)
