@@ -4,6 +4,7 @@ exact resume, determinism, one-line errors."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from datamodules.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.optim import warmup_decay_factor
 from lightning_modules.precision import Hardware, fastest_precision
 from tests.conftest import CLS_CONFIG as CONFIG
 from tests.conftest import (
@@ -187,6 +189,33 @@ def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
     steps_logged = [step for step, _ in tensorboard_scalars(run, "train/loss_step")]
     assert steps_logged == list(range(final["global_step"]))  # the killed run's steps after the checkpoint are gone
     assert_same_training(run, reference)
+
+
+def test_a_larger_max_epochs_extends_a_finished_run_with_a_warm_restart(uninterrupted_run, tmp_path):
+    # What BENCHMARKS.md's 60-epoch segmenter did: a finished 4-epoch run resumed with 8 epochs goes on
+    # in its own folder, and its schedule is the one of an 8-epoch run, so the lr rises again.
+    root, reference = uninterrupted_run
+    shutil.copytree(reference, run_folder(tmp_path))
+    result = train(
+        root, tmp_path, "--trainer.max_epochs", "8", "--trainer.log_every_n_steps", "1", "--ckpt_path", "last"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    run, steps_before = run_folder(tmp_path), load(reference / "checkpoints" / "last.ckpt")["global_step"]
+    final = load(run / "checkpoints" / "last.ckpt")
+    assert (final["epoch"], final["global_step"]) == (7, 2 * steps_before)
+    assert not run_folder(tmp_path, version=1).exists()
+    hp = final["hyper_parameters"]
+    lr_logged = dict(tensorboard_scalars(run, "lr-Adam/pg1"))  # (pg2: the same lr, without weight decay)
+
+    def lr_of(step: int, total_steps: int) -> float:
+        return hp["lr"] * warmup_decay_factor(step, total_steps, hp["warmup_fraction"], hp["lr_decay"])
+
+    # The first step after the resume still runs at the lr the 4-epoch schedule had set for it (LambdaLR
+    # applies a new lambda from its next step on); every later step is on the 8-epoch schedule.
+    expected = {step: lr_of(step, steps_before) for step in range(steps_before + 1)}
+    expected |= {step: lr_of(step, 2 * steps_before) for step in range(steps_before + 1, 2 * steps_before)}
+    assert lr_logged == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    assert lr_logged[steps_before + 1] > 0.5 * hp["lr"]  # back up from 0: a warm restart
 
 
 def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
