@@ -234,6 +234,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         "threshold": float(module.threshold),
         "min_tumor_area": min_area,
         "tumor_area_threshold": float(module.tumor_area_threshold),
+        "detection_threshold": float(module.detection_threshold),
         **report_of(np.ones(len(files), dtype=bool)),
         "iou_global_by_threshold": iou_by_threshold(curve),
     }
@@ -262,7 +263,8 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         figures[name] = case_figure(report, indices, images, masks, predicted)
     text += (
         f"\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, stored with it), tumours under "
-        f"{min_area} px dropped, a tumour only where at least {report['tumor_area_threshold']:.0f} px reach it\n"
+        f"{min_area} px dropped, a tumour only where at least {report['tumor_area_threshold']:.0f} px reach "
+        f"{report['detection_threshold']:.2f}\n"
         f"{format_box_report(report['boxes'])}"
     )
     return {"data": source, **report}, figures, text

@@ -124,6 +124,8 @@ def export_checkpoints(
             postprocessing = {
                 "threshold": float(segmenter.module.threshold),  # fitted on the validation split
                 "min_tumor_area": segmenter.module.hparams.min_tumor_area,
+                "tumor_area_threshold": float(segmenter.module.tumor_area_threshold),
+                "detection_threshold": float(segmenter.module.detection_threshold),
             }
             written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", postprocessing))
     return written

@@ -32,6 +32,20 @@ def tumor_area_threshold(healthy_areas: torch.Tensor, share: float = HEALTHY_FAL
     return float(healthy_areas.sort(descending=True).values[allowed]) + 1
 
 
+def fit_tumor_decision(areas: torch.Tensor, has_tumor: torch.Tensor) -> tuple[int, float]:
+    """The detection level (a column of `areas`, the slices' tumour areas at increasing probability
+    levels) and least area that give the most tumour slices a tumour while leaving at most
+    HEALTHY_FALSE_POSITIVE_SHARE of the healthy ones one; ties go to the highest level. Without healthy
+    slices nothing bounds the levels: the last one, with any pixel a tumour."""
+    healthy, last = ~has_tumor, areas.shape[1] - 1
+    if not healthy.any():
+        return last, 0.0
+    thresholds = [tumor_area_threshold(areas[healthy, level]) for level in range(last + 1)]
+    found = [int((areas[has_tumor, level] >= max(thresholds[level], 1)).sum()) for level in range(last + 1)]
+    level = max(range(last + 1), key=lambda level: (found[level], level))
+    return level, thresholds[level]
+
+
 class SegmentationModule(TaskModule):
     """UNet predicting one tumor logit per pixel.
 
@@ -86,10 +100,13 @@ class SegmentationModule(TaskModule):
         # with the best global IoU on each epoch's validation split, so every checkpoint has its own.
         # (Training still selects checkpoints by IoU at 0.5, which the threshold does not influence.)
         self.register_buffer("threshold", torch.tensor(0.5))
-        # "Is there a tumour?": a slice is given one only when at least this many pixels (at the model's
-        # input size) reach the threshold, the least area that at most HEALTHY_FALSE_POSITIVE_SHARE of the
-        # healthy validation slices reach; fitted with the threshold. 0: any pixel (no healthy slices seen).
+        # "Is there a tumour?": a slice is given one only when at least `tumor_area_threshold` pixels (at
+        # the model's input size) reach `detection_threshold`, a probability level at most the threshold.
+        # Fitted with the threshold on validation: of the levels of THRESHOLD_GRID up to it, the one that
+        # finds the most tumour slices once its least area leaves at most HEALTHY_FALSE_POSITIVE_SHARE of
+        # the healthy slices a tumour. Area 0: any pixel (no healthy slices seen, the level is the threshold).
         self.register_buffer("tumor_area_threshold", torch.tensor(0.0))
+        self.register_buffer("detection_threshold", torch.tensor(0.5))
         self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: areas at each threshold, has tumour
         # Fingerprints of the images a classifier this encoder was pretrained from saw (checkpoints keep them).
         self.pretraining_fingerprints: dict[str, torch.Tensor] | None = None
@@ -98,16 +115,27 @@ class SegmentationModule(TaskModule):
         return self.net(images)
 
     def tumor_masks(self, logits: torch.Tensor, min_tumor_area: int | None = None) -> torch.Tensor:
-        """Binary masks (N, 1, H, W) from logits: probabilities at or above the fitted threshold,
-        without tumours smaller than `min_tumor_area` pixels (default: the module's), and empty
-        for a slice whose tumour area stays below the fitted `tumor_area_threshold` (no tumour)."""
-        masks = logits.float().sigmoid() >= self.threshold
+        """Binary masks (N, 1, H, W) from logits: probabilities at or above the fitted threshold, without
+        tumours smaller than `min_tumor_area` pixels (default: the module's); empty for a slice whose area
+        at the fitted `detection_threshold` stays below `tumor_area_threshold` (no tumour), and that area
+        for a tumour found at the detection level only (so a slice given a tumour never shows none)."""
         min_area = self.hparams.min_tumor_area if min_tumor_area is None else min_tumor_area
+        probabilities = logits.float().sigmoid()
+        masks = self._masks_at(probabilities, self.threshold, min_area)
+        detected = masks
+        if self.detection_threshold < self.threshold:
+            detected = self._masks_at(probabilities, self.detection_threshold, min_area)
+            masks = torch.where(masks.flatten(1).any(dim=1)[:, None, None, None], masks, detected)
+        has_tumor = detected.flatten(1).sum(dim=1) >= self.tumor_area_threshold.clamp_min(1)
+        return masks & has_tumor[:, None, None, None]
+
+    @staticmethod
+    def _masks_at(probabilities: torch.Tensor, level: torch.Tensor, min_area: int) -> torch.Tensor:
+        masks = probabilities >= level
         if min_area > 1:
             kept = [remove_small_components(mask[0].cpu().numpy().astype(np.uint8), min_area) for mask in masks]
             masks = torch.from_numpy(np.stack(kept)[:, None] > 0).to(masks.device)
-        has_tumor = masks.flatten(1).sum(dim=1) >= self.tumor_area_threshold.clamp_min(1)
-        return masks & has_tumor[:, None, None, None]
+        return masks
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
@@ -159,14 +187,17 @@ class SegmentationModule(TaskModule):
         self._val_areas.clear()
 
     def _fit_tumor_decision(self, threshold_index: int) -> None:
-        """Fit `tumor_area_threshold` on this epoch's validation slices (of every process)."""
+        """Fit `detection_threshold` and `tumor_area_threshold` on this epoch's validation slices (of
+        every process)."""
         areas, has_tumor = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_areas))
-        areas, has_tumor = areas.reshape(-1, len(THRESHOLD_GRID))[:, threshold_index], has_tumor.reshape(-1)
-        self.tumor_area_threshold.fill_(tumor_area_threshold(areas[~has_tumor]))
-        found = areas >= self.tumor_area_threshold.clamp_min(1)
+        areas, has_tumor = areas.reshape(-1, len(THRESHOLD_GRID)), has_tumor.reshape(-1)
+        level, area = fit_tumor_decision(areas[:, : threshold_index + 1], has_tumor)
+        self.detection_threshold.fill_(THRESHOLD_GRID[level])
+        self.tumor_area_threshold.fill_(area)
+        found = areas[:, level] >= self.tumor_area_threshold.clamp_min(1)
         rates = {"val/tumor_slices_found": found[has_tumor], "val/healthy_slices_given_a_tumor": found[~has_tumor]}
         self.log_dict({name: values.float().mean() for name, values in rates.items() if len(values)})
-        self.log("val/tumor_area_threshold", self.tumor_area_threshold)
+        self.log_dict({"val/tumor_area_threshold": area, "val/detection_threshold": THRESHOLD_GRID[level]})
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.pretraining_fingerprints:
@@ -178,3 +209,5 @@ class SegmentationModule(TaskModule):
         checkpoint["state_dict"].setdefault("threshold", torch.tensor(0.5))
         # ... and those from before the tumour decision give any slice with a pixel above it a tumour.
         checkpoint["state_dict"].setdefault("tumor_area_threshold", torch.tensor(0.0))
+        # ... and those from before the detection level count the area at the threshold.
+        checkpoint["state_dict"].setdefault("detection_threshold", checkpoint["state_dict"]["threshold"].clone())

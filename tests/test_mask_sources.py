@@ -201,6 +201,26 @@ def test_the_tumor_decision_is_fitted_in_training_and_reused_in_evaluation(outli
     assert detection["tumor_slices_given_a_tumor"]["value"] == pytest.approx(given / detection["tumor_slices"])
 
 
+def test_recalibrating_a_segmenter_refits_exactly_what_training_fitted(outline_segmenter, tmp_path):
+    work, _, _ = outline_segmenter
+    checkpoint = run_folder(work, "seg") / "checkpoints" / "best.ckpt"
+    trained = torch.load(checkpoint, weights_only=True)["state_dict"]
+    old = {**trained, "threshold": torch.tensor(0.5)}  # as if from before the fits
+    for name in ("tumor_area_threshold", "detection_threshold"):
+        old.pop(name)
+    torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": old}, tmp_path / "old.ckpt")
+    result = run_script(
+        "scripts/recalibrate.py", "--ckpt_path", str(tmp_path / "old.ckpt"), "--output", "re.ckpt", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("wrote re.ckpt: threshold ")
+    refitted = torch.load(tmp_path / "re.ckpt", weights_only=True)["state_dict"]
+    # The same weights, validation split, batches and precision as training's last validation of them.
+    for name in ("threshold", "tumor_area_threshold", "detection_threshold"):
+        assert float(refitted[name]) == float(trained[name]), name
+    assert all(torch.equal(refitted[key], trained[key]) for key in trained if key.startswith("net."))
+
+
 def test_evaluate_a_mixed_folder_scores_the_seen_image_apart(outline_segmenter, tmp_path):
     work, root, healthy = outline_segmenter
     checkpoint = run_folder(work, "seg") / "checkpoints" / "best.ckpt"

@@ -16,7 +16,7 @@ from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
 from lightning_modules.pretrained import PretrainedWeightsError
-from lightning_modules.segmentation import tumor_area_threshold
+from lightning_modules.segmentation import fit_tumor_decision, tumor_area_threshold
 from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
 
 
@@ -282,6 +282,35 @@ def test_masks_below_the_tumor_area_threshold_are_empty():
     module.tumor_area_threshold.fill_(50)
     masks = module.tumor_masks(logits)
     assert masks[0].sum() == 100 and masks[1].sum() == 0
+
+
+def test_the_detection_level_is_the_one_finding_most_tumours_within_the_healthy_budget():
+    # Areas of 4 tumour slices and 100 healthy ones at three probability levels (low to high).
+    tumor = torch.tensor([[900, 400, 200], [300, 60, 0], [80, 10, 0], [30, 0, 0]])
+    healthy = torch.zeros(100, 3, dtype=torch.long)
+    healthy[:3] = torch.tensor([[500, 300, 100], [70, 5, 0], [40, 0, 0]])  # 2 of 100 may keep a tumour
+    areas, has_tumor = torch.cat([tumor, healthy]), torch.tensor([True] * 4 + [False] * 100)
+    # Level 0 needs 41 px (the third healthy area, plus 1) and finds 3 tumours, level 1 any pixel (3),
+    # level 2 any pixel (1): a tie of 3, which the higher level wins.
+    assert fit_tumor_decision(areas, has_tumor) == (1, 1.0)
+    assert fit_tumor_decision(areas[:, :1], has_tumor) == (0, 41.0)
+    assert fit_tumor_decision(areas[:, 2:], has_tumor) == (0, 1.0)  # only the threshold's own level
+    assert fit_tumor_decision(tumor, torch.ones(4, dtype=torch.bool)) == (2, 0.0)  # no healthy slices
+
+
+def test_a_tumour_found_at_the_detection_level_only_shows_its_area_there():
+    module = SegmentationModule(encoder_name="resnet18")
+    module.threshold.fill_(0.7)
+    module.detection_threshold.fill_(0.3)
+    module.tumor_area_threshold.fill_(10)
+    logits = torch.full((3, 1, 32, 32), -10.0)
+    logits[0, 0, :10, :10], logits[0, 0, :4, :4] = 0.0, 10.0  # 100 px at 0.5, 16 of them above 0.7
+    logits[1, 0, :5, :5] = 0.0  # 25 px at 0.5 only: found at the detection level, shown at it
+    logits[2, 0, :3, :3] = 0.0  # 9 px at 0.5: below the least area, no tumour
+    masks = module.tumor_masks(logits)
+    assert [int(mask.sum()) for mask in masks] == [16, 25, 0]
+    module.detection_threshold.fill_(0.7)  # as before there was a detection level
+    assert [int(mask.sum()) for mask in module.tumor_masks(logits)] == [16, 0, 0]
 
 
 def test_images_of_the_classifier_an_encoder_was_pretrained_from_count_as_seen(sartaj_root, coco_root, tmp_path):
