@@ -44,7 +44,8 @@ def refit_classifier(trained: TrainedModel, datamodule: L.LightningDataModule, b
 
 
 def refit_segmenter(trained: TrainedModel, datamodule: L.LightningDataModule, precision: str) -> str:
-    # The module fits them at the end of a validation epoch; run one, in the precision training used.
+    # The module fits them at the end of a validation epoch: run one, in the precision training picks
+    # on this machine (the one of the checkpoint's last validation, when it was trained here).
     trainer = L.Trainer(
         accelerator="auto", precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
