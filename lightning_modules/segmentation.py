@@ -56,8 +56,10 @@ class SegmentationModule(TaskModule):
             configs/cls_resnet50.yaml); read when training starts, so a trained checkpoint needs neither the
             file nor the network.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
-        dice_weight: weight of the Dice loss.
+        dice_weight: weight of the Dice loss (one Dice over each batch's pixels, so large tumours weigh most).
         bce_weight: weight of the binary cross-entropy loss.
+        lovasz_weight: weight of the Lovasz hinge loss per image (a surrogate of each slice's IoU, so a
+            small tumour weighs as much as a large one, as in Dice per tumour slice).
         min_tumor_area: predicted tumours (connected components) of fewer pixels, at the model's input size,
             are dropped from the masks that predict.py, app.py and evaluate.py show; 0 keeps all.
         preview_every_n_epochs: log an image / truth / prediction grid to TensorBoard this often.
@@ -75,6 +77,7 @@ class SegmentationModule(TaskModule):
         in_channels: int = 3,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
+        lovasz_weight: float = 0.0,
         min_tumor_area: int = 0,
         preview_every_n_epochs: int = 5,
         preview_images: int = 4,
@@ -84,16 +87,18 @@ class SegmentationModule(TaskModule):
         for name, value in (
             ("dice_weight", dice_weight),
             ("bce_weight", bce_weight),
+            ("lovasz_weight", lovasz_weight),
             ("min_tumor_area", min_tumor_area),
             ("preview_every_n_epochs", preview_every_n_epochs),
             ("preview_images", preview_images),
         ):
             check_range(name, value, 0)
-        if dice_weight == bce_weight == 0:
-            raise ConfigError("dice_weight and bce_weight are both 0: nothing to train on")
+        if dice_weight == bce_weight == lovasz_weight == 0:
+            raise ConfigError("dice_weight, bce_weight and lovasz_weight are all 0: nothing to train on")
         self.net = create_segmenter(encoder_name, None, in_channels)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss()
+        self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, from_logits=True)
         self.val_stats = segmentation_stats()
         self.val_threshold_curve = threshold_curve()
         # The probability above which a pixel is tumour in predicted masks: the one of THRESHOLD_GRID
@@ -146,7 +151,8 @@ class SegmentationModule(TaskModule):
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
-        return hp.dice_weight * self.dice_loss(logits, masks) + hp.bce_weight * self.bce_loss(logits, masks)
+        terms = ((hp.dice_weight, self.dice_loss), (hp.bce_weight, self.bce_loss), (hp.lovasz_weight, self.lovasz_loss))
+        return sum(weight * loss(logits, masks) for weight, loss in terms if weight)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch

@@ -26,7 +26,8 @@ ADDED_SINCE = {
         "crop_size": None,
         "val_fraction": 0.15,
         "max_phash_distance": 2,
-    }
+    },
+    "lightning_modules.SegmentationModule": {"lovasz_weight": 0.0},
 }
 
 
@@ -66,8 +67,9 @@ def test_each_config_resolves_to_what_it_did_before_the_defaults_moved_into_code
     assert now["trainer"].pop("callbacks") is None
     for logger in (now, before):
         logger["trainer"]["logger"]["init_args"].pop("name")
-    for name, default in ADDED_SINCE.get(now["data"]["class_path"], {}).items():
-        assert now["data"]["init_args"].pop(name) == default
+    for section in ("model", "data"):
+        for name, default in ADDED_SINCE.get(now[section]["class_path"], {}).items():
+            assert now[section]["init_args"].pop(name) == default
     assert now == before  # every other value, resolved
 
     module = module_class.__new__(module_class)  # configure_callbacks reads class attributes only

@@ -313,6 +313,17 @@ def test_a_tumour_found_at_the_detection_level_only_shows_its_area_there():
     assert [int(mask.sum()) for mask in module.tumor_masks(logits)] == [16, 0, 0]
 
 
+def test_the_lovasz_loss_weighs_a_one_pixel_tumour_like_a_whole_slice_one():
+    module = SegmentationModule(encoder_name="resnet18", dice_weight=0, bce_weight=0, lovasz_weight=2)
+    masks = torch.zeros(2, 1, 32, 32)
+    masks[0], masks[1, 0, 0, 0] = 1, 1  # a slice of tumour, and a slice with a 1 px tumour
+    logits = torch.full((2, 1, 32, 32), -5.0)  # background: a margin of 5, no hinge error
+    logits[0] = 1.0  # every pixel right by the margin of 1: IoU surrogate 1, loss 0
+    logits[1, 0, 0, 0] = 0.0  # the small tumour on the boundary: hinge error 1, that slice's loss 1
+    # Per image: weight 2 x the mean of (0, 1). Over the batch's pixels it would be 2 x 1/1025.
+    assert module.loss(logits, masks).item() == pytest.approx(1.0)
+
+
 def test_images_of_the_classifier_an_encoder_was_pretrained_from_count_as_seen(sartaj_root, coco_root, tmp_path):
     from lightning_modules.trained_model import TrainedModel
     from tests.conftest import CLS_CONFIG, SEG_CONFIG, TINY_CLS, TINY_SEG, run_folder, run_script
