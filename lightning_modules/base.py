@@ -34,6 +34,7 @@ class TaskModule(L.LightningModule):
 
     run_name = "task"  # the run folder's parent, <default_root_dir>/<run_name>/version_N, unless a config names it
     checkpoint_monitor = "val/loss"  # what best.ckpt is the best of (higher is better)
+    fitted_buffers: tuple[str, ...] = ()  # buffers fitted on validation outputs, not trained (callbacks.WeightEMA)
 
     def __init__(
         self,

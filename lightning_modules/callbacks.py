@@ -1,4 +1,5 @@
-"""Trainer callbacks beside Lightning's own, which every task module adds (TaskModule.configure_callbacks)."""
+"""Trainer callbacks beside Lightning's own: those every task module adds (TaskModule.configure_callbacks),
+and an exponential moving average of the weights that a config may add."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import threading
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_info
 
 
@@ -85,3 +87,32 @@ class RandomStateCheckpoint(L.Callback):
         )
         version, internal_state, gauss = state_dict["python"]
         random.setstate((version, tuple(internal_state), gauss))
+
+
+class WeightEMA(EMAWeightAveraging):
+    """Lightning's exponential moving average of the weights (validated, checkpointed and exported in
+    place of the trained ones), which leaves out what a task module fits on validation outputs.
+
+    Those buffers (the module's `fitted_buffers`: temperature, thresholds, ...) are fitted on the
+    averaged weights' outputs after Lightning has swapped the trained weights back in; averaging them
+    with earlier fits would blur them (an infinite threshold would turn into NaN), so the average
+    takes them as fitted, before it is saved and when training ends. Add it in a config:
+
+        trainer:
+          callbacks: [{class_path: lightning_modules.callbacks.WeightEMA, init_args: {decay: 0.999}}]
+    """
+
+    def _take_fitted_buffers(self, pl_module: L.LightningModule) -> None:
+        if self._average_model is None:
+            return
+        average = self._average_model.module
+        for name in getattr(pl_module, "fitted_buffers", ()):
+            average.get_buffer(name).copy_(pl_module.get_buffer(name))
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        self._take_fitted_buffers(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._take_fitted_buffers(pl_module)
+        super().on_train_end(trainer, pl_module)

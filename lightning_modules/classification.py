@@ -40,6 +40,7 @@ class ClassificationModule(TaskModule):
     class_names = CLASS_NAMES
     run_name = "cls"
     checkpoint_monitor = "val/acc"
+    fitted_buffers = ("temperature", "feature_means", "feature_precision", "unfamiliar_threshold")
 
     def __init__(
         self,

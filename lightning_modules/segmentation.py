@@ -69,6 +69,7 @@ class SegmentationModule(TaskModule):
 
     run_name = "seg"
     checkpoint_monitor = "val/iou_global"
+    fitted_buffers = ("threshold", "tumor_area_threshold", "detection_threshold")
 
     def __init__(
         self,

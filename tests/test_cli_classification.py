@@ -218,6 +218,22 @@ def test_a_larger_max_epochs_extends_a_finished_run_with_a_warm_restart(uninterr
     assert lr_logged[steps_before + 1] > 0.5 * hp["lr"]  # back up from 0: a warm restart
 
 
+def test_a_weight_ema_is_what_is_saved_with_the_calibration_fitted_on_it(sartaj_root, tmp_path):
+    ema = ["--trainer.callbacks+=lightning_modules.callbacks.WeightEMA", "--trainer.callbacks.decay", "0.5"]
+    result = train(sartaj_root, tmp_path, "--trainer.max_epochs", "2", *ema)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = run_folder(tmp_path)
+    checkpoint = load(run / "checkpoints" / "last.ckpt")
+    averaged, trained = checkpoint["state_dict"], checkpoint["current_model_state"]
+    assert not torch.equal(averaged["net.head.3.weight"], trained["net.head.3.weight"])
+    # The temperature of the saved (averaged) weights is the one fitted on their validation outputs at
+    # the last epoch, not an average of the fits of earlier weights.
+    (_, fitted), *_ = reversed(tensorboard_scalars(run, "val/temperature"))
+    assert averaged["temperature"].item() == pytest.approx(fitted, rel=1e-6)
+    assert torch.equal(averaged["unfamiliar_threshold"], trained["unfamiliar_threshold"])
+    assert averaged["unfamiliar_threshold"].isfinite()
+
+
 def test_resume_without_any_run_is_one_line(sartaj_root, tmp_path):
     # As a process: what a user sees is its exit status and the last line of its stderr.
     result = run_process(
