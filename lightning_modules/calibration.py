@@ -17,16 +17,18 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     TEMPERATURE_RANGE: on a validation set without a single error the likelihood keeps rising as
     T falls towards 0, which would call every later prediction certain. (The likelihood is convex
     in 1/T, so the bounded optimum is the unbounded one, clipped.)"""
-    logits, labels = logits.detach().double(), labels.detach()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
+    # Called at the end of validation epochs, which Trainer.validate runs in inference mode.
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, labels = logits.detach().double(), labels.detach().clone()
+        log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.exp(), labels)
-        loss.backward()
-        return loss
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), labels)
+            loss.backward()
+            return loss
 
-    optimizer.step(closure)
+        optimizer.step(closure)
     low, high = TEMPERATURE_RANGE
     return min(max(float(log_t.detach().exp()), low), high)

@@ -18,6 +18,7 @@ from datamodules.figshare import read_figshare_slice
 from datamodules.mask_sources import NO_TUMOR, find_layout, read_source
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.splits import same_patient
+from lightning_modules.segmentation import SegmentationModule
 from tests.conftest import (
     MRI_DATASET_FOLDERS,
     SEG_CONFIG,
@@ -216,7 +217,7 @@ def test_recalibrating_a_segmenter_refits_exactly_what_training_fitted(outline_s
     assert result.stdout.startswith("wrote re.ckpt: threshold ")
     refitted = torch.load(tmp_path / "re.ckpt", weights_only=True)["state_dict"]
     # The same weights, validation split, batches and precision as training's last validation of them.
-    for name in ("threshold", "tumor_area_threshold", "detection_threshold"):
+    for name in SegmentationModule.fitted_buffers:
         assert float(refitted[name]) == float(trained[name]), name
     assert all(torch.equal(refitted[key], trained[key]) for key in trained if key.startswith("net."))
 
