@@ -15,20 +15,32 @@ from evaluation.bootstrap import Statistic, bootstrap_intervals, ratio_of_sums, 
 from evaluation.segmentation import PIXEL_COUNTS, stats_of_rows
 from lightning_modules.metrics import segmentation_scores
 
-SEGMENTATION_SCORES = ("iou_global", "dice_global", "iou_per_image", "dice_per_image")
+SEGMENTATION_SCORES = (
+    "iou_global",
+    "dice_global",
+    "iou_per_image",
+    "dice_per_image",
+    "iou_per_tumor_image",
+    "dice_per_tumor_image",
+)
 
 
 def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     """Every score that evaluate.py's per-image rows allow, as a function of resampled image indices:
-    accuracy (classification), IoU and Dice (segmentation), tumour recall and precision (boxes)."""
+    accuracy (classification), IoU, Dice and tumour detection (segmentation), tumour recall and
+    precision (boxes). (A segmenter's rows may carry a `label` too: the tumour class.)"""
     first, scores = rows[0], {}
-    if "label" in first:
+    if "predicted" in first:
         correct = np.array([row["label"] == row["predicted"] for row in rows], dtype=float)
         scores["accuracy"] = lambda indices: correct[indices].mean()
     if all(name in first for name in PIXEL_COUNTS):
         stats = stats_of_rows(rows)
         for name in SEGMENTATION_SCORES:
             scores[name] = lambda indices, name=name: segmentation_scores(stats[indices])[name]
+        has_tumor = (stats[:, 0] + stats[:, 3] > 0).numpy()
+        given_one = (stats[:, 0] + stats[:, 1] > 0).numpy()
+        scores["tumor_slices_given_a_tumor"] = ratio_of_sums(has_tumor & given_one, has_tumor)
+        scores["healthy_slices_given_none"] = ratio_of_sums(~has_tumor & ~given_one, ~has_tumor)
     if "found_tumors" in first:
         found, true, predicted = (
             np.array([row[key] for row in rows], dtype=float)

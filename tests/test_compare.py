@@ -49,6 +49,21 @@ def test_differences_are_exact_and_images_are_paired_by_file():
     assert comparison["tumor_recall"]["difference"]["ci95"][0] >= 0
 
 
+def test_a_segmenters_detection_and_tumour_slice_scores_are_compared():
+    # Rows as evaluate.py writes them for a segmenter of labelled slices: a tumour class per row.
+    first = segmentation_rows({"t1": (0, 0, 8, 4), "t2": (3, 1, 6, 1), "h": (0, 2, 10, 0)}, {"t1": 0, "t2": 1, "h": 0})
+    second = segmentation_rows({"t1": (2, 0, 8, 2), "t2": (3, 1, 6, 1), "h": (0, 0, 12, 0)}, {"t1": 1, "t2": 1, "h": 0})
+    for report in (first, second):
+        for row in report["per_image"]:
+            row["label"] = "no_tumor" if row["file"] == "h" else "glioma"
+    comparison = paired_differences(first, second, resamples=200)
+    assert "accuracy" not in comparison  # a tumour class is not a classifier's prediction
+    assert comparison["tumor_slices_given_a_tumor"]["difference"]["value"] == pytest.approx(1 - 1 / 2)
+    assert comparison["healthy_slices_given_none"]["difference"]["value"] == pytest.approx(1 - 0)
+    # Dice per tumour slice: t1 0 -> 4/6, t2 6/8 in both; the healthy slice does not count
+    assert comparison["dice_per_tumor_image"]["difference"]["value"] == pytest.approx((4 / 6 + 6 / 8) / 2 - 6 / 8 / 2)
+
+
 def test_a_report_against_itself_reordered_differs_by_exactly_zero():
     rows = {
         "per_image": [
