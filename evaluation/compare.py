@@ -12,7 +12,7 @@ import numpy as np
 
 from datamodules.errors import UserError
 from evaluation.bootstrap import Statistic, bootstrap_intervals, ratio_of_sums, with_interval
-from evaluation.segmentation import PIXEL_COUNTS, stats_of_rows
+from evaluation.segmentation import PIXEL_COUNTS, detection_statistics, stats_of_rows
 from lightning_modules.metrics import segmentation_scores
 
 SEGMENTATION_SCORES = (
@@ -37,10 +37,7 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
         stats = stats_of_rows(rows)
         for name in SEGMENTATION_SCORES:
             scores[name] = lambda indices, name=name: segmentation_scores(stats[indices])[name]
-        has_tumor = (stats[:, 0] + stats[:, 3] > 0).numpy()
-        given_one = (stats[:, 0] + stats[:, 1] > 0).numpy()
-        scores["tumor_slices_given_a_tumor"] = ratio_of_sums(has_tumor & given_one, has_tumor)
-        scores["healthy_slices_given_none"] = ratio_of_sums(~has_tumor & ~given_one, ~has_tumor)
+        scores |= detection_statistics(stats)
     if "found_tumors" in first:
         found, true, predicted = (
             np.array([row[key] for row in rows], dtype=float)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from evaluation.bootstrap import bootstrap_intervals, interval_text, ratio_of_sums, with_interval
+from evaluation.bootstrap import Statistic, bootstrap_intervals, interval_text, ratio_of_sums, with_interval
 from lightning_modules.metrics import per_image_scores, segmentation_scores
 from lightning_modules.visualization import segmentation_figure
 
@@ -24,6 +24,17 @@ EMPTY_TRUTH_RULE = (
     "per-image IoU/Dice is 1 when truth and prediction are both empty, 0 when only the truth is; such images add "
     "nothing to the global scores, which pool pixels over all images"
 )
+
+
+def detection_statistics(stats: torch.Tensor) -> dict[str, Statistic]:
+    """The two detection rates over resampled images, from per-image [tp, fp, tn, fn, ...] rows: tumour
+    slices given any tumour pixel, and healthy slices given none."""
+    tumor = ((stats[:, 0] + stats[:, 3]) > 0).numpy()
+    found = ((stats[:, 0] + stats[:, 1]) > 0).numpy()
+    return {
+        "tumor_slices_given_a_tumor": ratio_of_sums(tumor & found, tumor),
+        "healthy_slices_given_none": ratio_of_sums(~tumor & ~found, ~tumor),
+    }
 
 
 def segmentation_report(
@@ -42,11 +53,8 @@ def segmentation_report(
     has_tumor = (stats[:, 0] + stats[:, 3]) > 0
     predicted_empty = (stats[:, 0] + stats[:, 1]) == 0
     point = segmentation_scores(stats)
-    statistics = {}
-    tumor, healthy = has_tumor.numpy(), ~has_tumor.numpy()
-    found = ~predicted_empty.numpy()
-    statistics["tumor_slices_given_a_tumor"] = ratio_of_sums(tumor & found, tumor)
-    statistics["healthy_slices_given_none"] = ratio_of_sums(healthy & ~found, healthy)
+    statistics = detection_statistics(stats)
+    tumor = has_tumor.numpy()
     dice_values = dice.numpy()
     classes = sorted({label for label, t in zip(labels or [], tumor) if t})
     for name in classes:
@@ -65,7 +73,7 @@ def segmentation_report(
         **{name: with_interval(value, intervals[name]) for name, value in point.items()},
         "detection": {
             "tumor_slices": int(tumor.sum()),
-            "healthy_slices": int(healthy.sum()),
+            "healthy_slices": int((~has_tumor).sum()),
             "tumor_slices_given_a_tumor": extra.pop("tumor_slices_given_a_tumor"),
             "healthy_slices_given_none": extra.pop("healthy_slices_given_none"),
         },
