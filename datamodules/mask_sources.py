@@ -31,6 +31,9 @@ TUMOR = "tumor"  # the class of a tumour slice whose type the source does not sa
 COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 NO_TUMOR_FOLDERS = ("no_tumor", "notumor", "no", "healthy", "normal")
 MASK_SUFFIX = "_mask"
+# The mask value of a box-labelled source's boxes (`SegmentationDataModule(boxes=...)`): pixels whose
+# class a box does not tell (tumour or not); losses ignore them, and fit the box's rows and columns.
+BOX_INTERIOR = 255
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """DataModule for tumour segmentation from every source a user has (datamodules.mask_sources),
-merged: a Roboflow COCO export, image/mask folders, figshare .mat slices, masks beside images, and
-healthy slices (`negatives`) whose masks are empty.
+merged: a Roboflow COCO export, image/mask folders, figshare .mat slices, masks beside images,
+healthy slices (`negatives`) whose masks are empty, and box-labelled sources (`boxes`) as weak labels.
 
 A source with its own split (the COCO export) keeps it; the images of the others get a seeded
 validation split, stratified by class and grouped by patient and by copies (exact or near, by
@@ -8,6 +8,7 @@ perceptual hash, across all sources), so that no patient and no image is on both
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -28,6 +29,7 @@ from datamodules.common import (
 )
 from datamodules.errors import ConfigError, DatasetError, check_range
 from datamodules.mask_sources import (
+    BOX_INTERIOR,
     NO_TUMOR,
     TUMOR,
     MaskedImage,
@@ -67,6 +69,11 @@ class SegmentationDataModule(CachedDataModule):
         negatives: healthy slices: classification dataset roots or no-tumour class folders (their
             Training/ split), whose images become empty masks, so the model learns that most slices
             hold no tumour.
+        boxes: box-labelled sources (any layout; e.g. the Roboflow COCO export, whose polygons are all
+            boxes) as weak labels, for training only (their own validation and test splits are left out,
+            so validation scores real outlines): pixels outside every box are background, those inside a
+            box get the mask value BOX_INTERIOR, which the segmenter's losses ignore but for the box's
+            rows and columns (`SegmentationModule(box_weight=...)`).
         image_size: images and masks are resized to image_size x image_size (a multiple of 32).
         crop_size: train on random crop_size x crop_size crops of those (a multiple of 32; a tumour
             slice's crop holds part of its tumour): the detail of image_size at the cost per step of
@@ -84,6 +91,7 @@ class SegmentationDataModule(CachedDataModule):
         self,
         root: str | list[str],
         negatives: str | list[str] | None = None,
+        boxes: str | list[str] | None = None,
         image_size: int = 256,
         crop_size: int | None = None,
         channels: Literal[1, 3] = 3,
@@ -101,8 +109,10 @@ class SegmentationDataModule(CachedDataModule):
                 raise ConfigError(f"{name} must be a multiple of 32 for the UNet, got {size}")
         check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
         check_range("max_phash_distance", max_phash_distance, 0, 64)
-        self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
-        self.negatives = [Path(r) for r in ([negatives] if isinstance(negatives, str) else negatives or [])]
+        self.roots, self.negatives, self.boxes = (
+            [Path(r) for r in ([roots] if isinstance(roots, str) else roots or [])]
+            for roots in (root, negatives, boxes)
+        )
         self.channels = channels
 
     @property
@@ -115,7 +125,10 @@ class SegmentationDataModule(CachedDataModule):
         hp = self.hparams
         sources = [read_source(root, category_names=hp.category_names) for root in self.roots]
         sources += [Source(root, "healthy slices", healthy_slices(root)) for root in self.negatives]
+        sources += [self._box_source(root) for root in self.boxes]
         items, loaded, masks, source_of = self._load(sources)
+        for index in np.flatnonzero(source_of >= len(sources) - len(self.boxes)):
+            masks[index] = masks[index] * BOX_INTERIOR
         if not any(mask.any() for mask, item in zip(masks, items) if item.split in ("train", None)):
             raise DatasetError(
                 f"{', '.join(map(str, self.roots))}: every mask is empty; no tumour annotations to learn from"
@@ -146,6 +159,12 @@ class SegmentationDataModule(CachedDataModule):
             rank_zero_info(
                 f"{source.root} ({source.layout}): {int(mine.sum())} images, {tumours} with a tumour; {counts}"
             )
+
+    def _box_source(self, root: Path) -> Source:
+        """A box-labelled source's training images (all of them when it has no split of its own)."""
+        source = read_source(root, category_names=self.hparams.category_names)
+        images = [replace(item, split="train") for item in source.images if item.split in ("train", None)]
+        return Source(root, f"{source.layout}, box labels", images)
 
     def _load(self, sources: list[Source]) -> tuple[list[MaskedImage], list[LoadedImage], list[np.ndarray], np.ndarray]:
         items = [item for source in sources for item in source.images]

@@ -8,6 +8,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.errors import ConfigError, check_range
+from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules.base import TaskModule
 from lightning_modules.metrics import (
     THRESHOLD_GRID,
@@ -60,6 +61,10 @@ class SegmentationModule(TaskModule):
         bce_weight: weight of the binary cross-entropy loss.
         lovasz_weight: weight of the Lovasz hinge loss per image (a surrogate of each slice's IoU, so a
             small tumour weighs as much as a large one, as in Dice per tumour slice).
+        box_weight: weight of the box projection loss on box-labelled images (`SegmentationDataModule(boxes=...)`;
+            BoxInst's: the predicted mask's maxima along rows and along columns match the box's, so any
+            shape that touches every row and column of the box fits it). The other losses ignore the
+            pixels inside boxes and learn only the background around them.
         min_tumor_area: predicted tumours (connected components) of fewer pixels, at the model's input size,
             are dropped from the masks that predict.py, app.py and evaluate.py show; 0 keeps all.
         preview_every_n_epochs: log an image / truth / prediction grid to TensorBoard this often.
@@ -79,6 +84,7 @@ class SegmentationModule(TaskModule):
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
         lovasz_weight: float = 0.0,
+        box_weight: float = 1.0,
         min_tumor_area: int = 0,
         preview_every_n_epochs: int = 5,
         preview_images: int = 4,
@@ -89,6 +95,7 @@ class SegmentationModule(TaskModule):
             ("dice_weight", dice_weight),
             ("bce_weight", bce_weight),
             ("lovasz_weight", lovasz_weight),
+            ("box_weight", box_weight),
             ("min_tumor_area", min_tumor_area),
             ("preview_every_n_epochs", preview_every_n_epochs),
             ("preview_images", preview_images),
@@ -97,9 +104,10 @@ class SegmentationModule(TaskModule):
         if dice_weight == bce_weight == lovasz_weight == 0:
             raise ConfigError("dice_weight, bce_weight and lovasz_weight are all 0: nothing to train on")
         self.net = create_segmenter(encoder_name, None, in_channels)
-        self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True)
-        self.bce_loss = smp.losses.SoftBCEWithLogitsLoss()
-        self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, from_logits=True)
+        self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
+        self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)
+        self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, ignore_index=BOX_INTERIOR)
+        self.projection_dice = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=False)
         self.val_stats = segmentation_stats()
         self.val_threshold_curve = threshold_curve()
         # The probability above which a pixel is tumour in predicted masks: the one of THRESHOLD_GRID
@@ -153,7 +161,18 @@ class SegmentationModule(TaskModule):
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
         terms = ((hp.dice_weight, self.dice_loss), (hp.bce_weight, self.bce_loss), (hp.lovasz_weight, self.lovasz_loss))
-        return sum(weight * loss(logits, masks) for weight, loss in terms if weight)
+        loss = sum(weight * loss(logits, masks) for weight, loss in terms if weight)
+        boxes = masks == BOX_INTERIOR
+        boxed = boxes.flatten(1).any(dim=1)
+        if hp.box_weight and boxed.any():
+            loss = loss + hp.box_weight * self.box_projection_loss(logits[boxed], boxes[boxed])
+        return loss
+
+    def box_projection_loss(self, logits: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """BoxInst's projection loss (Tian et al., CVPR 2021): Dice between the tumour probabilities'
+        maxima along each row and the boxes' (their vertical extent), plus the same along columns."""
+        probabilities = logits.float().sigmoid()
+        return sum(self.projection_dice(probabilities.amax(dim), boxes.float().amax(dim)) for dim in (-1, -2))
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, masks = batch

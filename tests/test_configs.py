@@ -23,11 +23,12 @@ CONFIGS_BEFORE = sorted(path.name for path in BEFORE.glob("*.yaml"))
 ADDED_SINCE = {
     "datamodules.SegmentationDataModule": {
         "negatives": None,
+        "boxes": None,
         "crop_size": None,
         "val_fraction": 0.15,
         "max_phash_distance": 2,
     },
-    "lightning_modules.SegmentationModule": {"lovasz_weight": 0.0},
+    "lightning_modules.SegmentationModule": {"lovasz_weight": 0.0, "box_weight": 1.0},
 }
 
 

@@ -15,14 +15,16 @@ import torch
 
 from datamodules.errors import ConfigError, DatasetError
 from datamodules.figshare import read_figshare_slice
-from datamodules.mask_sources import NO_TUMOR, find_layout, read_source
+from datamodules.mask_sources import BOX_INTERIOR, NO_TUMOR, find_layout, read_source
 from datamodules.segmentation import SegmentationDataModule
 from datamodules.splits import same_patient
 from lightning_modules.segmentation import SegmentationModule
 from tests.conftest import (
+    EMPTY_IMAGE,
     MRI_DATASET_FOLDERS,
     SEG_CONFIG,
     make_classification_dataset,
+    make_coco_split,
     make_mask_folders,
     run_folder,
     run_script,
@@ -117,6 +119,23 @@ def test_healthy_slices_get_empty_masks_from_the_training_split_only(tmp_path):
     assert all("/Training/notumor/" in file and not mask.any() for file, mask in healthy_rows)
     assert all(mask.any() for _, mask, label in everything if label != NO_TUMOR)
     assert any(label == NO_TUMOR for label in dm.datasets["val"].labels)  # the split is stratified by class
+
+
+def test_box_labelled_images_train_as_weak_labels_and_stay_out_of_validation(tmp_path):
+    root = make_mask_folders(tmp_path / "pairs", [f"P{i}" for i in range(8)], per_patient=2)
+    boxes = tmp_path / "boxes"
+    coco = make_coco_split(boxes / "train", seed=0, count=6)
+    make_coco_split(boxes / "valid", seed=1, count=4)
+    dm = datamodule(str(root), boxes=str(boxes))
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    weak = {file: mask for file, mask in zip(train.files, train.masks) if "/boxes/" in file}
+    assert sorted(weak) == sorted(str(boxes / "train" / image["file_name"]) for image in coco["images"])
+    assert not any("/boxes/" in file for file in val.files)  # validation scores real outlines only
+    annotated = {image["file_name"] for image in coco["images"] if image["id"] != EMPTY_IMAGE}
+    for file, mask in weak.items():
+        assert set(np.unique(mask)) == ({0, BOX_INTERIOR} if file.rsplit("/", 1)[1] in annotated else {0})
+    assert all(set(np.unique(mask)) == {0, 1} for file, mask in zip(train.files, train.masks) if file not in weak)
+    assert len(dm.training_fingerprints.sha1) == len(train) + len(val)  # the box images count as seen
 
 
 def test_crops_train_on_part_of_each_slice_with_its_tumour_and_validate_on_whole_slices(tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.coco import read_coco_split
+from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
@@ -322,6 +323,28 @@ def test_the_lovasz_loss_weighs_a_one_pixel_tumour_like_a_whole_slice_one():
     logits[1, 0, 0, 0] = 0.0  # the small tumour on the boundary: hinge error 1, that slice's loss 1
     # Per image: weight 2 x the mean of (0, 1). Over the batch's pixels it would be 2 x 1/1025.
     assert module.loss(logits, masks).item() == pytest.approx(1.0)
+
+
+def test_a_box_is_fitted_by_any_shape_that_touches_its_rows_and_columns_and_its_inside_is_not_background():
+    module = SegmentationModule(encoder_name="resnet18", dice_weight=1, bce_weight=1, box_weight=1)
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[0, 0, 8:24, 8:24] = BOX_INTERIOR
+    background = torch.full((1, 1, 32, 32), -30.0)  # sigmoid ~1e-13: background right, no tumour found
+
+    def predicted(rows: slice | torch.Tensor, columns: slice | torch.Tensor) -> torch.Tensor:
+        logits = background.clone()
+        logits[0, 0, rows, columns] = 30.0
+        return logits
+
+    diagonal = torch.arange(8, 24)
+    assert module.loss(predicted(diagonal, diagonal), masks).item() == pytest.approx(0, abs=1e-6)
+    # The whole box predicted: its pixels are not background to the Dice and BCE terms (else ~30 a pixel).
+    assert module.loss(predicted(slice(8, 24), slice(8, 24)), masks).item() == pytest.approx(0, abs=1e-6)
+    # Nothing predicted: Dice 0 of both projections; its top half: rows 2 x 8 / (8 + 16), columns 1.
+    assert module.loss(background, masks).item() == pytest.approx(2.0)
+    assert module.loss(predicted(slice(8, 16), slice(8, 24)), masks).item() == pytest.approx(1 / 3)
+    module.hparams.box_weight = 0  # the box's background around it is still learnt, its inside not at all
+    assert module.loss(background, masks).item() == pytest.approx(0, abs=1e-6)
 
 
 def test_images_of_the_classifier_an_encoder_was_pretrained_from_count_as_seen(sartaj_root, coco_root, tmp_path):
