@@ -14,6 +14,7 @@ when known, and the source's own split when it has one."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,18 +113,27 @@ def find_layout(root: Path) -> str:
     )
 
 
-def read_source(root: str | Path, for_evaluation: bool = False, category_names: list[str] | None = None) -> Source:
+def read_source(
+    root: str | Path,
+    for_evaluation: bool = False,
+    category_names: list[str] | None = None,
+    splits: Collection[str] | None = None,
+) -> Source:
     """Every image of `root` with its mask. For evaluation, a COCO export gives its test/ (else
-    valid/) split and a classification dataset its Testing/ (else Training/) no-tumour images."""
+    valid/) split and a classification dataset its Testing/ (else Training/) no-tumour images.
+    `splits` ("train", "val", "test") reads only those of a COCO export's own splits."""
     root = Path(root)
     layout = find_layout(root)
     if layout == "coco export":
         folders = {name: split for name, split in COCO_SPLITS.items() if (root / name).is_dir()}
-        for required in ("train", "valid"):
-            if required not in folders and not for_evaluation:
-                raise DatasetError(f"{root}: no {required}/ folder (expected ROOT/{{train,valid,test}}/)")
         if for_evaluation:
             folders = {name: None for name in (("test",) if "test" in folders else ("valid",))}
+        else:
+            wanted = set(COCO_SPLITS.values()) if splits is None else set(splits)
+            for required in ("train", "valid"):
+                if required not in folders and COCO_SPLITS[required] in wanted:
+                    raise DatasetError(f"{root}: no {required}/ folder (expected ROOT/{{train,valid,test}}/)")
+            folders = {name: split for name, split in folders.items() if split in wanted}
         images = [item for name, split in folders.items() for item in coco_images(root / name, split, category_names)]
     elif layout == "coco split":
         images = coco_images(root, None, category_names)

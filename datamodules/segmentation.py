@@ -162,8 +162,8 @@ class SegmentationDataModule(CachedDataModule):
 
     def _box_source(self, root: Path) -> Source:
         """A box-labelled source's training images (all of them when it has no split of its own)."""
-        source = read_source(root, category_names=self.hparams.category_names)
-        images = [replace(item, split="train") for item in source.images if item.split in ("train", None)]
+        source = read_source(root, category_names=self.hparams.category_names, splits=["train"])
+        images = [replace(item, split="train") for item in source.images]
         return Source(root, f"{source.layout}, box labels", images)
 
     def _load(self, sources: list[Source]) -> tuple[list[MaskedImage], list[LoadedImage], list[np.ndarray], np.ndarray]:

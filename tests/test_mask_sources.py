@@ -136,6 +136,8 @@ def test_box_labelled_images_train_as_weak_labels_and_stay_out_of_validation(tmp
         assert set(np.unique(mask)) == ({0, BOX_INTERIOR} if file.rsplit("/", 1)[1] in annotated else {0})
     assert all(set(np.unique(mask)) == {0, 1} for file, mask in zip(train.files, train.masks) if file not in weak)
     assert len(dm.training_fingerprints.sha1) == len(train) + len(val)  # the box images count as seen
+    shutil.rmtree(boxes / "valid")  # only a box export's train/ is read, so it may be all there is
+    assert datamodule(str(root), boxes=str(boxes)).datasets["train"].files == train.files
 
 
 def test_crops_train_on_part_of_each_slice_with_its_tumour_and_validate_on_whole_slices(tmp_path):
