@@ -48,17 +48,22 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     return scores
 
 
+def rows_in_order(report: dict, rows: list[dict]) -> list[dict]:
+    """`report`'s per-image rows in the order of `rows`, which must be of the same images."""
+    rows_by_file = {row["file"]: row for row in report["per_image"]}
+    ordered = [rows_by_file[row["file"]] for row in rows if row["file"] in rows_by_file]
+    if len(ordered) != len(rows) or len(rows_by_file) != len(rows):
+        raise ValueError(
+            f"the reports cover different images ({len(rows)} and {len(rows_by_file)}, {len(ordered)} in both)"
+        )
+    return ordered
+
+
 def paired_differences(first: dict, second: dict, resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
     """For each score both reports allow: its value in each and the difference (second - first)
     with a 95% paired bootstrap interval. The reports must cover the same images."""
-    rows_by_file = {row["file"]: row for row in second["per_image"]}
     first_rows = first["per_image"]
-    second_rows = [rows_by_file[row["file"]] for row in first_rows if row["file"] in rows_by_file]
-    if len(second_rows) != len(first_rows) or len(rows_by_file) != len(first_rows):
-        raise ValueError(
-            f"the reports cover different images ({len(first_rows)} and {len(rows_by_file)}, "
-            f"{len(second_rows)} in both)"
-        )
+    second_rows = rows_in_order(second, first_rows)
     first_scores, second_scores = scores_of_rows(first_rows), scores_of_rows(second_rows)
     names = [name for name in first_scores if name in second_scores]
     everything = np.arange(len(first_rows))

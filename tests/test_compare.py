@@ -1,4 +1,5 @@
-"""Comparing two evaluate.py reports of the same images: exact differences, images paired by file."""
+"""Comparing two evaluate.py reports of the same images: exact differences, images paired by file;
+a classifier ensemble scored from its members' reports."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from datamodules.errors import UserError
 from evaluation.compare import compare_reports, paired_differences
+from evaluation.ensemble import averaged_report
 from evaluation.segmentation import segmentation_report, stats_of_rows
 
 
@@ -82,3 +84,28 @@ def test_reports_of_other_images_are_refused_naming_both_files(tmp_path):
     second.write_text(json.dumps(segmentation_rows({"z": (1, 0, 9, 0)}, {"z": 1})))
     with pytest.raises(UserError, match=r"a\.json and .*b\.json: the reports cover different images"):
         compare_reports(first, second)
+
+
+def classifier_rows(probabilities: dict[str, tuple[float, float]], labels: dict[str, str]) -> dict:
+    """A classifier's report: per image, P(glioma) and P(no_tumor), and the class it makes most likely."""
+    rows = []
+    for file, (glioma, no_tumor) in probabilities.items():
+        row = {"file": file, "label": labels[file], "probabilities": {"glioma": glioma, "no_tumor": no_tumor}}
+        rows.append(row | {"predicted": "glioma" if glioma > no_tumor else "no_tumor"})
+    return {"per_image": rows}
+
+
+def test_an_ensemble_averages_its_members_probabilities_per_image():
+    labels = {"a": "glioma", "b": "no_tumor", "c": "glioma"}
+    # a: the first member is wrong but unsure, the second right and sure; c: both wrong
+    first = classifier_rows({"a": (0.4, 0.6), "b": (0.1, 0.9), "c": (0.2, 0.8)}, labels)
+    second = classifier_rows({"c": (0.3, 0.7), "b": (0.45, 0.55), "a": (0.9, 0.1)}, labels)  # other order
+    report = averaged_report([first, second], ["first", "second"], resamples=200)
+    rows = {row["file"]: row for row in report["per_image"]}
+    assert rows["a"]["probabilities"] == pytest.approx({"glioma": 0.65, "no_tumor": 0.35})
+    assert [rows[file]["predicted"] for file in "abc"] == ["glioma", "no_tumor", "no_tumor"]
+    accuracy = {name: entry["value"] for name, entry in report["accuracy"].items()}
+    assert accuracy == pytest.approx({"ensemble": 2 / 3, "first": 1 / 3, "second": 2 / 3})
+    assert paired_differences(first, report, resamples=200)["accuracy"]["difference"]["value"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="different images"):
+        averaged_report([first, classifier_rows({"a": (1.0, 0.0)}, labels)], ["first", "one image"])
