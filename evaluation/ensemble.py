@@ -5,10 +5,13 @@ more than one network; its report compares with any other (evaluation.compare)."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from datamodules.errors import UserError
 from evaluation.bootstrap import bootstrap_intervals, with_interval
-from evaluation.compare import rows_in_order, scores_of_rows
+from evaluation.compare import read_report, rows_in_order, scores_of_rows
 
 
 def averaged_report(reports: list[dict], names: list[str], resamples: int = 1000, seed: int = 0) -> dict:
@@ -37,3 +40,11 @@ def averaged_report(reports: list[dict], names: list[str], resamples: int = 1000
         "accuracy": {name: with_interval(score(everything), intervals[name]) for name, score in accuracies.items()},
         "per_image": per_image,
     }
+
+
+def ensemble_reports(paths: list[str | Path], resamples: int = 1000, seed: int = 0) -> dict:
+    """`averaged_report` of evaluate.py reports given as files or folders, each member named by its path."""
+    try:
+        return averaged_report([read_report(path) for path in paths], [str(path) for path in paths], resamples, seed)
+    except ValueError as error:
+        raise UserError(f"{', '.join(map(str, paths))}: {error}") from error

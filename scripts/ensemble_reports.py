@@ -17,10 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.errors import UserError  # noqa: E402
 from evaluation.bootstrap import interval_text  # noqa: E402
-from evaluation.compare import read_report  # noqa: E402
-from evaluation.ensemble import averaged_report  # noqa: E402
+from evaluation.ensemble import ensemble_reports  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
 
 
@@ -31,10 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the ensemble's report (metrics.json) here")
     args = parser.parse_args(argv)
-    try:
-        report = averaged_report([read_report(path) for path in args.reports], args.reports, args.bootstrap, args.seed)
-    except ValueError as error:
-        raise UserError(f"{', '.join(args.reports)}: {error}") from error
+    report = ensemble_reports(args.reports, args.bootstrap, args.seed)
     for name, entry in report["accuracy"].items():
         print(f"{name}: accuracy {interval_text(entry)}")
     if args.output:

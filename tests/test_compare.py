@@ -10,7 +10,7 @@ import torch
 
 from datamodules.errors import UserError
 from evaluation.compare import compare_reports, paired_differences
-from evaluation.ensemble import averaged_report
+from evaluation.ensemble import averaged_report, ensemble_reports
 from evaluation.segmentation import segmentation_report, stats_of_rows
 
 
@@ -109,3 +109,12 @@ def test_an_ensemble_averages_its_members_probabilities_per_image():
     assert paired_differences(first, report, resamples=200)["accuracy"]["difference"]["value"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="different images"):
         averaged_report([first, classifier_rows({"a": (1.0, 0.0)}, labels)], ["first", "one image"])
+
+
+def test_an_ensemble_of_report_files_refuses_other_images_naming_the_files(tmp_path):
+    labels = {"a": "glioma", "z": "glioma"}
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    first.write_text(json.dumps(classifier_rows({"a": (0.9, 0.1)}, labels)))
+    second.write_text(json.dumps(classifier_rows({"z": (0.9, 0.1)}, labels)))
+    with pytest.raises(UserError, match=r"a\.json, .*b\.json: the reports cover different images"):
+        ensemble_reports([first, second])
