@@ -11,6 +11,7 @@ from datamodules.classification import CLASS_NAMES
 from datamodules.errors import check_range
 from lightning_modules.base import TaskModule
 from lightning_modules.calibration import fit_temperature
+from lightning_modules.distillation import Teachers, distillation_loss
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.metrics import calibration_error, classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier
@@ -34,6 +35,11 @@ class ClassificationModule(TaskModule):
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
         cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.
         mix_prob: fraction of training batches that are mixed (mixup or cutmix, half each when both are on).
+        teachers: classifier checkpoints, run folders or model files trained on this run's data and split
+            (checked when training starts): the network also learns their mean class probabilities at
+            `distillation_temperature` (knowledge distillation; several teachers distil an ensemble).
+        distillation_weight: share of the loss that is the teachers' (the rest is the labels').
+        distillation_temperature: softens the teachers' and the network's probabilities in that loss.
         **kwargs: optimizer and schedule options of `TaskModule`.
     """
 
@@ -53,6 +59,9 @@ class ClassificationModule(TaskModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         mix_prob: float = 1.0,
+        teachers: list[str] | None = None,
+        distillation_weight: float = 0.9,
+        distillation_temperature: float = 4.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,6 +69,8 @@ class ClassificationModule(TaskModule):
         check_range("mixup_alpha", mixup_alpha, 0)
         check_range("cutmix_alpha", cutmix_alpha, 0)
         check_range("mix_prob", mix_prob, 0, 1)
+        check_range("distillation_weight", distillation_weight, 0, 1)
+        check_range("distillation_temperature", distillation_temperature, 0, low_open=True)
         num_classes = len(CLASS_NAMES)
         check_pretrained_source(model, pretrained, weights_path)
         self.net = create_classifier(model, num_classes, in_channels, **(model_kwargs or {}))
@@ -85,6 +96,7 @@ class ClassificationModule(TaskModule):
         self.register_buffer("feature_precision", torch.zeros(features, features))
         self.register_buffer("unfamiliar_threshold", torch.tensor(float("inf")))
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._teachers: Teachers | None = None  # loaded when training starts or resumes
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -111,6 +123,12 @@ class ClassificationModule(TaskModule):
         if hp.pretrained or hp.weights_path:
             load_classifier_weights(self.net, hp.model, hp.pretrained, hp.weights_path)
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams.teachers:
+            self._teachers = Teachers.load(self.hparams.teachers, self.device, self.hparams.in_channels)
+            self._teachers.check_same_split(self.trainer.datamodule)
+
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss of an unblended batch (label-smoothed cross-entropy)."""
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
@@ -123,7 +141,8 @@ class ClassificationModule(TaskModule):
         images, labels = batch
         if self._mixes(images):  # Mixup returns soft targets with the label smoothing already applied
             images, targets = self.mixup(images, labels)
-            loss = self.soft_target_loss(self(images), targets)
+            logits = self(images)
+            loss = self.soft_target_loss(logits, targets)
         else:
             logits = self(images)
             loss = self.loss(logits, labels)
@@ -131,6 +150,12 @@ class ClassificationModule(TaskModule):
             self.log(
                 "train/acc", (logits.argmax(dim=1) == labels).float().mean(), on_step=True, on_epoch=True, prog_bar=True
             )
+        if self._teachers is not None:  # the teachers see the same (mixed) images
+            hp = self.hparams
+            teachers = self._teachers.probabilities(images, hp.distillation_temperature)
+            distillation = distillation_loss(logits, teachers, hp.distillation_temperature)
+            self.log("train/distillation_loss", distillation, on_step=False, on_epoch=True)
+            loss = (1 - hp.distillation_weight) * loss + hp.distillation_weight * distillation
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         return loss
 

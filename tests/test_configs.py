@@ -29,6 +29,11 @@ ADDED_SINCE = {
         "max_phash_distance": 2,
     },
     "lightning_modules.SegmentationModule": {"lovasz_weight": 0.0, "box_weight": 1.0},
+    "lightning_modules.ClassificationModule": {
+        "teachers": None,
+        "distillation_weight": 0.9,
+        "distillation_temperature": 4.0,
+    },
 }
 
 

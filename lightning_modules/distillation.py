@@ -1,0 +1,81 @@
+"""Knowledge distillation (Hinton et al., 2015): a classifier also learns the softened class
+probabilities of trained classifiers, its teachers, averaged over them when there are several, so
+that an ensemble can be distilled into one network."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from datamodules.common import CachedDataModule
+from datamodules.errors import ConfigError
+
+# Datamodule settings that, with the same images, fix the validation split.
+SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance")
+
+
+def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(teacher || student) of the probabilities at `temperature`, times its square, which keeps
+    the gradients' scale that of a temperature of 1 (Hinton et al.)."""
+    log_probabilities = F.log_softmax(logits.float() / temperature, dim=1)
+    return F.kl_div(log_probabilities, teacher_probabilities, reduction="batchmean") * temperature**2
+
+
+@dataclass
+class Teachers:
+    """Trained classifiers (lightning_modules.trained_model.TrainedModel) in eval mode. Not a torch
+    module, so they stay out of the student's parameters, optimizer and checkpoints."""
+
+    models: list
+
+    @classmethod
+    def load(cls, paths: list[str], device: torch.device, channels: int) -> Teachers:
+        """Classifier checkpoints, run folders or model files that read images of `channels` channels."""
+        # Imported here: trained_model imports the classifier, which imports this module.
+        from lightning_modules.classification import ClassificationModule
+        from lightning_modules.trained_model import TrainedModel
+
+        models = [TrainedModel.load(path, ClassificationModule, device) for path in paths]
+        for path, model in zip(paths, models):
+            if model.channels != channels:
+                raise ConfigError(f"{path}: a teacher of {model.channels}-channel images; this run reads {channels}")
+            model.module.requires_grad_(False)
+        return cls(models)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, temperature: float) -> torch.Tensor:
+        """The teachers' mean class probabilities at `temperature` (their raw logits, not their calibration,
+        which was fitted on validation), each teacher given the images at the size it was trained on."""
+        mean = 0
+        for model in self.models:
+            size = model.image_size
+            views = (
+                images
+                if images.shape[-1] == size
+                else F.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+            )
+            mean = mean + (model.module(views).float() / temperature).softmax(dim=1)
+        return mean / len(self.models)
+
+    def check_same_split(self, datamodule: CachedDataModule) -> None:
+        """Refuse teachers that trained on other images or another split: their probabilities could carry
+        the labels of this run's validation images into its training. (So the images a teacher has seen
+        are this run's own, and its checkpoint's fingerprints cover them.)"""
+        own = datamodule.training_fingerprints
+        own_images = sorted(row.tobytes() for row in own.sha1)
+        for model in self.models:
+            fingerprints = model.training_fingerprints
+            settings = {key: model.data_hparams.get(key) for key in SPLIT_SETTINGS}
+            expected = {key: datamodule.hparams.get(key) for key in SPLIT_SETTINGS}
+            if fingerprints is None or sorted(row.tobytes() for row in fingerprints.sha1) != own_images:
+                raise ConfigError(
+                    f"{model.checkpoint}: a teacher trained or validated on other images than this run's; "
+                    "train it on the same data"
+                )
+            if settings != expected:
+                differences = ", ".join(
+                    f"{k} {settings[k]} (this run: {expected[k]})" for k in SPLIT_SETTINGS if settings[k] != expected[k]
+                )
+                raise ConfigError(f"{model.checkpoint}: a teacher of another validation split: {differences}")
