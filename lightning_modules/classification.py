@@ -152,8 +152,8 @@ class ClassificationModule(TaskModule):
             )
         if self._teachers is not None:  # the teachers see the same (mixed) images
             hp = self.hparams
-            teachers = self._teachers.probabilities(images, hp.distillation_temperature)
-            distillation = distillation_loss(logits, teachers, hp.distillation_temperature)
+            teacher_probabilities = self._teachers.probabilities(images, hp.distillation_temperature)
+            distillation = distillation_loss(logits, teacher_probabilities, hp.distillation_temperature)
             self.log("train/distillation_loss", distillation, on_step=False, on_epoch=True)
             loss = (1 - hp.distillation_weight) * loss + hp.distillation_weight * distillation
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True)
