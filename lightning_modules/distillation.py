@@ -5,12 +5,16 @@ that an ensemble can be distilled into one network."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from datamodules.common import CachedDataModule
 from datamodules.errors import ConfigError
+
+if TYPE_CHECKING:  # trained_model imports the classifier, which imports this module
+    from lightning_modules.trained_model import TrainedModel
 
 # Datamodule settings that, with the same images, fix the validation split.
 SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance")
@@ -25,15 +29,15 @@ def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor,
 
 @dataclass
 class Teachers:
-    """Trained classifiers (lightning_modules.trained_model.TrainedModel) in eval mode. Not a torch
-    module, so they stay out of the student's parameters, optimizer and checkpoints."""
+    """Trained classifiers in eval mode. Not a torch module, so they stay out of the student's
+    parameters, optimizer and checkpoints."""
 
-    models: list
+    models: list[TrainedModel]
 
     @classmethod
     def load(cls, paths: list[str], device: torch.device, channels: int) -> Teachers:
         """Classifier checkpoints, run folders or model files that read images of `channels` channels."""
-        # Imported here: trained_model imports the classifier, which imports this module.
+        # Imported here, not above: see TYPE_CHECKING.
         from lightning_modules.classification import ClassificationModule
         from lightning_modules.trained_model import TrainedModel
 
@@ -64,12 +68,11 @@ class Teachers:
         """Refuse teachers that trained on other images or another split: their probabilities could carry
         the labels of this run's validation images into its training. (So the images a teacher has seen
         are this run's own, and its checkpoint's fingerprints cover them.)"""
-        own = datamodule.training_fingerprints
-        own_images = sorted(row.tobytes() for row in own.sha1)
+        own_images = sorted(row.tobytes() for row in datamodule.training_fingerprints.sha1)
+        expected = {key: datamodule.hparams.get(key) for key in SPLIT_SETTINGS}
         for model in self.models:
             fingerprints = model.training_fingerprints
             settings = {key: model.data_hparams.get(key) for key in SPLIT_SETTINGS}
-            expected = {key: datamodule.hparams.get(key) for key in SPLIT_SETTINGS}
             if fingerprints is None or sorted(row.tobytes() for row in fingerprints.sha1) != own_images:
                 raise ConfigError(
                     f"{model.checkpoint}: a teacher trained or validated on other images than this run's; "
