@@ -164,9 +164,21 @@ class Fingerprints:
     def __len__(self) -> int:
         return len(self.phash)
 
+    def file_hashes(self) -> set[bytes]:
+        """The SHA-1 digests, as a set: identical files count once."""
+        return {row.tobytes() for row in self.sha1}
+
+    def same_images(self, other: Fingerprints) -> bool:
+        """Whether both hold exactly the same files (by SHA-1)."""
+        return self.file_hashes() == other.file_hashes()
+
+    def shares_images_with(self, other: Fingerprints) -> bool:
+        """Whether any file is in both (by SHA-1)."""
+        return not self.file_hashes().isdisjoint(other.file_hashes())
+
     def copies_in(self, images: Sequence[LoadedImage], max_phash_distance: int | None) -> list[str | None]:
         """For each image: "exact copy" or "near copy" of one of these, or None."""
-        known = {row.tobytes() for row in self.sha1}
+        known = self.file_hashes()
         found: list[str | None] = []
         for image in images:
             if bytes.fromhex(image.sha1) in known:

@@ -16,9 +16,6 @@ from datamodules.errors import ConfigError
 if TYPE_CHECKING:  # trained_model imports the classifier, which imports this module
     from lightning_modules.trained_model import TrainedModel
 
-# Datamodule settings that, with the same images, fix the validation split.
-SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance")
-
 
 def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
     """KL(teacher || student) of the probabilities at `temperature`, times its square, which keeps
@@ -68,18 +65,6 @@ class Teachers:
         """Refuse teachers that trained on other images or another split: their probabilities could carry
         the labels of this run's validation images into its training. (So the images a teacher has seen
         are this run's own, and its checkpoint's fingerprints cover them.)"""
-        own_images = sorted(row.tobytes() for row in datamodule.training_fingerprints.sha1)
-        expected = {key: datamodule.hparams.get(key) for key in SPLIT_SETTINGS}
         for model in self.models:
-            fingerprints = model.training_fingerprints
-            settings = {key: model.data_hparams.get(key) for key in SPLIT_SETTINGS}
-            if fingerprints is None or sorted(row.tobytes() for row in fingerprints.sha1) != own_images:
-                raise ConfigError(
-                    f"{model.checkpoint}: a teacher trained or validated on other images than this run's; "
-                    "train it on the same data"
-                )
-            if settings != expected:
-                differences = ", ".join(
-                    f"{k} {settings[k]} (this run: {expected[k]})" for k in SPLIT_SETTINGS if settings[k] != expected[k]
-                )
-                raise ConfigError(f"{model.checkpoint}: a teacher of another validation split: {differences}")
+            if difference := model.split_difference(datamodule):
+                raise ConfigError(f"{model.checkpoint}: a teacher {difference}; train it on this run's data and split")

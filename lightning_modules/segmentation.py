@@ -7,6 +7,7 @@ import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from datamodules.common import CachedDataModule
 from datamodules.errors import ConfigError, check_range
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules.base import TaskModule
@@ -56,6 +57,12 @@ class SegmentationModule(TaskModule):
             checkpoint or run folder whose classifier is `encoder_name` (an encoder pretrained on MRI, see
             configs/cls_resnet50.yaml); read when training starts, so a trained checkpoint needs neither the
             file nor the network.
+        weights_path: a trained segmenter to fine-tune (a checkpoint, run folder or model file such as
+            models/segmenter.safetensors, of `encoder_name` and `in_channels`): every weight and fitted
+            threshold starts from it, e.g. for epochs on whole slices after crops or with another loss.
+            `encoder_weights` is then not read. Read when training starts, and refused if it saw some of
+            this run's images without having this run's data and split (its validation images could be
+            among this run's training images, or the reverse); the images it saw count as seen in evaluate.py.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss (one Dice over each batch's pixels, so large tumours weigh most).
         bce_weight: weight of the binary cross-entropy loss.
@@ -80,6 +87,7 @@ class SegmentationModule(TaskModule):
         self,
         encoder_name: str = "resnet50",
         encoder_weights: str | None = None,
+        weights_path: str | None = None,
         in_channels: int = 3,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
@@ -153,10 +161,36 @@ class SegmentationModule(TaskModule):
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
-        if hp.encoder_weights is not None:
+        if hp.weights_path is not None:
+            self.load_segmenter_weights(hp.weights_path, getattr(self._trainer, "datamodule", None))
+        elif hp.encoder_weights is not None:
             load_encoder_weights(self.net.encoder, hp.encoder_name, hp.encoder_weights)
             self.pretraining_fingerprints = pretraining_fingerprints(hp.encoder_weights)
             rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
+
+    def load_segmenter_weights(self, path: str, datamodule: CachedDataModule | None) -> None:
+        """Every weight and fitted buffer of the trained segmenter at `path` (`weights_path`), once it is
+        checked against this run's `datamodule` (set up) when there is one."""
+        from lightning_modules.trained_model import TrainedModel  # imported here: it imports this module
+
+        hp = self.hparams
+        source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
+        built = (source.module.hparams.encoder_name, source.channels)
+        if built != (hp.encoder_name, hp.in_channels):
+            raise ConfigError(
+                f"{source.checkpoint}: a {built[0]} segmenter of {built[1]}-channel images; "
+                f"this run builds a {hp.encoder_name} one of {hp.in_channels}"
+            )
+        seen = source.training_fingerprints
+        if datamodule is not None and (difference := source.split_difference(datamodule)):
+            if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
+                raise ConfigError(
+                    f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
+                    "(or no record of them): fine-tune on the data and split it trained on, or on images it never saw"
+                )
+        self.load_state_dict(source.module.state_dict())
+        self.pretraining_fingerprints = seen.to_state() if seen is not None else None
+        rank_zero_info(f"Segmenter: every weight and fitted threshold from {source.checkpoint}")
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams

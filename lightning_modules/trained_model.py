@@ -30,6 +30,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+# Datamodule settings that, with the same images, fix the validation split.
+SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance")
+
 TASK_MODULES = {cls.__name__: cls for cls in (ClassificationModule, SegmentationModule)}
 DATAMODULES = {cls.__name__: cls for cls in (ClassificationDataModule, SegmentationDataModule)}
 
@@ -94,6 +97,19 @@ class TrainedModel:
         """The images the model was trained or validated on, when the checkpoint records them."""
         state = self.data_state.get("training_fingerprints")
         return Fingerprints.from_state(state) if state else None
+
+    def split_difference(self, datamodule: CachedDataModule) -> str | None:
+        """How the data and validation split this model trained on differ from `datamodule`'s (set up):
+        other images, or the same images split by other settings; None when they are the same."""
+        fingerprints = self.training_fingerprints
+        if fingerprints is None or not fingerprints.same_images(datamodule.training_fingerprints):
+            return "trained or validated on other images than this run's"
+        differences = [
+            f"{key} {self.data_hparams.get(key)} (this run: {datamodule.hparams.get(key)})"
+            for key in SPLIT_SETTINGS
+            if self.data_hparams.get(key) != datamodule.hparams.get(key)
+        ]
+        return f"of another validation split: {', '.join(differences)}" if differences else None
 
     @property
     def device(self) -> torch.device:

@@ -12,13 +12,16 @@ import torch
 
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.coco import read_coco_split
+from datamodules.common import Fingerprints
+from datamodules.errors import ConfigError
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
 from lightning_modules.pretrained import PretrainedWeightsError
 from lightning_modules.segmentation import fit_tumor_decision, tumor_area_threshold
-from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS
+from lightning_modules.trained_model import TrainedModel
+from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS, make_coco_split
 
 
 def setup_datamodule(root, **kwargs) -> SegmentationDataModule:
@@ -175,6 +178,59 @@ def test_module_runs_a_training_and_a_validation_step(coco_root, tmp_path):
     assert {"train/loss", "val/loss", "val/iou_global", "val/iou_per_image", "val/dice_global"} <= set(
         trainer.callback_metrics
     )
+
+
+def test_fine_tuning_starts_from_every_weight_and_fitted_threshold_of_a_trained_segmenter(trained_segmenter, tmp_path):
+    checkpoint = torch.load(trained_segmenter, weights_only=True)
+    checkpoint["state_dict"]["threshold"] = torch.tensor(0.35)  # a fitted value no new module starts with
+    path = tmp_path / "fitted.ckpt"
+    torch.save(checkpoint, path)
+    # encoder_weights names no file: with weights_path it must not be read
+    module = SegmentationModule(encoder_name="resnet18", encoder_weights="missing.pth", weights_path=str(path))
+    module.load_pretrained_weights()  # what on_fit_start does when a fit starts from scratch
+    source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
+    assert module.state_dict().keys() == source.module.state_dict().keys()
+    assert all(torch.equal(module.state_dict()[key], value) for key, value in source.module.state_dict().items())
+    assert module.threshold.item() == pytest.approx(0.35)
+    seen = Fingerprints.from_state(module.pretraining_fingerprints)  # evaluate.py counts its images as seen
+    assert seen.same_images(source.training_fingerprints)
+
+
+def test_start_weights_that_saw_this_runs_images_under_another_split_are_refused(trained_segmenter, tmp_path):
+    source = TrainedModel.load(trained_segmenter, SegmentationModule, torch.device("cpu"))
+    module = SegmentationModule(encoder_name="resnet18")
+    same = source.datamodule()
+    same.setup("fit")
+    module.load_segmenter_weights(str(trained_segmenter), same)  # the data and split it trained on: accepted
+
+    unseen_root = tmp_path / "unseen"
+    make_coco_split(unseen_root / "train", seed=5, count=6)
+    make_coco_split(unseen_root / "valid", seed=6, count=4)
+    module.load_segmenter_weights(str(trained_segmenter), setup_datamodule(unseen_root))  # none of its images: accepted
+
+    overlapping = source.datamodule()
+    overlapping.setup("fit")
+    overlapping.training_fingerprints.sha1 = overlapping.training_fingerprints.sha1[1:]  # one image fewer
+    with pytest.raises(ConfigError, match=f"{trained_segmenter}: start weights trained or validated on other images"):
+        module.load_segmenter_weights(str(trained_segmenter), overlapping)
+    with pytest.raises(
+        ConfigError, match="a resnet18 segmenter of 3-channel images; this run builds a resnet34 one of 3"
+    ):
+        SegmentationModule(encoder_name="resnet34").load_segmenter_weights(str(trained_segmenter), same)
+
+
+def test_start_weights_are_checked_when_training_starts(trained_segmenter, tmp_path):
+    source = TrainedModel.load(trained_segmenter, SegmentationModule, torch.device("cpu"))
+    arguments = {key: value for key, value in source.data_hparams.items() if not key.startswith("_")}
+    other_split = SegmentationDataModule(**{**arguments, "val_fraction": 0.5})
+    module = SegmentationModule(encoder_name="resnet18", weights_path=str(trained_segmenter))
+    trainer = L.Trainer(
+        fast_dev_run=1, accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path
+    )
+    with pytest.raises(
+        ConfigError, match=r"start weights of another validation split: val_fraction 0.15 \(this run: 0.5\)"
+    ):
+        trainer.fit(module, datamodule=other_split)
 
 
 @pytest.mark.parametrize(
