@@ -48,6 +48,11 @@ class TrainedModel:
     data_hparams: dict = field(default_factory=dict)  # the training datamodule's arguments and class
     data_state: dict = field(default_factory=dict)  # what that datamodule saved (next epoch, fingerprints)
 
+    def __post_init__(self) -> None:
+        # The layout training runs in (TaskModule.setup): on CPU a UNet's forward pass is then about 1.3x
+        # faster, a classifier's a little (BENCHMARKS.md, "Inference latency").
+        self.module.to(memory_format=torch.channels_last)
+
     @classmethod
     def load(cls, path: str | Path, module_class: type[TaskModule] | None, device: torch.device) -> TrainedModel:
         """A checkpoint file, the best checkpoint of a run folder, or a model file (export.py) of

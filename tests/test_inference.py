@@ -369,6 +369,13 @@ def test_model_files_predict_like_their_checkpoints(trained_classifier, trained_
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def test_loaded_models_run_in_the_layout_they_trained_in(trained_classifier, trained_segmenter):
+    for checkpoint in (trained_classifier, trained_segmenter):
+        module = TrainedModel.load(checkpoint, None, torch.device("cpu")).module
+        weights = [layer.weight for layer in module.modules() if isinstance(layer, torch.nn.Conv2d)]
+        assert weights and all(weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)
+
+
 def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
     from safetensors.torch import save_file
 
