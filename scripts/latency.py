@@ -1,11 +1,12 @@
-"""Single-image inference latency of a config's model, in PyTorch and in onnxruntime.
+"""Single-image inference latency of a config's model or a trained one, in PyTorch and in onnxruntime.
 
     python scripts/latency.py --config configs/cls.yaml [--config configs/seg.yaml] [--runs 100] [--threads N]
+    python scripts/latency.py --model models/classifier.safetensors --model models/segmenter.safetensors
 
-The model is built from the config exactly as train.py builds it (weights do not change the
-cost, so none are loaded), exported with export.py's code, and timed on one preprocessed
-image of the config's size: the median of --runs calls after --warmup calls. Prints a
-Markdown table for BENCHMARKS.md.
+A config's model is built exactly as train.py builds it (weights do not change the cost, so none
+are loaded); a --model (checkpoint, run folder or model file) is loaded as the tools load it. Each
+is exported with export.py's code and timed on one preprocessed image of its size: the median of
+--runs calls after --warmup calls. Prints a Markdown table for BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ def model_from_config(config: str) -> TrainedModel:
     return TrainedModel(cli.model.eval(), int(data.image_size), int(data.channels), checkpoint=f"{config} (untrained)")
 
 
-def measure(config: str, runs: int, warmup: int, threads: int) -> dict:
-    model = model_from_config(config)
+def measure(model: TrainedModel, name: str, runs: int, warmup: int, threads: int) -> dict:
     image = torch.rand(1, model.channels, model.image_size, model.image_size)
     with torch.inference_mode():
         torch_ms = median_ms(lambda: model.module(image), runs, warmup)
@@ -63,7 +63,7 @@ def measure(config: str, runs: int, warmup: int, threads: int) -> dict:
         onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
     network = model.module.hparams.get("model") or model.module.hparams.get("encoder_name")
     return {
-        "config": config,
+        "model": name,
         "network": network,
         "input": f"{model.channels}x{model.image_size}x{model.image_size}",
         "torch_ms": torch_ms,
@@ -73,20 +73,25 @@ def measure(config: str, runs: int, warmup: int, threads: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", action="append", required=True, help="a train.py config; repeat for several")
+    parser.add_argument("--config", action="append", default=[], help="a train.py config; repeat for several")
+    parser.add_argument("--model", action="append", default=[], help="a trained model; repeat for several")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="CPU threads for both runtimes")
     args = parser.parse_args()
+    if not args.config and not args.model:
+        parser.error("give at least one --config or --model")
     torch.set_num_threads(args.threads)
-    rows = [measure(config, args.runs, args.warmup, args.threads) for config in args.config]
+    models = [(model_from_config(config), config) for config in args.config]
+    models += [(TrainedModel.load(path, None, torch.device("cpu")), path) for path in args.model]
+    rows = [measure(model, name, args.runs, args.warmup, args.threads) for model, name in models]
     print(
         f"CPU: {platform.processor() or platform.machine()}, {args.threads} threads; torch {torch.__version__}, "
         f"onnxruntime {onnxruntime.__version__}; median of {args.runs} runs after {args.warmup} warm-up, batch 1"
     )
-    print("| config | network | input | PyTorch (ms) | onnxruntime (ms) |\n|---|---|---|---:|---:|")
+    print("| model | network | input | PyTorch (ms) | onnxruntime (ms) |\n|---|---|---|---:|---:|")
     for row in rows:
-        print(f"| {row['config']} | {row['network']} | {row['input']} | {row['torch_ms']:.1f} | {row['onnx_ms']:.1f} |")
+        print(f"| {row['model']} | {row['network']} | {row['input']} | {row['torch_ms']:.1f} | {row['onnx_ms']:.1f} |")
 
 
 if __name__ == "__main__":
