@@ -170,17 +170,20 @@ def create_classifier(
 
 
 def create_segmenter(
-    encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3
+    encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3, arch: str = "unet"
 ) -> nn.Module:
-    """A binary UNet (one logit per pixel) from segmentation-models-pytorch, its encoder then loaded
-    from `encoder_weights` (lightning_modules.pretrained.load_encoder_weights) unless that is None."""
+    """A binary segmenter (one logit per pixel) from segmentation-models-pytorch: `arch` (a key of
+    smp.MODEL_ARCHITECTURES_MAPPING: "unet", "unetplusplus", "fpn", ...) on the encoder `encoder_name`,
+    then loaded from `encoder_weights` (lightning_modules.pretrained.load_encoder_weights) unless None."""
     import segmentation_models_pytorch as smp
 
     if encoder_name not in smp.encoders.encoders:
         raise UserError(
             f"unknown encoder '{encoder_name}': use a name from segmentation_models_pytorch.encoders.encoders"
         )
-    model = smp.Unet(encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels, classes=1)
+    if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
+        raise UserError(f"unknown arch '{arch}': use one of {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}")
+    model = smp.create_model(arch, encoder_name=encoder_name, encoder_weights=None, in_channels=in_channels, classes=1)
     if encoder_weights is not None:
         load_encoder_weights(model.encoder, encoder_name, encoder_weights)
     return model

@@ -1,4 +1,4 @@
-"""LightningModule for binary brain-tumor segmentation with an smp UNet."""
+"""LightningModule for binary brain-tumor segmentation with an smp network (a UNet by default)."""
 
 from __future__ import annotations
 
@@ -49,16 +49,17 @@ def fit_tumor_decision(areas: torch.Tensor, has_tumor: torch.Tensor) -> tuple[in
 
 
 class SegmentationModule(TaskModule):
-    """UNet predicting one tumor logit per pixel.
+    """A segmentation network (a UNet by default) predicting one tumor logit per pixel.
 
     Args:
         encoder_name: any smp encoder ("resnet50", "mobilenet_v2", "resnet18", ...).
+        arch: the smp architecture around it ("unet", "unetplusplus", "fpn", ...; smp.create_model's `arch`).
         encoder_weights: "imagenet" (downloaded), null, a local ImageNet checkpoint path, or a classification
             checkpoint or run folder whose classifier is `encoder_name` (an encoder pretrained on MRI, see
             configs/cls_resnet50.yaml); read when training starts, so a trained checkpoint needs neither the
             file nor the network.
         weights_path: a trained segmenter to fine-tune (a checkpoint, run folder or model file such as
-            models/segmenter.safetensors, of `encoder_name` and `in_channels`): every weight and fitted
+            models/segmenter.safetensors, of `arch`, `encoder_name` and `in_channels`): every weight and fitted
             threshold starts from it, e.g. for epochs on whole slices after crops or with another loss.
             `encoder_weights` is then not read. Read when training starts, and refused if it saw some of
             this run's images without having this run's data and split (its validation images could be
@@ -86,6 +87,7 @@ class SegmentationModule(TaskModule):
     def __init__(
         self,
         encoder_name: str = "resnet50",
+        arch: str = "unet",
         encoder_weights: str | None = None,
         weights_path: str | None = None,
         in_channels: int = 3,
@@ -111,7 +113,7 @@ class SegmentationModule(TaskModule):
             check_range(name, value, 0)
         if dice_weight == bce_weight == lovasz_weight == 0:
             raise ConfigError("dice_weight, bce_weight and lovasz_weight are all 0: nothing to train on")
-        self.net = create_segmenter(encoder_name, None, in_channels)
+        self.net = create_segmenter(encoder_name, None, in_channels, arch)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)
         self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, ignore_index=BOX_INTERIOR)
@@ -175,11 +177,11 @@ class SegmentationModule(TaskModule):
 
         hp = self.hparams
         source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
-        built = (source.module.hparams.encoder_name, source.channels)
-        if built != (hp.encoder_name, hp.in_channels):
+        built = (source.module.hparams.arch, source.module.hparams.encoder_name, source.channels)
+        if built != (hp.arch, hp.encoder_name, hp.in_channels):
             raise ConfigError(
-                f"{source.checkpoint}: a {built[0]} segmenter of {built[1]}-channel images; "
-                f"this run builds a {hp.encoder_name} one of {hp.in_channels}"
+                f"{source.checkpoint}: a {built[0]} on {built[1]} of {built[2]}-channel images; "
+                f"this run builds a {hp.arch} on {hp.encoder_name} of {hp.in_channels}"
             )
         seen = source.training_fingerprints
         if datamodule is not None and (difference := source.split_difference(datamodule)):

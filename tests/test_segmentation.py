@@ -8,12 +8,13 @@ import cv2
 import lightning as L
 import numpy as np
 import pytest
+import segmentation_models_pytorch as smp
 import torch
 
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.coco import read_coco_split
 from datamodules.common import Fingerprints
-from datamodules.errors import ConfigError
+from datamodules.errors import ConfigError, UserError
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
@@ -121,6 +122,17 @@ def test_local_encoder_checkpoint_is_loaded_into_the_encoder(tmp_path):
         assert torch.equal(model.encoder.state_dict()[key], value), key
 
 
+def test_any_smp_architecture_by_name_around_the_loaded_encoder(tmp_path):
+    source = create_segmenter("resnet18").encoder.state_dict()
+    path = tmp_path / "resnet18_imagenet.pth"
+    torch.save(source, path)
+    model = create_segmenter("resnet18", str(path), arch="unetplusplus")
+    assert all(torch.equal(model.encoder.state_dict()[key], value) for key, value in source.items())
+    assert type(model) is smp.UnetPlusPlus and model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+    with pytest.raises(UserError, match="unknown arch 'unet3d': use one of unet, unetplusplus, "):
+        create_segmenter("resnet18", arch="unet3d")
+
+
 def test_wrong_encoder_checkpoint_names_the_file(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"features.0.weight": torch.zeros(1)}, path)
@@ -214,9 +226,13 @@ def test_start_weights_that_saw_this_runs_images_under_another_split_are_refused
     with pytest.raises(ConfigError, match=f"{trained_segmenter}: start weights trained or validated on other images"):
         module.load_segmenter_weights(str(trained_segmenter), overlapping)
     with pytest.raises(
-        ConfigError, match="a resnet18 segmenter of 3-channel images; this run builds a resnet34 one of 3"
+        ConfigError, match="a unet on resnet18 of 3-channel images; this run builds a unet on resnet34 of 3"
     ):
         SegmentationModule(encoder_name="resnet34").load_segmenter_weights(str(trained_segmenter), same)
+    with pytest.raises(ConfigError, match="this run builds a unetplusplus on resnet18 of 3"):
+        SegmentationModule(encoder_name="resnet18", arch="unetplusplus").load_segmenter_weights(
+            str(trained_segmenter), same
+        )
 
 
 def test_start_weights_are_checked_when_training_starts(trained_segmenter, tmp_path):
