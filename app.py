@@ -56,7 +56,7 @@ def analyse(predictor: TumorPredictor, upload: str | None, tta: bool = False):
     size_mb = Path(upload).stat().st_size / 2**20
     if size_mb > MAX_UPLOAD_MB:
         return None, None, None, f"That file is {size_mb:.0f} MB; the limit is {MAX_UPLOAD_MB} MB."
-    prediction = next(predictor.predict_files([upload], batch_size=1, gradcam=True, tta="hflip" if tta else "none"))
+    prediction = next(predictor.predict_files([upload], batch_size=1, gradcam=True, tta="hflip" if tta else None))
     if prediction.error:
         name = Path(upload).name
         return None, None, None, f"Could not read **{name}**: {prediction.error.split(': ', 1)[-1]}."
@@ -80,7 +80,14 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
                     type="filepath",
                     elem_id="upload",
                 )
-                tta = gr.Checkbox(label="Also look at the mirrored slice (test-time augmentation)", elem_id="tta")
+                segmenter_views = predictor.segmenter.module.hparams.tta if predictor.segmenter else "none"
+                tta = gr.Checkbox(
+                    label="Also look at the mirrored slice (test-time augmentation)",
+                    info=None
+                    if segmenter_views == "none"
+                    else "The segmenter always does: its threshold is fitted so.",
+                    elem_id="tta",
+                )
                 button = gr.Button("Analyse", variant="primary", elem_id="analyse")
                 message = gr.Markdown(elem_id="message")
             with gr.Column(scale=1):

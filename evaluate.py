@@ -54,7 +54,7 @@ from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.trained_model import TrainedModel, resolve_device
-from lightning_modules.tta import TTA_VIEWS, classify, run_with_tta
+from lightning_modules.tta import TTA_VIEWS, classify
 
 
 def default_output_dir(checkpoint: Path) -> Path:
@@ -105,7 +105,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         datamodule.setup("test")
         datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
         source, roots = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split", datamodule.roots
-    run = partial(classify, trained.module, tta=args.tta)  # logits and, for the familiarity score, pooled features
+    # logits and, for the familiarity score, pooled features
+    run = partial(classify, trained.module, tta=args.tta or "none")
     outputs = [
         output
         for dataset in datasets
@@ -203,7 +204,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         datasets = [datamodule.datasets[datamodule.test_split_name]]
         source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
     module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
-    run = partial(run_with_tta, module, tta=args.tta)
+    run = partial(module.predict_logits, tta=args.tta)
     for dataset in datasets:
         for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, run):
             curve.update(logits.sigmoid(), masks.int())
@@ -299,8 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tta",
         choices=list(TTA_VIEWS),
-        default="none",
-        help="test-time augmentation: average over flipped views (default: %(default)s)",
+        help="test-time augmentation: average over flipped views (default: a segmenter's own views, stored "
+        "in it; a classifier's image as it is)",
     )
     parser.add_argument(
         "--min_area",
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint": str(checkpoint),
         "image_size": trained.image_size,
         "channels": trained.channels,
-        "tta": args.tta,
+        "tta": args.tta or trained.module.hparams.get("tta", "none"),
         "bootstrap_resamples": args.bootstrap,
         "bootstrap_seed": args.seed,
         **results,

@@ -12,7 +12,8 @@ wherever they take a checkpoint; they load without pickle.
 
 classifier.onnx maps a normalized (N, C, H, W) float batch to the four class probabilities
 (calibrated: the temperature fitted in training is part of the graph);
-segmenter.onnx maps one to per-pixel tumor probabilities (N, 1, H, W). The batch size is
+segmenter.onnx maps one to per-pixel tumor probabilities (N, 1, H, W), averaged over the segmenter's
+own views (its `tta`, in the sidecar) as its threshold was fitted. The batch size is
 dynamic; H, W and C are those in the sidecar (*.json), as are the normalization and class names.
 """
 
@@ -32,6 +33,7 @@ from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.model_file import write_model_file
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
+from lightning_modules.tta import run_with_tta
 
 OPSET = 17
 
@@ -48,19 +50,20 @@ class CalibratedSoftmax(torch.nn.Module):
 
 
 class WithActivation(torch.nn.Module):
-    """The network plus its output activation, so ONNX users get probabilities directly."""
+    """The network plus its output activation, so ONNX users get probabilities directly, averaged over
+    the views of `tta` (a segmenter's own, which its threshold was fitted on)."""
 
-    def __init__(self, net: torch.nn.Module, activation: torch.nn.Module) -> None:
+    def __init__(self, net: torch.nn.Module, activation: torch.nn.Module, tta: str = "none") -> None:
         super().__init__()
-        self.net, self.activation = net, activation
+        self.net, self.activation, self.tta = net, activation, tta
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.net(images))
+        return self.activation(run_with_tta(self.net, images, self.tta))
 
 
 def export_model(model: TrainedModel, activation: torch.nn.Module, path: Path, extra: dict) -> Path:
     """Write path (ONNX) and path.with_suffix('.json') (preprocessing); return the ONNX path."""
-    wrapped = WithActivation(model.module.net, activation).cpu().eval()
+    wrapped = WithActivation(model.module.net, activation, model.module.hparams.get("tta", "none")).cpu().eval()
     example = torch.zeros(1, model.channels, model.image_size, model.image_size)
     # The TorchScript exporter: needs only `onnx`, and its output matches PyTorch (tests/test_inference.py).
     warnings.filterwarnings("ignore", "You are using the legacy TorchScript-based ONNX export", DeprecationWarning)
@@ -126,6 +129,7 @@ def export_checkpoints(
                 "min_tumor_area": segmenter.module.hparams.min_tumor_area,
                 "tumor_area_threshold": float(segmenter.module.tumor_area_threshold),
                 "detection_threshold": float(segmenter.module.detection_threshold),
+                "tta": segmenter.module.hparams.tta,  # views already averaged in the graph
             }
             written.append(export_model(segmenter, torch.nn.Sigmoid(), output_dir / "segmenter.onnx", postprocessing))
     return written

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tta",
         choices=list(TTA_VIEWS),
-        default="none",
-        help="test-time augmentation: average over flipped views (default: %(default)s)",
+        help="test-time augmentation: average both models over flipped views (default: the segmenter's own "
+        "views, stored in it; the classifier's image as it is)",
     )
     args = parser.parse_args(argv)
 

@@ -18,7 +18,7 @@ from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel, resolve_device
-from lightning_modules.tta import classify, run_with_tta
+from lightning_modules.tta import classify
 
 # An input whose shorter side is below this share of the model's input size is blown up so much
 # that the model sees mostly interpolation: it is still predicted, with a warning.
@@ -94,10 +94,11 @@ class TumorPredictor:
         self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
 
     def predict_files(
-        self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True, tta: str = "none"
+        self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True, tta: str | None = None
     ) -> Iterator[Prediction]:
         """Predictions in input order; unreadable inputs come back with `error` set. `tta` (a key
-        of TTA_VIEWS) averages both models over flipped views; Grad-CAM shows the image as it is."""
+        of TTA_VIEWS) averages both models over flipped views; None: the segmenter's own views and the
+        classifier's image as it is. Grad-CAM shows the image as it is."""
         pending: list[Prediction] = []
         for path in paths:
             pending.append(self._read(path))
@@ -130,18 +131,18 @@ class TumorPredictor:
         return model.batch([load_image_file(p.path, model.channels) for p in predictions])
 
     @torch.no_grad()
-    def _predict(self, batch: list[Prediction], gradcam: bool, tta: str) -> list[Prediction]:
+    def _predict(self, batch: list[Prediction], gradcam: bool, tta: str | None) -> list[Prediction]:
         valid = [p for p in batch if p.error is None]
         if valid and self.classifier is not None:
             self._classify(valid, gradcam, tta)
         if valid and self.segmenter is not None:
             segmenter = self.segmenter.module  # its masks use the threshold fitted on its validation split
-            tumor = segmenter.tumor_masks(run_with_tta(segmenter, self._inputs(self.segmenter, valid), tta))
+            tumor = segmenter.tumor_masks(segmenter.predict_logits(self._inputs(self.segmenter, valid), tta))
             for i, prediction in enumerate(valid):
                 prediction.tumor_mask = (upsample(tumor[i, 0], prediction.image.shape[:2]) >= 0.5).astype(np.uint8)
         return batch
 
-    def _classify(self, valid: list[Prediction], gradcam: bool, tta: str) -> None:
+    def _classify(self, valid: list[Prediction], gradcam: bool, tta: str | None) -> None:
         inputs = self._inputs(self.classifier, valid)
         module, cams = self.classifier.module, None
         if gradcam:
@@ -150,7 +151,7 @@ class TumorPredictor:
                 self.gradcam_unavailable = (
                     f"Grad-CAM is not available for model '{module.hparams.model}': its features have no spatial layout"
                 )
-        logits, pooled = classify(module, inputs, tta)
+        logits, pooled = classify(module, inputs, tta or "none")
         probabilities, unfamiliar = module.probabilities(logits), module.is_unfamiliar(pooled)
         for i, prediction in enumerate(valid):
             prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))

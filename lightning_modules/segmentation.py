@@ -21,6 +21,7 @@ from lightning_modules.metrics import (
 from lightning_modules.models import create_segmenter
 from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.pretrained import load_encoder_weights, pretraining_fingerprints
+from lightning_modules.tta import TTA_VIEWS, run_with_tta
 from lightning_modules.visualization import segmentation_figure
 
 HEALTHY_FALSE_POSITIVE_SHARE = 0.02  # of healthy validation slices that the fitted decision may give a tumour
@@ -73,6 +74,9 @@ class SegmentationModule(TaskModule):
             BoxInst's: the predicted mask's maxima along rows and along columns match the box's, so any
             shape that touches every row and column of the box fits it). The other losses ignore the
             pixels inside boxes and learn only the background around them.
+        tta: the views the model's masks average (a key of lightning_modules.tta.TTA_VIEWS; "hflip" adds the
+            mirrored slice): validation scores their mean and fits the threshold and tumour decision on it, and
+            predict.py, app.py and evaluate.py use them unless told otherwise. Training sees one view at a time.
         min_tumor_area: predicted tumours (connected components) of fewer pixels, at the model's input size,
             are dropped from the masks that predict.py, app.py and evaluate.py show; 0 keeps all.
         preview_every_n_epochs: log an image / truth / prediction grid to TensorBoard this often.
@@ -95,6 +99,7 @@ class SegmentationModule(TaskModule):
         bce_weight: float = 1.0,
         lovasz_weight: float = 0.0,
         box_weight: float = 1.0,
+        tta: str = "none",
         min_tumor_area: int = 0,
         preview_every_n_epochs: int = 5,
         preview_images: int = 4,
@@ -111,6 +116,8 @@ class SegmentationModule(TaskModule):
             ("preview_images", preview_images),
         ):
             check_range(name, value, 0)
+        if tta not in TTA_VIEWS:
+            raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
         if dice_weight == bce_weight == lovasz_weight == 0:
             raise ConfigError("dice_weight, bce_weight and lovasz_weight are all 0: nothing to train on")
         self.net = create_segmenter(encoder_name, None, in_channels, arch)
@@ -137,6 +144,10 @@ class SegmentationModule(TaskModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+    def predict_logits(self, images: torch.Tensor, tta: str | None = None) -> torch.Tensor:
+        """Logits averaged over the views of `tta` (default: the model's own), what tumor_masks takes."""
+        return run_with_tta(self, images, self.hparams.tta if tta is None else tta)
 
     def tumor_masks(self, logits: torch.Tensor, min_tumor_area: int | None = None) -> torch.Tensor:
         """Binary masks (N, 1, H, W) from logits: probabilities at or above the fitted threshold, without
@@ -220,6 +231,7 @@ class SegmentationModule(TaskModule):
         images, masks = batch
         logits = self(images)
         self.log("val/loss", self.loss(logits, masks), on_epoch=True, prog_bar=True)
+        logits = run_with_tta(self, images, self.hparams.tta, unflipped=logits)  # what the model's masks are made of
         self.val_stats.update(logits.sigmoid(), masks.int())
         probabilities = logits.float().sigmoid()
         self.val_threshold_curve.update(probabilities, masks.int())

@@ -4,10 +4,12 @@ segmenter's mask threshold and tumour decision. For checkpoints trained before t
 changed); the weights are untouched.
 
     python scripts/recalibrate.py --ckpt_path runs/cls/version_0 --output recalibrated.ckpt [--data.root DATASET]
-    python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--data.negatives ...]
+    python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--data.negatives ...] \
+        [--tta hflip]
 
 --data.root, --data.negatives: where the training data lives now, if it moved (the split is recomputed
-from the files).
+from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
+and tumour decision are fitted on their mean).
 """
 
 from __future__ import annotations
@@ -21,11 +23,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datamodules.errors import UserError  # noqa: E402
 from lightning_modules.checkpoints import read_checkpoint  # noqa: E402
 from lightning_modules.classification import ClassificationModule  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
 from lightning_modules.precision import Hardware, fastest_precision  # noqa: E402
+from lightning_modules.segmentation import SegmentationModule  # noqa: E402
 from lightning_modules.trained_model import TrainedModel  # noqa: E402
+from lightning_modules.tta import TTA_VIEWS  # noqa: E402
 
 
 def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: str) -> str:
@@ -39,7 +44,7 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
     if isinstance(module, ClassificationModule):
         return f"temperature {float(module.temperature):.3f}, fitted on {count} validation images"
     return (
-        f"threshold {float(module.threshold):.2f}, a tumour where at least {float(module.tumor_area_threshold):.0f} px "
+        f"views '{module.hparams.tta}', threshold {float(module.threshold):.2f}, a tumour where at least {float(module.tumor_area_threshold):.0f} px "
         f"reach {float(module.detection_threshold):.2f}, fitted on {count} validation slices"
     )
 
@@ -51,12 +56,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data.root", dest="data_root", nargs="+", help="the training data, if it moved")
     parser.add_argument("--data.negatives", dest="data_negatives", nargs="+", help="a segmenter's healthy slices")
     parser.add_argument("--precision", help="default: what training picks on this machine")
+    parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
     args = parser.parse_args(argv)
     trained = TrainedModel.load(args.ckpt_path, None, torch.device("cpu"))
+    checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output
+    if args.tta:
+        if not isinstance(trained.module, SegmentationModule):
+            raise UserError(f"{trained.checkpoint}: --tta is a segmenter's option, and this is a classifier")
+        trained.module.hparams.tta = args.tta
+        checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "tta": args.tta}
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
     message = refit(trained, datamodule, args.precision or fastest_precision("auto", Hardware.detect())[0])
-    checkpoint = read_checkpoint(trained.checkpoint)
-    checkpoint = {key: value for key, value in checkpoint.items()}  # the memory-mapped file is about to be replaced
     refitted = {name: trained.module.get_buffer(name).detach().clone() for name in trained.module.fitted_buffers}
     checkpoint["state_dict"] = {**checkpoint["state_dict"], **refitted}
     torch.save(checkpoint, args.output)

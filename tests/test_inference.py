@@ -19,6 +19,7 @@ from lightning_modules.bundled import BUNDLED_MODELS, models_to_use
 from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam
+from lightning_modules.metrics import best_threshold, threshold_curve
 from lightning_modules.models import create_segmenter
 from lightning_modules.predictor import Prediction, TumorPredictor
 from lightning_modules.segmentation import SegmentationModule
@@ -401,6 +402,44 @@ def test_recalibrating_a_checkpoint_refits_what_training_fitted(trained_classifi
     for name in ClassificationModule.fitted_buffers:
         assert torch.equal(refitted.get_buffer(name), original.get_buffer(name)), name
     assert torch.equal(refitted.net.head[-1].weight, original.net.head[-1].weight)
+
+
+def test_a_segmenter_refitted_on_its_mirrored_views_keeps_them(trained_segmenter, tmp_path):
+    arguments = ["--ckpt_path", str(trained_segmenter), "--output", "re.ckpt", "--precision", "32-true"]
+    result = run_script("scripts/recalibrate.py", *arguments, "--tta", "hflip", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("wrote re.ckpt: views 'hflip', threshold ")
+    trained = TrainedModel.load(tmp_path / "re.ckpt", SegmentationModule, torch.device("cpu"))
+    assert trained.module.hparams.tta == "hflip"
+    curve, datamodule = threshold_curve(), trained.datamodule()
+    datamodule.setup("fit")
+    for images, masks in datamodule.val_dataloader():  # the threshold of the best IoU of both views' mean
+        curve.update(trained.module.predict_logits(images).sigmoid(), masks.int())
+    assert float(trained.module.threshold) == pytest.approx(best_threshold(curve)[0])
+    result = run_script("export.py", "--seg-ckpt", "re.ckpt", "--output-dir", "models", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = TrainedModel.load(tmp_path / "models" / "segmenter.safetensors", SegmentationModule, torch.device("cpu"))
+    assert exported.module.hparams.tta == "hflip"
+
+
+def test_onnx_export_of_a_segmenter_averages_its_views(trained_segmenter, tmp_path):
+    import onnxruntime
+
+    from export import export_checkpoints
+
+    trained = TrainedModel.load(trained_segmenter, SegmentationModule, torch.device("cpu"))
+    checkpoint = torch.load(trained_segmenter, weights_only=False)
+    checkpoint["hyper_parameters"]["tta"] = "hflip"
+    torch.save(checkpoint, tmp_path / "hflip.ckpt")
+    (path,) = export_checkpoints(None, str(tmp_path / "hflip.ckpt"), tmp_path, format="onnx")
+    assert json.loads(path.with_suffix(".json").read_text())["tta"] == "hflip"
+    batch = torch.randn(2, trained.channels, trained.image_size, trained.image_size)
+    with torch.no_grad():
+        expected, one_view = (trained.module.predict_logits(batch, tta).sigmoid().numpy() for tta in ("hflip", "none"))
+    (actual,) = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": batch.numpy()}
+    )
+    assert np.abs(actual - expected).max() < ONNX_TOLERANCE < np.abs(actual - one_view).max()
 
 
 @pytest.mark.parametrize(

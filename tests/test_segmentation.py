@@ -22,6 +22,7 @@ from lightning_modules.models import create_segmenter
 from lightning_modules.pretrained import PretrainedWeightsError
 from lightning_modules.segmentation import fit_tumor_decision, tumor_area_threshold
 from lightning_modules.trained_model import TrainedModel
+from lightning_modules.tta import run_with_tta
 from tests.conftest import CROWD_BOX, CROWD_IMAGE, EMPTY_IMAGE, TUMOR_POLYGONS, make_coco_split
 
 
@@ -455,3 +456,22 @@ def test_images_of_the_classifier_an_encoder_was_pretrained_from_count_as_seen(s
     seen = TrainedModel.load(run_folder(tmp_path, "seg"), None, torch.device("cpu")).training_fingerprints
     assert len(seen) == len(classifier) + 8 + 6  # the classifier's images, then the segmenter's train and valid
     assert {row.tobytes() for row in classifier.sha1} <= {row.tobytes() for row in seen.sha1}
+
+
+def test_validation_scores_the_mean_of_the_models_views(trained_segmenter):
+    trained = TrainedModel.load(trained_segmenter, SegmentationModule, torch.device("cpu"))
+    module, datamodule = trained.module, trained.datamodule()
+    module.hparams.tta = "hflip"
+    trainer = L.Trainer(accelerator="cpu", precision="32-true", logger=False, enable_progress_bar=False)
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    by_views = {}
+    for tta in ("hflip", "none"):
+        stats = segmentation_stats()
+        for images, masks in datamodule.val_dataloader():
+            stats.update(module.predict_logits(images, tta).sigmoid(), masks.int())
+        by_views[tta] = segmentation_scores(stats.compute())["iou_global"]
+    assert float(trainer.callback_metrics["val/iou_global"]) == pytest.approx(by_views["hflip"])
+    assert by_views["hflip"] != pytest.approx(by_views["none"])  # so the first line tells the two apart
+    assert torch.equal(module.predict_logits(images), run_with_tta(module, images, "hflip"))  # the model's own
+    with pytest.raises(ConfigError, match="tta 'mirror': use one of none, hflip, flips"):
+        SegmentationModule(encoder_name="resnet18", tta="mirror")
