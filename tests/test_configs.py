@@ -28,7 +28,13 @@ ADDED_SINCE = {
         "val_fraction": 0.15,
         "max_phash_distance": 2,
     },
-    "lightning_modules.SegmentationModule": {"weights_path": None, "lovasz_weight": 0.0, "box_weight": 1.0},
+    "lightning_modules.SegmentationModule": {
+        "arch": "unet",
+        "weights_path": None,
+        "lovasz_weight": 0.0,
+        "box_weight": 1.0,
+        "tta": "none",
+    },
     "lightning_modules.ClassificationModule": {
         "teachers": None,
         "distillation_weight": 0.9,

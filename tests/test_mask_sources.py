@@ -235,7 +235,7 @@ def test_recalibrating_a_segmenter_refits_exactly_what_training_fitted(outline_s
         "scripts/recalibrate.py", "--ckpt_path", str(tmp_path / "old.ckpt"), "--output", "re.ckpt", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("wrote re.ckpt: threshold ")
+    assert result.stdout.startswith("wrote re.ckpt: views 'none', threshold ")
     refitted = torch.load(tmp_path / "re.ckpt", weights_only=True)["state_dict"]
     # The same weights, validation split, batches and precision as training's last validation of them.
     for name in SegmentationModule.fitted_buffers:
