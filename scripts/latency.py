@@ -53,7 +53,9 @@ def model_from_config(config: str) -> TrainedModel:
 def measure(model: TrainedModel, name: str, runs: int, warmup: int, threads: int) -> dict:
     image = torch.rand(1, model.channels, model.image_size, model.image_size)
     with torch.inference_mode():
-        torch_ms = median_ms(lambda: model.module(image), runs, warmup)
+        # A segmenter's own test-time views (`tta`) are part of its cost, as they are of its ONNX graph.
+        forward = getattr(model.module, "predict_logits", model.module)
+        torch_ms = median_ms(lambda: forward(image), runs, warmup)
     with tempfile.TemporaryDirectory() as folder:
         onnx_path = export_model(model, torch.nn.Identity(), Path(folder) / "model.onnx", {})
         options = onnxruntime.SessionOptions()
@@ -62,6 +64,8 @@ def measure(model: TrainedModel, name: str, runs: int, warmup: int, threads: int
         inputs = {"images": image.numpy()}
         onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
     network = model.module.hparams.get("model") or model.module.hparams.get("encoder_name")
+    if model.module.hparams.get("tta", "none") != "none":
+        network += f", views: {model.module.hparams.tta}"
     return {
         "model": name,
         "network": network,
