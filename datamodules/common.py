@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -215,9 +215,9 @@ def default_geometric_augmentations() -> list[A.BasicTransform]:
     ]
 
 
-def augmentation_seed(seed: int, epoch: int, index: int) -> int:
-    """The seed of one item's augmentation in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+def augmentation_seed(seed: int, epoch: int, *item: int) -> int:
+    """The seed of one item's augmentation in one epoch (an item: an index, or an index and its draw)."""
+    return int(np.random.SeedSequence([seed, epoch, *item]).generate_state(1)[0])
 
 
 class SeededSampler(DistributedSampler):
@@ -227,11 +227,27 @@ class SeededSampler(DistributedSampler):
     An epoch's order and augmentations are then a function of the seed and the epoch alone:
     the same with any number of DataLoader workers, persistent or not, and the same after
     a resume as in an uninterrupted run. Lightning calls `set_epoch` every epoch; being a
-    DistributedSampler, it is used as it is under DDP, each process taking its own share."""
+    DistributedSampler, it is used as it is under DDP, each process taking its own share.
+
+    `weights` (one per item, any positive scale): an epoch is instead as many draws with
+    replacement, each item drawn in proportion to its weight; an item drawn twice gets two
+    augmentations."""
+
+    def __init__(self, dataset: Sized, *, weights: Sequence[float] | None = None, **kwargs) -> None:
+        super().__init__(dataset, **kwargs)
+        if weights is not None and len(weights) != len(dataset):
+            raise ValueError(f"{len(weights)} sampling weights for {len(dataset)} items")
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        for index in super().__iter__():
-            yield index, augmentation_seed(self.seed, self.epoch, index)
+        if self.weights is None:
+            for index in super().__iter__():
+                yield index, augmentation_seed(self.seed, self.epoch, index)
+            return
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        draws = torch.multinomial(self.weights, self.total_size, replacement=True, generator=generator).tolist()
+        for draw in range(self.rank, self.total_size, self.num_replicas):
+            yield draws[draw], augmentation_seed(self.seed, self.epoch, draws[draw], draw)
 
 
 class CachedDataset(Dataset):
@@ -303,6 +319,10 @@ class CachedDataModule(L.LightningDataModule):
         """The split evaluate.py reports on: the official test split when the data has one."""
         return "test" if "test" in self.datasets else "val"
 
+    def sampling_weights(self, split: str) -> list[float] | None:
+        """How often each image of a shuffled split is drawn (`SeededSampler`); None: each once an epoch."""
+        return None
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
@@ -312,6 +332,7 @@ class CachedDataModule(L.LightningDataModule):
             trainer = self.trainer  # None when the datamodule is used on its own
             sampler = SeededSampler(
                 dataset,
+                weights=self.sampling_weights(split),
                 num_replicas=trainer.world_size if trainer else 1,
                 rank=trainer.global_rank if trainer else 0,
                 seed=hp.seed,

@@ -78,6 +78,9 @@ class SegmentationDataModule(CachedDataModule):
         crop_size: train on random crop_size x crop_size crops of those (a multiple of 32; a tumour
             slice's crop holds part of its tumour): the detail of image_size at the cost per step of
             crop_size. Validation, evaluation and inference see whole images. None: whole images.
+        healthy_share: the share of healthy slices among an epoch's training draws (as many draws, with
+            replacement, as the training split has images); None: each training image once an epoch,
+            so healthy slices come as often as the split holds them.
         channels: 3 reads RGB (ImageNet encoders), 1 grayscale.
         augment: flips, affine jitter (moving the mask too) and brightness/contrast (image only).
         category_names: COCO annotation categories that count as tumor; None takes all.
@@ -94,6 +97,7 @@ class SegmentationDataModule(CachedDataModule):
         boxes: str | list[str] | None = None,
         image_size: int = 256,
         crop_size: int | None = None,
+        healthy_share: float | None = None,
         channels: Literal[1, 3] = 3,
         augment: bool = True,
         category_names: list[str] | None = None,
@@ -108,6 +112,7 @@ class SegmentationDataModule(CachedDataModule):
             if size is not None and size % 32:  # the UNet halves the resolution five times
                 raise ConfigError(f"{name} must be a multiple of 32 for the UNet, got {size}")
         check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
+        check_range("healthy_share", healthy_share, 0, 1, low_open=True, high_open=True)
         check_range("max_phash_distance", max_phash_distance, 0, 64)
         self.roots, self.negatives, self.boxes = (
             [Path(r) for r in ([roots] if isinstance(roots, str) else roots or [])]
@@ -150,6 +155,9 @@ class SegmentationDataModule(CachedDataModule):
                                                     [masks[i] for i in indices], transform)  # fmt: skip
         if "val" not in self.datasets:
             raise DatasetError(f"{', '.join(map(str, self.roots))}: nothing left for validation")
+        if hp.healthy_share is not None and NO_TUMOR not in self.datasets["train"].labels:
+            message = f"healthy_share {hp.healthy_share}: the training split has no healthy slices"
+            raise ConfigError(f"{message}; add some with data.negatives")
         for index, source in enumerate(sources):
             mine = source_of == index
             counts = ", ".join(
@@ -159,6 +167,13 @@ class SegmentationDataModule(CachedDataModule):
             rank_zero_info(
                 f"{source.root} ({source.layout}): {int(mine.sum())} images, {tumours} with a tumour; {counts}"
             )
+
+    def sampling_weights(self, split: str) -> list[float] | None:
+        share = self.hparams.healthy_share
+        if share is None or split != "train":
+            return None
+        healthy = np.array(self.datasets[split].labels) == NO_TUMOR
+        return np.where(healthy, share / healthy.sum(), (1 - share) / (~healthy).sum()).tolist()
 
     def _box_source(self, root: Path) -> Source:
         """A box-labelled source's training images (all of them when it has no split of its own)."""

@@ -170,6 +170,24 @@ def test_seeded_sampler_orders_by_seed_and_epoch_only():
     assert sorted(shards) == sorted(items)
 
 
+def test_a_weighted_seeded_sampler_draws_by_weight_the_same_in_any_number_of_processes():
+    weights = [1.0] * 9 + [9.0]  # the last item half of the draws
+
+    def epoch_items(epoch: int, num_replicas: int = 1, rank: int = 0) -> list[tuple[int, int]]:
+        sampler = SeededSampler(range(10), weights=weights, num_replicas=num_replicas, rank=rank, seed=0)
+        sampler.set_epoch(epoch)
+        return list(sampler)
+
+    items = epoch_items(3)
+    assert len(items) == 10 and items == epoch_items(3) and items != epoch_items(4)
+    assert len({seed for _, seed in items}) == 10  # an item drawn twice is augmented twice, differently
+    assert items[0::2] == epoch_items(3, 2, 0) and items[1::2] == epoch_items(3, 2, 1)  # DDP shares the draws
+    last = sum(index == 9 for epoch in range(100) for index, _ in epoch_items(epoch))
+    assert last / 1000 == pytest.approx(0.5, abs=0.05)
+    with pytest.raises(ValueError, match="9 sampling weights for 10 items"):
+        SeededSampler(range(10), weights=weights[:9], num_replicas=1, rank=0)
+
+
 def test_several_roots_merge_into_the_four_classes_with_copies_found_across_them(sartaj_root, mri_dataset_root, caplog):
     # The MRI dataset holds a re-encoded SARTAJ image and a byte-identical one, as the real one does.
     sartaj_image = next((sartaj_root / "Training" / "meningioma_tumor").glob("*.png"))

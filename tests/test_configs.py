@@ -25,6 +25,7 @@ ADDED_SINCE = {
         "negatives": None,
         "boxes": None,
         "crop_size": None,
+        "healthy_share": None,
         "val_fraction": 0.15,
         "max_phash_distance": 2,
     },

@@ -121,6 +121,29 @@ def test_healthy_slices_get_empty_masks_from_the_training_split_only(tmp_path):
     assert any(label == NO_TUMOR for label in dm.datasets["val"].labels)  # the split is stratified by class
 
 
+def test_healthy_share_sets_how_often_healthy_slices_are_drawn_in_training(tmp_path):
+    root = make_mask_folders(tmp_path / "pairs", [f"P{i}" for i in range(8)], per_patient=2)
+    healthy = make_classification_dataset(tmp_path / "cls", MRI_DATASET_FOLDERS, per_class=6)
+    dm = datamodule(str(root), negatives=str(healthy), healthy_share=0.75)
+    is_healthy = np.array(dm.datasets["train"].labels) == NO_TUMOR
+    assert 0 < is_healthy.mean() < 0.5  # as split, healthy slices are the minority
+    weights = np.array(dm.sampling_weights("train"))
+    assert weights[is_healthy].sum() == pytest.approx(0.75) and weights[~is_healthy].sum() == pytest.approx(0.25)
+    assert len(set(weights[is_healthy])) == 1 and dm.sampling_weights("val") is None
+    sampler = dm.train_dataloader().sampler
+    draws = []
+    for epoch in range(40):
+        sampler.set_epoch(epoch)
+        epoch_draws = list(sampler)
+        assert len(epoch_draws) == len(is_healthy) and len(set(epoch_draws)) == len(epoch_draws)  # own augmentations
+        draws += [index for index, _ in epoch_draws]
+    assert is_healthy[draws].mean() == pytest.approx(0.75, abs=0.05)
+    with pytest.raises(ConfigError, match="healthy_share 0.5: the training split has no healthy slices"):
+        datamodule(str(root), healthy_share=0.5)
+    with pytest.raises(ConfigError, match="healthy_share must be between 0 and 1"):
+        SegmentationDataModule(str(root), healthy_share=1.0)
+
+
 def test_box_labelled_images_train_as_weak_labels_and_stay_out_of_validation(tmp_path):
     root = make_mask_folders(tmp_path / "pairs", [f"P{i}" for i in range(8)], per_patient=2)
     boxes = tmp_path / "boxes"
