@@ -19,10 +19,11 @@ from datamodules.common import (
     Fingerprints,
     LoadedImage,
     build_transform,
-    default_geometric_augmentations,
+    check_augment,
     find_duplicate_groups,
     list_images,
     load_images,
+    training_augmentations,
 )
 from datamodules.errors import DatasetError, check_range
 from datamodules.figshare import METADATA_FILE, read_metadata
@@ -154,7 +155,8 @@ class ClassificationDataModule(CachedDataModule):
             (val after train, test after both); "keep" only reports them.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the
             same image (re-encoded or re-saved copies); None checks exact bytes only.
-        augment: flips, affine jitter and brightness/contrast on training images.
+        augment: the training images' augmentations: true (flips, affine jitter and brightness/contrast),
+            false, or a recipe of datamodules.common.AUGMENTATIONS ("light" is true, "strong" nnU-Net's).
         **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
     """
 
@@ -168,13 +170,14 @@ class ClassificationDataModule(CachedDataModule):
         val_fraction: float = 0.15,
         duplicates: Literal["remove", "keep"] = "remove",
         max_phash_distance: int | None = 2,
-        augment: bool = True,
+        augment: bool | str = True,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         check_range("image_size", image_size, 8)
         check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
         check_range("max_phash_distance", max_phash_distance, 0, 64)
+        check_augment(augment)
         self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
         self.channels = channels
 
@@ -225,7 +228,7 @@ class ClassificationDataModule(CachedDataModule):
         self.training_fingerprints = Fingerprints.of([kept[i] for i in seen])
 
         images = np.stack([item.pixels for item in kept])
-        train_transform = build_transform(default_geometric_augmentations() if hp.augment else [], self.channels)
+        train_transform = build_transform(training_augmentations(hp.augment), self.channels)
         eval_transform = build_transform([], self.channels)
         for split, indices in split_indices.items():
             transform = train_transform if split == "train" else eval_transform

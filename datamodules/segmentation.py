@@ -23,9 +23,10 @@ from datamodules.common import (
     Fingerprints,
     LoadedImage,
     build_transform,
-    default_geometric_augmentations,
+    check_augment,
     find_duplicate_groups,
     load_in_threads,
+    training_augmentations,
 )
 from datamodules.errors import ConfigError, DatasetError, check_range
 from datamodules.mask_sources import (
@@ -82,7 +83,9 @@ class SegmentationDataModule(CachedDataModule):
             replacement, as the training split has images); None: each training image once an epoch,
             so healthy slices come as often as the split holds them.
         channels: 3 reads RGB (ImageNet encoders), 1 grayscale.
-        augment: flips, affine jitter (moving the mask too) and brightness/contrast (image only).
+        augment: the training images' augmentations: true (flips and affine jitter, moving the mask too, and
+            brightness/contrast, image only), false, or a recipe of datamodules.common.AUGMENTATIONS ("light" is
+            true, "strong" nnU-Net's wider affine range with noise, blur, low resolution and gamma).
         category_names: COCO annotation categories that count as tumor; None takes all.
         val_fraction: share of the images of sources without a split of their own held out for validation.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the same image
@@ -99,7 +102,7 @@ class SegmentationDataModule(CachedDataModule):
         crop_size: int | None = None,
         healthy_share: float | None = None,
         channels: Literal[1, 3] = 3,
-        augment: bool = True,
+        augment: bool | str = True,
         category_names: list[str] | None = None,
         val_fraction: float = 0.15,
         max_phash_distance: int | None = 2,
@@ -114,6 +117,7 @@ class SegmentationDataModule(CachedDataModule):
         check_range("val_fraction", val_fraction, 0, 1, low_open=True, high_open=True)
         check_range("healthy_share", healthy_share, 0, 1, low_open=True, high_open=True)
         check_range("max_phash_distance", max_phash_distance, 0, 64)
+        check_augment(augment)
         self.roots, self.negatives, self.boxes = (
             [Path(r) for r in ([roots] if isinstance(roots, str) else roots or [])]
             for roots in (root, negatives, boxes)
@@ -144,7 +148,7 @@ class SegmentationDataModule(CachedDataModule):
         )
         # Cropping first keeps the augmentations' cost that of a crop; a crop holds tumour where there is one.
         crop = [A.CropNonEmptyMaskIfExists(hp.crop_size, hp.crop_size)] if hp.crop_size else []
-        augmentations = default_geometric_augmentations() if hp.augment else []
+        augmentations = training_augmentations(hp.augment)
         train_transform = build_transform(crop + augmentations, self.channels)
         eval_transform = build_transform([], self.channels)
         for name in SPLITS:

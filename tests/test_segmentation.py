@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import albumentations as A
 import cv2
 import lightning as L
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.coco import read_coco_split
-from datamodules.common import Fingerprints
+from datamodules.common import AUGMENTATIONS, Fingerprints, training_augmentations
 from datamodules.errors import ConfigError, UserError
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules import ClassificationModule, SegmentationModule
@@ -82,6 +83,31 @@ def test_augmentation_moves_the_mask_with_the_image(coco_root):
             bright = image.mean(dim=0) > image.mean(dim=0).quantile(0.99) * 0.8  # the drawn tumor
             overlap = (bright & (mask[0] > 0)).sum() / (bright | (mask[0] > 0)).sum()
             assert overlap > 0.8
+
+
+@pytest.mark.parametrize("recipe", AUGMENTATIONS)
+def test_every_augmentation_recipe_moves_the_mask_with_the_image(recipe):
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:44, 16:40] = 1
+    image = np.repeat(mask[..., None] * 200 + 30, 3, axis=2).astype(np.uint8)
+    transform = A.Compose(training_augmentations(recipe), seed=0)
+    for _ in range(50):
+        out = transform(image=image, mask=mask)
+        gray = cv2.cvtColor(out["image"], cv2.COLOR_RGB2GRAY)
+        _, tumour = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        moved = out["mask"].astype(bool)
+        assert (tumour.astype(bool) & moved).sum() / (tumour.astype(bool) | moved).sum() > 0.8
+
+
+def test_the_strong_recipe_reaches_the_training_images_only(coco_root):
+    dm = setup_datamodule(coco_root, augment="strong")
+    noise = [[isinstance(t, A.GaussNoise) for t in dm.datasets[split].transform] for split in ("train", "val")]
+    assert any(noise[0]) and not any(noise[1])
+
+
+def test_an_unknown_augmentation_recipe_is_named_in_one_line(coco_root):
+    with pytest.raises(ConfigError, match="^augment 'heavy': use true, false or one of light, strong$"):
+        SegmentationDataModule(str(coco_root), augment="heavy")
 
 
 def test_test_split_falls_back_to_valid(coco_root):
