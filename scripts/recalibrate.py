@@ -4,8 +4,7 @@ segmenter's mask threshold and tumour decision. For checkpoints trained before t
 changed); the weights are untouched.
 
     python scripts/recalibrate.py --ckpt_path runs/cls/version_0 --output recalibrated.ckpt [--data.root DATASET]
-    python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--data.negatives ...] \
-        [--tta hflip]
+    python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--tta hflip]
 
 --data.root, --data.negatives: where the training data lives now, if it moved (the split is recomputed
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
