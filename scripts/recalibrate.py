@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
     message = refit(trained, datamodule, args.precision or fastest_precision("auto", Hardware.detect())[0])
     refitted = {name: trained.module.get_buffer(name).detach().clone() for name in trained.module.fitted_buffers}
     checkpoint["state_dict"] = {**checkpoint["state_dict"], **refitted}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, args.output)
     print(f"wrote {args.output}: {message}")
 

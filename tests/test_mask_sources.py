@@ -255,11 +255,11 @@ def test_recalibrating_a_segmenter_refits_exactly_what_training_fitted(outline_s
         old.pop(name)
     torch.save({**torch.load(checkpoint, weights_only=True), "state_dict": old}, tmp_path / "old.ckpt")
     result = run_script(
-        "scripts/recalibrate.py", "--ckpt_path", str(tmp_path / "old.ckpt"), "--output", "re.ckpt", cwd=tmp_path
+        "scripts/recalibrate.py", "--ckpt_path", str(tmp_path / "old.ckpt"), "--output", "refit/re.ckpt", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("wrote re.ckpt: views 'none', threshold ")
-    refitted = torch.load(tmp_path / "re.ckpt", weights_only=True)["state_dict"]
+    assert result.stdout.startswith("wrote refit/re.ckpt: views 'none', threshold ")  # its folder made
+    refitted = torch.load(tmp_path / "refit" / "re.ckpt", weights_only=True)["state_dict"]
     # The same weights, validation split, batches and precision as training's last validation of them.
     for name in SegmentationModule.fitted_buffers:
         assert float(refitted[name]) == float(trained[name]), name
