@@ -245,6 +245,7 @@ AUGMENTATIONS: dict[str, Callable[[], list[A.BasicTransform]]] = {
 
 
 def check_augment(augment: bool | str) -> None:
+    """One line naming the recipes when `augment` is a name none of them has."""
     if isinstance(augment, str) and augment not in AUGMENTATIONS:
         raise ConfigError(f"augment '{augment}': use true, false or one of {', '.join(AUGMENTATIONS)}")
 
