@@ -70,6 +70,10 @@ class SegmentationModule(TaskModule):
         bce_weight: weight of the binary cross-entropy loss.
         lovasz_weight: weight of the Lovasz hinge loss per image (a surrogate of each slice's IoU, so a
             small tumour weighs as much as a large one, as in Dice per tumour slice).
+        tversky_weight: weight of the Tversky loss, a Dice that charges a missed tumour pixel 0.7 and a false
+            one 0.3 (Salehi et al., 2017; over each batch's pixels, as the Dice loss), for masks that fall short.
+        focal_weight: weight of the focal loss (binary cross-entropy scaled by (1 - p)^2 for the true class's
+            probability p, so pixels already right count little; Lin et al., 2017).
         box_weight: weight of the box projection loss on box-labelled images (`SegmentationDataModule(boxes=...)`;
             BoxInst's: the predicted mask's maxima along rows and along columns match the box's, so any
             shape that touches every row and column of the box fits it). The other losses ignore the
@@ -98,6 +102,8 @@ class SegmentationModule(TaskModule):
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
         lovasz_weight: float = 0.0,
+        tversky_weight: float = 0.0,
+        focal_weight: float = 0.0,
         box_weight: float = 1.0,
         tta: str = "none",
         min_tumor_area: int = 0,
@@ -110,6 +116,8 @@ class SegmentationModule(TaskModule):
             ("dice_weight", dice_weight),
             ("bce_weight", bce_weight),
             ("lovasz_weight", lovasz_weight),
+            ("tversky_weight", tversky_weight),
+            ("focal_weight", focal_weight),
             ("box_weight", box_weight),
             ("min_tumor_area", min_tumor_area),
             ("preview_every_n_epochs", preview_every_n_epochs),
@@ -118,12 +126,16 @@ class SegmentationModule(TaskModule):
             check_range(name, value, 0)
         if tta not in TTA_VIEWS:
             raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
-        if dice_weight == bce_weight == lovasz_weight == 0:
-            raise ConfigError("dice_weight, bce_weight and lovasz_weight are all 0: nothing to train on")
+        if dice_weight == bce_weight == lovasz_weight == tversky_weight == focal_weight == 0:
+            raise ConfigError("every loss weight (dice, bce, lovasz, tversky, focal) is 0: nothing to train on")
         self.net = create_segmenter(encoder_name, None, in_channels, arch)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)
         self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, ignore_index=BOX_INTERIOR)
+        self.tversky_loss = smp.losses.TverskyLoss(
+            smp.losses.BINARY_MODE, alpha=0.3, beta=0.7, ignore_index=BOX_INTERIOR
+        )
+        self.focal_loss = smp.losses.FocalLoss(smp.losses.BINARY_MODE, ignore_index=BOX_INTERIOR)
         self.projection_dice = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=False)
         self.val_stats = segmentation_stats()
         self.val_threshold_curve = threshold_curve()
@@ -207,7 +219,13 @@ class SegmentationModule(TaskModule):
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
-        terms = ((hp.dice_weight, self.dice_loss), (hp.bce_weight, self.bce_loss), (hp.lovasz_weight, self.lovasz_loss))
+        terms = (
+            (hp.dice_weight, self.dice_loss),
+            (hp.bce_weight, self.bce_loss),
+            (hp.lovasz_weight, self.lovasz_loss),
+            (hp.tversky_weight, self.tversky_loss),
+            (hp.focal_weight, self.focal_loss),
+        )
         loss = sum(weight * loss(logits, masks) for weight, loss in terms if weight)
         boxes = masks == BOX_INTERIOR
         boxed = boxes.flatten(1).any(dim=1)

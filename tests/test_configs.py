@@ -33,6 +33,8 @@ ADDED_SINCE = {
         "arch": "unet",
         "weights_path": None,
         "lovasz_weight": 0.0,
+        "tversky_weight": 0.0,
+        "focal_weight": 0.0,
         "box_weight": 1.0,
         "tta": "none",
     },

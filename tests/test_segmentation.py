@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import albumentations as A
 import cv2
@@ -422,6 +423,25 @@ def test_the_lovasz_loss_weighs_a_one_pixel_tumour_like_a_whole_slice_one():
     logits[1, 0, 0, 0] = 0.0  # the small tumour on the boundary: hinge error 1, that slice's loss 1
     # Per image: weight 2 x the mean of (0, 1). Over the batch's pixels it would be 2 x 1/1025.
     assert module.loss(logits, masks).item() == pytest.approx(1.0)
+
+
+def test_the_tversky_loss_charges_a_missed_tumour_pixel_more_than_a_false_one():
+    module = SegmentationModule(encoder_name="resnet18", dice_weight=0, bce_weight=0, tversky_weight=1)
+    masks = torch.zeros(1, 1, 32, 32)
+    masks[0, 0, :4, :8] = 1  # 32 tumour pixels
+    missed, doubled = torch.full((2, 1, 1, 32, 32), -30.0)  # sigmoid ~1e-13: clear background
+    missed[0, 0, :2, :8] = 30.0  # 16 found, 16 missed
+    doubled[0, 0, :6, :8] = 30.0  # all 32 found, 16 false
+    # 1 - TP / (TP + 0.3 FP + 0.7 FN)
+    assert module.loss(missed, masks).item() == pytest.approx(1 - 16 / (16 + 0.7 * 16), abs=1e-5)
+    assert module.loss(doubled, masks).item() == pytest.approx(1 - 32 / (32 + 0.3 * 16), abs=1e-5)
+
+
+def test_the_focal_loss_is_cross_entropy_scaled_by_the_squared_error():
+    module = SegmentationModule(encoder_name="resnet18", dice_weight=0, bce_weight=0, focal_weight=2)
+    masks = torch.ones(1, 1, 8, 8)
+    logits = torch.zeros(1, 1, 8, 8)  # p = 0.5 everywhere: each pixel's loss (1 - 0.5)^2 x ln 2
+    assert module.loss(logits, masks).item() == pytest.approx(2 * 0.25 * math.log(2), rel=1e-5)
 
 
 def test_a_box_is_fitted_by_any_shape_that_touches_its_rows_and_columns_and_its_inside_is_not_background():
