@@ -253,9 +253,9 @@ def check_augment(augment: bool | str) -> None:
 def training_augmentations(augment: bool | str) -> list[A.BasicTransform]:
     """The training images' augmentations: True is the light recipe, False none, a name one of AUGMENTATIONS."""
     check_augment(augment)
-    if isinstance(augment, bool):
-        return light_augmentations() if augment else []
-    return AUGMENTATIONS[augment]()
+    if augment is False:
+        return []
+    return AUGMENTATIONS["light" if augment is True else augment]()
 
 
 def augmentation_seed(seed: int, epoch: int, *item: int) -> int:
