@@ -12,7 +12,7 @@ import numpy as np
 
 from datamodules.errors import UserError
 from evaluation.bootstrap import Statistic, bootstrap_intervals, ratio_of_sums, with_interval
-from evaluation.segmentation import PIXEL_COUNTS, detection_statistics, stats_of_rows
+from evaluation.segmentation import PIXEL_COUNTS, detection_statistics, pixel_statistics, stats_of_rows
 from lightning_modules.metrics import segmentation_scores
 
 SEGMENTATION_SCORES = (
@@ -27,7 +27,7 @@ SEGMENTATION_SCORES = (
 
 def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     """Every score that evaluate.py's per-image rows allow, as a function of resampled image indices:
-    accuracy (classification), IoU, Dice and tumour detection (segmentation), tumour recall and
+    accuracy (classification), IoU, Dice, pixel precision and recall and tumour detection (segmentation), tumour recall and
     precision (boxes). (A segmenter's rows may carry a `label` too: the tumour class.)"""
     first, scores = rows[0], {}
     if "predicted" in first:
@@ -37,7 +37,7 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
         stats = stats_of_rows(rows)
         for name in SEGMENTATION_SCORES:
             scores[name] = lambda indices, name=name: segmentation_scores(stats[indices])[name]
-        scores |= detection_statistics(stats)
+        scores |= detection_statistics(stats) | pixel_statistics(stats)
     if "found_tumors" in first:
         found, true, predicted = (
             np.array([row[key] for row in rows], dtype=float)
@@ -102,11 +102,12 @@ def compare_reports(first_path: str | Path, second_path: str | Path, resamples: 
 
 
 def format_comparison(comparison: dict, first_name: str, second_name: str) -> str:
-    lines = [f"{'score':<16} {first_name:>12} {second_name:>12}   difference [95% paired interval]"]
+    width = max(map(len, ["score", *comparison]))
+    lines = [f"{'score':<{width}} {first_name:>12} {second_name:>12}   difference [95% paired interval]"]
     for name, entry in comparison.items():
         low, high = entry["difference"]["ci95"]
         lines.append(
-            f"{name:<16} {entry['first']:>12.4f} {entry['second']:>12.4f}   "
+            f"{name:<{width}} {entry['first']:>12.4f} {entry['second']:>12.4f}   "
             f"{entry['difference']['value']:+.4f} [{low:+.4f}, {high:+.4f}]"
         )
     return "\n".join(lines)

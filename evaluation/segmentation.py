@@ -37,6 +37,20 @@ def detection_statistics(stats: torch.Tensor) -> dict[str, Statistic]:
     }
 
 
+def pixel_statistics(stats: torch.Tensor) -> dict[str, Statistic]:
+    """Mean pixel precision and recall over the tumour slices, from per-image [tp, fp, tn, fn, ...] rows:
+    whether masks spill over their tumours (precision below recall) or fall short of them. A tumour
+    slice given no tumour has precision 0, as it has Dice 0; healthy slices do not count."""
+    tp, fp, fn = (stats[:, i].double().numpy() for i in (0, 1, 3))
+    tumor = (tp + fn) > 0
+    precision = np.where(tumor, tp / np.maximum(tp + fp, 1), 0.0)
+    recall = np.where(tumor, tp / np.maximum(tp + fn, 1), 0.0)
+    return {
+        "precision_per_tumor_image": ratio_of_sums(precision, tumor),
+        "recall_per_tumor_image": ratio_of_sums(recall, tumor),
+    }
+
+
 def segmentation_report(
     stats: torch.Tensor,
     files: list[str],
@@ -53,7 +67,7 @@ def segmentation_report(
     has_tumor = (stats[:, 0] + stats[:, 3]) > 0
     predicted_empty = (stats[:, 0] + stats[:, 1]) == 0
     point = segmentation_scores(stats)
-    statistics = detection_statistics(stats)
+    statistics = detection_statistics(stats) | pixel_statistics(stats)
     tumor = has_tumor.numpy()
     dice_values = dice.numpy()
     classes = sorted({label for label, t in zip(labels or [], tumor) if t})
@@ -71,6 +85,7 @@ def segmentation_report(
     return {
         "num_images": len(stats),
         **{name: with_interval(value, intervals[name]) for name, value in point.items()},
+        **{name: extra.pop(name) for name in ("precision_per_tumor_image", "recall_per_tumor_image")},
         "detection": {
             "tumor_slices": int(tumor.sum()),
             "healthy_slices": int((~has_tumor).sum()),
@@ -143,6 +158,8 @@ def format_segmentation_report(report: dict, title: str) -> str:
         f"global (pixels pooled):  IoU {text('iou_global')}  Dice {text('dice_global')}",
         f"mean per image:          IoU {text('iou_per_image')}  Dice {text('dice_per_image')}",
         f"mean per tumor image:    IoU {text('iou_per_tumor_image')}  Dice {text('dice_per_tumor_image')}",
+        f"pixels per tumor image:  precision {text('precision_per_tumor_image')}  "
+        f"recall {text('recall_per_tumor_image')}",
         f"per-image quantiles (tumor images): IoU {quantiles}; Dice {dice_quantiles}",
         f"tumour slices given a tumour: {interval_text(detection['tumor_slices_given_a_tumor'])} "
         f"(of {detection['tumor_slices']}); healthy slices given none: "

@@ -64,6 +64,9 @@ def test_a_segmenters_detection_and_tumour_slice_scores_are_compared():
     assert comparison["healthy_slices_given_none"]["difference"]["value"] == pytest.approx(1 - 0)
     # Dice per tumour slice: t1 0 -> 4/6, t2 6/8 in both; the healthy slice does not count
     assert comparison["dice_per_tumor_image"]["difference"]["value"] == pytest.approx((4 / 6 + 6 / 8) / 2 - 6 / 8 / 2)
+    # t1 given nothing (precision and recall 0) -> precision 2 / 2, recall 2 / 4; t2 3 / 4 in both
+    assert comparison["precision_per_tumor_image"]["difference"]["value"] == pytest.approx((1 + 3 / 4) / 2 - 3 / 8)
+    assert comparison["recall_per_tumor_image"]["difference"]["value"] == pytest.approx((1 / 2 + 3 / 4) / 2 - 3 / 8)
 
 
 def test_a_report_against_itself_reordered_differs_by_exactly_zero():

@@ -187,3 +187,15 @@ def test_boundary_distances_of_a_shifted_mask_and_of_empty_ones():
     distances = boundary_distances(predicted, truth)  # image 2: nothing predicted
     assert distances[0, 0] == pytest.approx(3.0) and distances[1].tolist() == [0.0, 0.0]
     assert np.isnan(distances[2]).all()
+
+
+def test_pixel_precision_and_recall_are_means_over_tumour_slices():
+    from evaluation.segmentation import format_segmentation_report, segmentation_report
+
+    # [tp, fp, tn, fn, support]: a mask that spills over (3 of 4 predicted pixels right, half the tumour),
+    # a tumour slice given nothing, and a healthy slice given a tumour (which neither score counts)
+    stats = torch.tensor([[3, 1, 90, 3, 6], [0, 0, 96, 4, 4], [0, 5, 95, 0, 0]])
+    report = segmentation_report(stats, ["a.png", "b.png", "c.png"], resamples=20)
+    assert report["precision_per_tumor_image"]["value"] == pytest.approx((3 / 4 + 0) / 2)
+    assert report["recall_per_tumor_image"]["value"] == pytest.approx((3 / 6 + 0) / 2)
+    assert "pixels per tumor image:  precision 0.375" in format_segmentation_report(report, "three")
