@@ -28,7 +28,8 @@ SEGMENTATION_SCORES = (
 def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     """Every score that evaluate.py's per-image rows allow, as a function of resampled image indices:
     accuracy (classification), IoU, Dice, pixel precision and recall and tumour detection
-    (segmentation), tumour recall and precision (boxes). (A segmenter's rows may carry a `label` too: the tumour class.)"""
+    (segmentation), tumour recall and precision (boxes). (A segmenter's rows may carry a `label`
+    too: the tumour class.)"""
     first, scores = rows[0], {}
     if "predicted" in first:
         correct = np.array([row["label"] == row["predicted"] for row in rows], dtype=float)

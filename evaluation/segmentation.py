@@ -67,7 +67,8 @@ def segmentation_report(
     has_tumor = (stats[:, 0] + stats[:, 3]) > 0
     predicted_empty = (stats[:, 0] + stats[:, 1]) == 0
     point = segmentation_scores(stats)
-    statistics = detection_statistics(stats) | pixel_statistics(stats)
+    pixels = pixel_statistics(stats)
+    statistics = detection_statistics(stats) | pixels
     tumor = has_tumor.numpy()
     dice_values = dice.numpy()
     classes = sorted({label for label, t in zip(labels or [], tumor) if t})
@@ -85,7 +86,7 @@ def segmentation_report(
     return {
         "num_images": len(stats),
         **{name: with_interval(value, intervals[name]) for name, value in point.items()},
-        **{name: extra.pop(name) for name in ("precision_per_tumor_image", "recall_per_tumor_image")},
+        **{name: extra.pop(name) for name in pixels},
         "detection": {
             "tumor_slices": int(tumor.sum()),
             "healthy_slices": int((~has_tumor).sum()),
