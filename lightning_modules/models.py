@@ -169,6 +169,17 @@ def create_classifier(
     return model
 
 
+class MeanOfLogits(nn.Module):
+    """An ensemble of networks of one input and output layout: its logits are the mean of theirs."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
 def create_segmenter(
     encoder_name: str = "resnet50", encoder_weights: str | None = None, in_channels: int = 3, arch: str = "unet"
 ) -> nn.Module:

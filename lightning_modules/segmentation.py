@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
@@ -18,7 +20,7 @@ from lightning_modules.metrics import (
     segmentation_stats,
     threshold_curve,
 )
-from lightning_modules.models import create_segmenter
+from lightning_modules.models import MeanOfLogits, create_segmenter
 from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.pretrained import load_encoder_weights, pretraining_fingerprints
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
@@ -49,6 +51,13 @@ def fit_tumor_decision(areas: torch.Tensor, has_tumor: torch.Tensor) -> tuple[in
     return level, thresholds[level]
 
 
+def segmenter_paths(weights_path: str | list[str] | None) -> list[str]:
+    """`weights_path` as a list: no segmenter, one, or the members of an ensemble."""
+    if weights_path is None:
+        return []
+    return [str(weights_path)] if isinstance(weights_path, (str, Path)) else [str(path) for path in weights_path]
+
+
 class SegmentationModule(TaskModule):
     """A segmentation network (a UNet by default) predicting one tumor logit per pixel.
 
@@ -65,6 +74,9 @@ class SegmentationModule(TaskModule):
             `encoder_weights` is then not read. Read when training starts, and refused if it saw some of
             this run's images without having this run's data and split (its validation images could be
             among this run's training images, or the reverse); the images it saw count as seen in evaluate.py.
+            Several (a list): an ensemble of them, whose logits are the mean of theirs (models.MeanOfLogits),
+            each checked as one; its threshold and tumour decision start from the first's, and
+            scripts/recalibrate.py fits them to the ensemble (README, "An ensemble of segmenters").
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss (one Dice over each batch's pixels, so large tumours weigh most).
         bce_weight: weight of the binary cross-entropy loss.
@@ -97,7 +109,7 @@ class SegmentationModule(TaskModule):
         encoder_name: str = "resnet50",
         arch: str = "unet",
         encoder_weights: str | None = None,
-        weights_path: str | None = None,
+        weights_path: str | list[str] | None = None,
         in_channels: int = 3,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
@@ -128,7 +140,10 @@ class SegmentationModule(TaskModule):
             raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
         if dice_weight == bce_weight == lovasz_weight == tversky_weight == focal_weight == 0:
             raise ConfigError("every loss weight (dice, bce, lovasz, tversky, focal) is 0: nothing to train on")
-        self.net = create_segmenter(encoder_name, None, in_channels, arch)
+        members = [
+            create_segmenter(encoder_name, None, in_channels, arch) for _ in segmenter_paths(weights_path) or [0]
+        ]
+        self.net = members[0] if len(members) == 1 else MeanOfLogits(members)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)
         self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, ignore_index=BOX_INTERIOR)
@@ -193,29 +208,44 @@ class SegmentationModule(TaskModule):
             self.pretraining_fingerprints = pretraining_fingerprints(hp.encoder_weights)
             rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
 
-    def load_segmenter_weights(self, path: str, datamodule: CachedDataModule | None) -> None:
-        """Every weight and fitted buffer of the trained segmenter at `path` (`weights_path`), once it is
+    def load_segmenter_weights(self, paths: str | list[str], datamodule: CachedDataModule | None) -> None:
+        """Every weight and fitted buffer of the trained segmenter(s) at `paths` (`weights_path`: several
+        make the ensemble this module was built as; its fitted buffers are the first's), once each is
         checked against this run's `datamodule` (set up) when there is one."""
         from lightning_modules.trained_model import TrainedModel  # imported here: it imports this module
 
-        hp = self.hparams
-        source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
-        built = (source.module.hparams.arch, source.module.hparams.encoder_name, source.channels)
-        if built != (hp.arch, hp.encoder_name, hp.in_channels):
-            raise ConfigError(
-                f"{source.checkpoint}: a {built[0]} on {built[1]} of {built[2]}-channel images; "
-                f"this run builds a {hp.arch} on {hp.encoder_name} of {hp.in_channels}"
-            )
-        seen = source.training_fingerprints
-        if datamodule is not None and (difference := source.split_difference(datamodule)):
-            if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
+        hp, paths = self.hparams, segmenter_paths(paths)
+        members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
+        if len(paths) != len(members):
+            raise ConfigError(f"{len(paths)} segmenters to load into a module built for {len(members)}")
+        seen_parts = []
+        for path, member in zip(paths, members):
+            source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
+            built = (source.module.hparams.arch, source.module.hparams.encoder_name, source.channels)
+            if built != (hp.arch, hp.encoder_name, hp.in_channels):
                 raise ConfigError(
-                    f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
-                    "(or no record of them): fine-tune on the data and split it trained on, or on images it never saw"
+                    f"{source.checkpoint}: a {built[0]} on {built[1]} of {built[2]}-channel images; "
+                    f"this run builds a {hp.arch} on {hp.encoder_name} of {hp.in_channels}"
                 )
-        self.load_state_dict(source.module.state_dict())
-        self.pretraining_fingerprints = seen.to_state() if seen is not None else None
-        rank_zero_info(f"Segmenter: every weight and fitted threshold from {source.checkpoint}")
+            if isinstance(source.module.net, MeanOfLogits):
+                raise ConfigError(f"{source.checkpoint}: an ensemble already; name its members instead")
+            seen = source.training_fingerprints
+            if datamodule is not None and (difference := source.split_difference(datamodule)):
+                if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
+                    raise ConfigError(
+                        f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
+                        "(or no record of them): fine-tune on the data and split it trained on, or on images it never saw"
+                    )
+            member.load_state_dict(source.module.net.state_dict())
+            if member is members[0]:
+                for name in self.fitted_buffers:
+                    self.get_buffer(name).copy_(source.module.get_buffer(name))
+            if seen is not None:
+                seen_parts.append(seen.to_state())
+            rank_zero_info(f"Segmenter: every weight and fitted threshold from {source.checkpoint}")
+        self.pretraining_fingerprints = (
+            {key: torch.cat([part[key] for part in seen_parts]) for key in seen_parts[0]} if seen_parts else None
+        )
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams

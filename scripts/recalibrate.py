@@ -5,6 +5,11 @@ changed); the weights are untouched.
 
     python scripts/recalibrate.py --ckpt_path runs/cls/version_0 --output recalibrated.ckpt [--data.root DATASET]
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--tta hflip]
+    python scripts/recalibrate.py --ckpt_path runs/seg/version_0 runs/seg/version_1 --output ensemble.ckpt
+
+Several segmenters trained on the same data and split make an ensemble: one checkpoint whose logits
+are the mean of theirs, its threshold and tumour decision fitted on that mean (`weights_path` of
+SegmentationModule; export.py writes it as one model file).
 
 --data.root, --data.negatives: where the training data lives now, if it moved (the split is recomputed
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
@@ -48,24 +53,62 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
     )
 
 
+def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataModule) -> tuple[TrainedModel, dict]:
+    """The segmenters at `paths` (`first` loaded from the first) as one SegmentationModule of the mean of
+    their logits, with the first's other settings and fitted buffers, each member checked against
+    `datamodule`, the first's data and split; and its checkpoint."""
+    datamodule.setup("fit")
+    hparams = {key: value for key, value in first.module.hparams.items() if not key.startswith("_")}
+    module = SegmentationModule(**{**hparams, "weights_path": [str(path) for path in paths]})
+    module.load_segmenter_weights(paths, datamodule)
+    trained = TrainedModel(
+        module, first.image_size, first.channels, first.checkpoint, first.data_hparams, first.data_state
+    )
+    data_class = str(first.data_hparams.get("_class_path", "DataModule")).rsplit(".", 1)[-1]
+    checkpoint = {  # the layout LightningCLI saves, so that load_from_checkpoint builds the ensemble
+        "pytorch-lightning_version": L.__version__,
+        "hyper_parameters": {
+            "_class_path": "lightning_modules.SegmentationModule",
+            **module.hparams,
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        },
+        "datamodule_hyper_parameters": first.data_hparams,
+        data_class: first.data_state,
+        "pretraining_fingerprints": module.pretraining_fingerprints,
+        "state_dict": module.state_dict(),
+    }
+    return trained, checkpoint
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt_path", required=True, help="a classification or segmentation .ckpt file or run folder")
+    parser.add_argument(
+        "--ckpt_path",
+        required=True,
+        nargs="+",
+        help="a classification or segmentation .ckpt file or run folder; several segmenters (also model files): their ensemble",
+    )
     parser.add_argument("--output", required=True, help="the recalibrated checkpoint to write")
     parser.add_argument("--data.root", dest="data_root", nargs="+", help="the training data, if it moved")
     parser.add_argument("--data.negatives", dest="data_negatives", nargs="+", help="a segmenter's healthy slices")
     parser.add_argument("--precision", help="default: what training picks on this machine")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
     args = parser.parse_args(argv)
-    trained = TrainedModel.load(args.ckpt_path, None, torch.device("cpu"))
-    checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output
+    several = len(args.ckpt_path) > 1
+    trained = TrainedModel.load(args.ckpt_path[0], SegmentationModule if several else None, torch.device("cpu"))
+    datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
+    if several:
+        trained, checkpoint = ensemble(trained, args.ckpt_path, datamodule)
+    else:
+        checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output
     if args.tta:
         if not isinstance(trained.module, SegmentationModule):
             raise UserError(f"{trained.checkpoint}: --tta is a segmenter's option, and this is a classifier")
         trained.module.hparams.tta = args.tta
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "tta": args.tta}
-    datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
     message = refit(trained, datamodule, args.precision or fastest_precision("auto", Hardware.detect())[0])
+    if several:
+        message = f"the mean of {len(args.ckpt_path)} segmenters' logits, {message}"
     refitted = {name: trained.module.get_buffer(name).detach().clone() for name in trained.module.fitted_buffers}
     checkpoint["state_dict"] = {**checkpoint["state_dict"], **refitted}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -422,6 +422,75 @@ def test_a_segmenter_refitted_on_its_mirrored_views_keeps_them(trained_segmenter
     assert exported.module.hparams.tta == "hflip"
 
 
+def perturbed_copy(checkpoint_path: Path, path: Path, **data_changes) -> Path:
+    """Another segmenter of the same data: every convolution's weights moved by noise (and the data
+    settings changed by `data_changes`)."""
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    generator = torch.Generator().manual_seed(0)
+    checkpoint["state_dict"] = {
+        key: value + 0.05 * torch.randn(value.shape, generator=generator) if value.ndim == 4 else value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    checkpoint["datamodule_hyper_parameters"] |= data_changes
+    torch.save(checkpoint, path)
+    return path
+
+
+def test_segmenters_of_one_split_make_one_model_of_the_mean_of_their_logits(trained_segmenter, tmp_path):
+    other = perturbed_copy(trained_segmenter, tmp_path / "other.ckpt")
+    arguments = [
+        "--ckpt_path",
+        str(trained_segmenter),
+        str(other),
+        "--output",
+        "ensemble.ckpt",
+        "--precision",
+        "32-true",
+    ]
+    result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("wrote ensemble.ckpt: the mean of 2 segmenters' logits, views 'none', threshold ")
+    result = run_script(
+        "export.py", "--seg-ckpt", "ensemble.ckpt", "--output-dir", ".", "--dtype", "float32", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    members = [TrainedModel.load(path, SegmentationModule, torch.device("cpu")) for path in (trained_segmenter, other)]
+    images = torch.randn(2, 3, members[0].image_size, members[0].image_size)
+    with torch.no_grad():
+        expected = (members[0].module(images) + members[1].module(images)) / 2
+        for path in ("ensemble.ckpt", "segmenter.safetensors"):
+            ensemble = TrainedModel.load(tmp_path / path, SegmentationModule, torch.device("cpu"))
+            torch.testing.assert_close(ensemble.module(images), expected)
+            assert ensemble.training_fingerprints.same_images(members[0].training_fingerprints)
+    curve, datamodule = threshold_curve(), ensemble.datamodule()
+    datamodule.setup("fit")
+    for images, masks in datamodule.val_dataloader():  # the threshold of the best IoU of the mean
+        curve.update(ensemble.module.predict_logits(images).sigmoid(), masks.int())
+    assert float(ensemble.module.threshold) == pytest.approx(best_threshold(curve)[0])
+
+
+def test_an_ensemble_member_of_another_split_or_task_is_refused_in_one_line(
+    trained_segmenter, trained_classifier, tmp_path
+):
+    other_split = perturbed_copy(trained_segmenter, tmp_path / "other_split.ckpt", val_fraction=0.5)
+    for second, message in (
+        (other_split, "other_split.ckpt: start weights of another validation split: val_fraction 0.5 (this run: 0.15)"),
+        (trained_classifier, "a ClassificationModule checkpoint, expected SegmentationModule"),
+    ):
+        result = run_script(
+            "scripts/recalibrate.py",
+            "--ckpt_path",
+            str(trained_segmenter),
+            str(second),
+            "--output",
+            "e.ckpt",
+            cwd=tmp_path,
+        )
+        assert result.returncode == 2
+        assert message in result.stderr.strip().splitlines()[-1]
+
+
 def test_onnx_export_of_a_segmenter_averages_its_views(trained_segmenter, tmp_path):
     import onnxruntime
 
