@@ -161,6 +161,14 @@ class Fingerprints:
     def from_state(cls, state: dict[str, torch.Tensor]) -> Fingerprints:
         return cls(state["sha1"].numpy().astype(np.uint8), state["phash"].numpy().view(np.uint64))
 
+    @classmethod
+    def union(cls, parts: Sequence[Fingerprints]) -> Fingerprints:
+        """Every file of `parts` (at least one), each once (by SHA-1), in the order first seen."""
+        sha1, phash = np.concatenate([part.sha1 for part in parts]), np.concatenate([part.phash for part in parts])
+        _, first = np.unique(sha1, axis=0, return_index=True)
+        kept = np.sort(first)
+        return cls(sha1[kept], phash[kept])
+
     def __len__(self) -> int:
         return len(self.phash)
 

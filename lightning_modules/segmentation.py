@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.common import CachedDataModule
+from datamodules.common import CachedDataModule, Fingerprints
 from datamodules.errors import ConfigError, check_range
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules.base import TaskModule
@@ -25,6 +26,9 @@ from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.pretrained import load_encoder_weights, pretraining_fingerprints
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
 from lightning_modules.visualization import segmentation_figure
+
+if TYPE_CHECKING:
+    from lightning_modules.trained_model import TrainedModel
 
 HEALTHY_FALSE_POSITIVE_SHARE = 0.02  # of healthy validation slices that the fitted decision may give a tumour
 
@@ -209,43 +213,44 @@ class SegmentationModule(TaskModule):
             rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
 
     def load_segmenter_weights(self, paths: str | list[str], datamodule: CachedDataModule | None) -> None:
-        """Every weight and fitted buffer of the trained segmenter(s) at `paths` (`weights_path`: several
-        make the ensemble this module was built as; its fitted buffers are the first's), once each is
-        checked against this run's `datamodule` (set up) when there is one."""
+        """Every weight of the trained segmenter(s) at `paths` (`weights_path`; several: the members of the
+        ensemble this module was built as) and the first's fitted buffers, once each is checked against
+        this run's `datamodule` (set up) when there is one."""
+        members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
+        sources = [self._checked_segmenter(path, datamodule) for path in segmenter_paths(paths)]
+        if len(sources) != len(members):
+            raise ConfigError(f"{len(sources)} segmenters to load into a module built for {len(members)}")
+        for source, member in zip(sources, members):
+            member.load_state_dict(source.module.net.state_dict())
+            rank_zero_info(f"Segmenter: every weight from {source.checkpoint}")
+        for name in self.fitted_buffers:
+            self.get_buffer(name).copy_(sources[0].module.get_buffer(name))
+        seen = [source.training_fingerprints for source in sources if source.training_fingerprints is not None]
+        self.pretraining_fingerprints = Fingerprints.union(seen).to_state() if seen else None
+
+    def _checked_segmenter(self, path: str, datamodule: CachedDataModule | None) -> TrainedModel:
+        """The trained segmenter at `path`, if this module's network can hold its weights and, with a
+        `datamodule`, it was trained on that data and split or on none of its images."""
         from lightning_modules.trained_model import TrainedModel  # imported here: it imports this module
 
-        hp, paths = self.hparams, segmenter_paths(paths)
-        members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
-        if len(paths) != len(members):
-            raise ConfigError(f"{len(paths)} segmenters to load into a module built for {len(members)}")
-        seen_parts = []
-        for path, member in zip(paths, members):
-            source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
-            built = (source.module.hparams.arch, source.module.hparams.encoder_name, source.channels)
-            if built != (hp.arch, hp.encoder_name, hp.in_channels):
+        hp = self.hparams
+        source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
+        built = (source.module.hparams.arch, source.module.hparams.encoder_name, source.channels)
+        if built != (hp.arch, hp.encoder_name, hp.in_channels):
+            raise ConfigError(
+                f"{source.checkpoint}: a {built[0]} on {built[1]} of {built[2]}-channel images; "
+                f"this run builds a {hp.arch} on {hp.encoder_name} of {hp.in_channels}"
+            )
+        if isinstance(source.module.net, MeanOfLogits):
+            raise ConfigError(f"{source.checkpoint}: an ensemble already; name its members instead")
+        seen = source.training_fingerprints
+        if datamodule is not None and (difference := source.split_difference(datamodule)):
+            if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
                 raise ConfigError(
-                    f"{source.checkpoint}: a {built[0]} on {built[1]} of {built[2]}-channel images; "
-                    f"this run builds a {hp.arch} on {hp.encoder_name} of {hp.in_channels}"
+                    f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
+                    "(or no record of them): fine-tune on the data and split it trained on, or on images it never saw"
                 )
-            if isinstance(source.module.net, MeanOfLogits):
-                raise ConfigError(f"{source.checkpoint}: an ensemble already; name its members instead")
-            seen = source.training_fingerprints
-            if datamodule is not None and (difference := source.split_difference(datamodule)):
-                if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
-                    raise ConfigError(
-                        f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
-                        "(or no record of them): fine-tune on the data and split it trained on, or on images it never saw"
-                    )
-            member.load_state_dict(source.module.net.state_dict())
-            if member is members[0]:
-                for name in self.fitted_buffers:
-                    self.get_buffer(name).copy_(source.module.get_buffer(name))
-            if seen is not None:
-                seen_parts.append(seen.to_state())
-            rank_zero_info(f"Segmenter: every weight and fitted threshold from {source.checkpoint}")
-        self.pretraining_fingerprints = (
-            {key: torch.cat([part[key] for part in seen_parts]) for key in seen_parts[0]} if seen_parts else None
-        )
+        return source
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams

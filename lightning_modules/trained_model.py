@@ -75,8 +75,8 @@ class TrainedModel:
         data_state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
         if checkpoint.get("pretraining_fingerprints"):  # images its pretrained encoder saw count as seen too
             seen = [data_state.get("training_fingerprints"), checkpoint["pretraining_fingerprints"]]
-            merged = {key: torch.cat([part[key] for part in seen if part]) for key in ("sha1", "phash")}
-            data_state = {**data_state, "training_fingerprints": merged}
+            merged = Fingerprints.union([Fingerprints.from_state(state) for state in seen if state])
+            data_state = {**data_state, "training_fingerprints": merged.to_state()}
         if slim:
             arguments = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
             module = module_class(**arguments)

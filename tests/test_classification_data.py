@@ -244,6 +244,16 @@ def test_fingerprints_of_training_images_catch_copies_after_a_checkpoint_round_t
     assert fingerprints.copies_in(probes, max_phash_distance=None) == ["exact copy", None, None]
 
 
+def test_the_union_of_fingerprints_holds_every_file_once():
+    sha1 = np.arange(4 * 20, dtype=np.uint8).reshape(4, 20)
+    first, second = (
+        Fingerprints(sha1[:3], np.arange(3, dtype=np.uint64)),
+        Fingerprints(sha1[1:], np.arange(1, 4, dtype=np.uint64)),
+    )
+    union = Fingerprints.union([first, second])
+    assert union.sha1.tolist() == sha1.tolist() and union.phash.tolist() == [0, 1, 2, 3]
+
+
 def test_a_metadata_table_is_a_third_root_split_by_patient(sartaj_root, tmp_path):
     from datamodules.splits import same_patient
     from tests.conftest import make_mask_folders
