@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export import export_model  # noqa: E402
 from lightning_modules.cli import BrainTumorCLI  # noqa: E402
+from lightning_modules.models import MeanOfLogits  # noqa: E402
 from lightning_modules.trained_model import TrainedModel  # noqa: E402
 
 
@@ -64,6 +65,8 @@ def measure(model: TrainedModel, name: str, runs: int, warmup: int, threads: int
         inputs = {"images": image.numpy()}
         onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
     network = model.module.hparams.get("model") or model.module.hparams.get("encoder_name")
+    if isinstance(model.module.net, MeanOfLogits):
+        network = f"{len(model.module.net.members)} x {network}"
     if model.module.hparams.get("tta", "none") != "none":
         network += f", views: {model.module.hparams.tta}"
     return {
