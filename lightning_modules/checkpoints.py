@@ -42,6 +42,11 @@ class CheckpointError(UserError):
     """A checkpoint path that is missing, unreadable, unsafe or of the wrong kind."""
 
 
+def saved_class_name(hparams: dict, default: str = "") -> str:
+    """The class name of saved hyperparameters' `_class_path` (what LightningCLI records), else `default`."""
+    return str(hparams.get("_class_path", default)).rsplit(".", 1)[-1]
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's contents (tensors memory-mapped, so reading only its metadata is cheap)."""
     path = Path(path)

@@ -17,7 +17,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from lightning_modules.checkpoints import CheckpointError
+from lightning_modules.checkpoints import CheckpointError, saved_class_name
 
 MODEL_FILE_SUFFIX = ".safetensors"
 HEADER_KEY = "brain_tumor_mri"
@@ -76,7 +76,7 @@ def read_model_file(path: str | Path) -> dict:
     }
     state_dict = {key: value.float() if value.dtype == torch.float16 else value for key, value in tensors.items()}
     data_hparams = header["datamodule_hyper_parameters"]
-    data_class = str(data_hparams.get("_class_path", "DataModule")).rsplit(".", 1)[-1]
+    data_class = saved_class_name(data_hparams, "DataModule")
     return {
         "state_dict": state_dict,
         "hyper_parameters": header["hyper_parameters"],

@@ -19,7 +19,7 @@ from timm.models import adapt_input_conv
 from torch import nn
 
 from datamodules.errors import UserError
-from lightning_modules.checkpoints import find_checkpoint, read_checkpoint
+from lightning_modules.checkpoints import find_checkpoint, read_checkpoint, saved_class_name
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.")
 WRAPPER_PREFIXES = ("module.", "model.", "encoder.", "backbone.")
@@ -129,7 +129,7 @@ def classifier_backbone(path: str | Path, encoder_name: str) -> dict[str, torch.
     path = find_checkpoint(path)
     checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters", {})
-    saved_class = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+    saved_class = saved_class_name(hparams)
     if saved_class != "ClassificationModule":
         raise PretrainedWeightsError(
             f"{path}: a {saved_class or 'foreign'} checkpoint; encoder weights come from a "

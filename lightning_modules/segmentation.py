@@ -144,9 +144,8 @@ class SegmentationModule(TaskModule):
             raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
         if dice_weight == bce_weight == lovasz_weight == tversky_weight == focal_weight == 0:
             raise ConfigError("every loss weight (dice, bce, lovasz, tversky, focal) is 0: nothing to train on")
-        members = [
-            create_segmenter(encoder_name, None, in_channels, arch) for _ in segmenter_paths(weights_path) or [0]
-        ]
+        count = max(len(segmenter_paths(weights_path)), 1)  # one network, or one per ensemble member
+        members = [create_segmenter(encoder_name, None, in_channels, arch) for _ in range(count)]
         self.net = members[0] if len(members) == 1 else MeanOfLogits(members)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)

@@ -17,7 +17,7 @@ from datamodules.classification import ClassificationDataModule
 from datamodules.common import CachedDataModule, Fingerprints, build_transform, resize_square
 from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.base import TaskModule
-from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint
+from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, saved_class_name
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.model_file import is_model_file, read_model_file
 from lightning_modules.segmentation import SegmentationModule
@@ -61,7 +61,7 @@ class TrainedModel:
         slim = is_model_file(path)
         path = Path(path) if slim else find_checkpoint(path)
         checkpoint = read_model_file(path) if slim else read_checkpoint(path)
-        saved_class = checkpoint.get("hyper_parameters", {}).get("_class_path", "").rsplit(".", 1)[-1]
+        saved_class = saved_class_name(checkpoint.get("hyper_parameters", {}))
         if module_class is None and saved_class not in TASK_MODULES:
             raise CheckpointError(f"{path}: not a checkpoint of this project's models (class '{saved_class}')")
         module_class = module_class or TASK_MODULES[saved_class]
@@ -90,7 +90,7 @@ class TrainedModel:
     def datamodule(self, root: str | list[str] | None = None, **moved: str | list[str] | None) -> CachedDataModule:
         """The datamodule the model was trained with, with its arguments, on `root` if given (and other
         data folders that have moved, e.g. `negatives`)."""
-        class_name = str(self.data_hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+        class_name = saved_class_name(self.data_hparams)
         if class_name not in DATAMODULES:
             raise CheckpointError(f"{self.checkpoint}: trained with an unknown datamodule '{class_name}'")
         arguments = {key: value for key, value in self.data_hparams.items() if not key.startswith("_")}

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.errors import UserError  # noqa: E402
-from lightning_modules.checkpoints import read_checkpoint  # noqa: E402
+from lightning_modules.checkpoints import read_checkpoint, saved_class_name  # noqa: E402
 from lightning_modules.classification import ClassificationModule  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
 from lightning_modules.precision import Hardware, fastest_precision  # noqa: E402
@@ -64,7 +64,7 @@ def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataM
     trained = TrainedModel(
         module, first.image_size, first.channels, first.checkpoint, first.data_hparams, first.data_state
     )
-    data_class = str(first.data_hparams.get("_class_path", "DataModule")).rsplit(".", 1)[-1]
+    data_class = saved_class_name(first.data_hparams, "DataModule")
     checkpoint = {  # the layout LightningCLI saves, so that load_from_checkpoint builds the ensemble
         "pytorch-lightning_version": L.__version__,
         "hyper_parameters": {
