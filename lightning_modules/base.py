@@ -1,18 +1,28 @@
 """Training machinery every task module shares: optimizer, schedule, pretrained-weight
-initialisation, exact resume, image logging."""
+initialisation, start weights from trained models of the task (fine-tuning one, or an ensemble of
+several), exact resume, image logging."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 
-from datamodules.errors import check_range
+from datamodules.common import CachedDataModule, Fingerprints
+from datamodules.errors import ConfigError, check_range
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
 from lightning_modules.checkpoints import run_folder_checkpoints
+from lightning_modules.models import MeanOfLogits
 from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
+
+if TYPE_CHECKING:  # trained_model imports the task modules, which import this one
+    from lightning_modules.trained_model import TrainedModel
 
 
 class TaskModule(L.LightningModule):
@@ -50,6 +60,14 @@ class TaskModule(L.LightningModule):
         check_range("weight_decay", weight_decay, 0)
         check_range("warmup_fraction", warmup_fraction, 0, 1, high_open=True)
         self.save_hyperparameters()
+        # Fingerprints of the images that the models this one starts from saw (pretrained encoder, fine-tuned
+        # model, ensemble members), which checkpoints keep so that evaluation counts them as seen.
+        self.pretraining_fingerprints: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def network_of(hparams: Mapping) -> str:
+        """The network these hyperparameters build, in words: trained weights fit it when the words match."""
+        raise NotImplementedError
 
     def load_pretrained_weights(self) -> None:
         """Copy pretrained weights named by the hyperparameters into the network (tasks override this).
@@ -61,6 +79,53 @@ class TaskModule(L.LightningModule):
     def on_fit_start(self) -> None:
         if self.trainer.ckpt_path is None:  # set by now when resuming: the checkpoint is being restored
             self.load_pretrained_weights()
+
+    def load_trained_weights(self, paths: list[str], datamodule: CachedDataModule | None) -> None:
+        """Every weight of the trained models of this task at `paths` (checkpoints, run folders or model files):
+        one to fine-tune, or the members of the ensemble (models.MeanOfLogits) this module was built as; each
+        checked against this run's `datamodule` (set up) when there is one. The fitted buffers (temperature,
+        thresholds) start from the first's where they fit; scripts/recalibrate.py fits an ensemble's own."""
+        members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
+        if len(paths) != len(members):
+            raise ConfigError(f"{len(paths)} trained models to load into a module built for {len(members)}")
+        sources = [self._checked_start(path, datamodule) for path in paths]
+        for source, member in zip(sources, members):
+            member.load_state_dict(source.module.net.state_dict())
+            rank_zero_info(f"{type(self).__name__}: every weight from {source.checkpoint}")
+        first = sources[0].module
+        if all(self.get_buffer(name).shape == first.get_buffer(name).shape for name in self.fitted_buffers):
+            for name in self.fitted_buffers:
+                self.get_buffer(name).copy_(first.get_buffer(name))
+        seen = [source.training_fingerprints for source in sources if source.training_fingerprints is not None]
+        self.pretraining_fingerprints = Fingerprints.union(seen).to_state() if seen else None
+
+    def _checked_start(self, path: str, datamodule: CachedDataModule | None) -> TrainedModel:
+        """The trained model of this task at `path`, if this module's network can hold its weights and, with a
+        `datamodule`, it was trained on that data and split or on none of its images (else its validation
+        images could be among this run's training images, or the reverse)."""
+        from lightning_modules.trained_model import TrainedModel  # imported here: see TYPE_CHECKING
+
+        source = TrainedModel.load(path, type(self), torch.device("cpu"))
+        theirs, ours = self.network_of(source.module.hparams), self.network_of(self.hparams)
+        if theirs != ours:
+            raise ConfigError(f"{source.checkpoint}: {theirs}; this run builds {ours}")
+        if isinstance(source.module.net, MeanOfLogits):
+            raise ConfigError(f"{source.checkpoint}: an ensemble already; name its members instead")
+        seen = source.training_fingerprints
+        if datamodule is not None and (difference := source.split_difference(datamodule)):
+            if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
+                raise ConfigError(
+                    f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
+                    "(or no record of them): train on the data and split it trained on, or on images it never saw"
+                )
+        return source
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.pretraining_fingerprints:
+            checkpoint["pretraining_fingerprints"] = self.pretraining_fingerprints
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.pretraining_fingerprints = checkpoint.get("pretraining_fingerprints")
 
     def configure_callbacks(self) -> list[L.Callback]:
         # Part of the module, not of a config a user might edit: without them a run folder lacks its

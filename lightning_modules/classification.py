@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from timm.data import Mixup
@@ -14,7 +16,7 @@ from lightning_modules.calibration import fit_temperature
 from lightning_modules.distillation import Teachers, distillation_loss
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.metrics import calibration_error, classification_metrics
-from lightning_modules.models import check_pretrained_source, create_classifier
+from lightning_modules.models import check_pretrained_source, create_classifier, mean_of_logits
 from lightning_modules.pretrained import load_classifier_weights
 from lightning_modules.visualization import confusion_matrix_figure
 
@@ -31,6 +33,12 @@ class ClassificationModule(TaskModule):
         weights_path: local pretrained weights for a timm model, for offline machines (read when training starts;
             a trained checkpoint no longer needs the file).
         model_kwargs: extra constructor arguments, e.g. {width: 32, depths: [1, 2, 2, 2]}.
+        members: trained classifiers (checkpoints, run folders or model files of `model`, `model_kwargs` and
+            `in_channels`) whose ensemble this module is: its logits are the mean of theirs (models.MeanOfLogits)
+            and its familiarity model reads their pooled features side by side. Each is refused if it saw some
+            of this run's images without having this run's data and split; the images they saw count as seen
+            in evaluate.py. scripts/recalibrate.py fits the ensemble's temperature and familiarity model
+            (README, "An ensemble of models"). `pretrained` and `weights_path` are then not read.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
         cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.
@@ -55,6 +63,7 @@ class ClassificationModule(TaskModule):
         pretrained: bool = False,
         weights_path: str | None = None,
         model_kwargs: dict | None = None,
+        members: list[str] | None = None,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -73,7 +82,10 @@ class ClassificationModule(TaskModule):
         check_range("distillation_temperature", distillation_temperature, 0, low_open=True)
         num_classes = len(CLASS_NAMES)
         check_pretrained_source(model, pretrained, weights_path)
-        self.net = create_classifier(model, num_classes, in_channels, **(model_kwargs or {}))
+        networks = [
+            create_classifier(model, num_classes, in_channels, **(model_kwargs or {})) for _ in members or [None]
+        ]
+        self.net = mean_of_logits(networks)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
             self.mixup = Mixup(
@@ -118,9 +130,15 @@ class ClassificationModule(TaskModule):
     def is_unfamiliar(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.unfamiliarity(pooled) > self.unfamiliar_threshold
 
+    @staticmethod
+    def network_of(hparams: Mapping) -> str:
+        return f"a {hparams['model']} {hparams['model_kwargs'] or {}} of {hparams['in_channels']}-channel images"
+
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
-        if hp.pretrained or hp.weights_path:
+        if hp.members:
+            self.load_trained_weights(hp.members, getattr(self._trainer, "datamodule", None))
+        elif hp.pretrained or hp.weights_path:
             load_classifier_weights(self.net, hp.model, hp.pretrained, hp.weights_path)
 
     def on_fit_start(self) -> None:
@@ -202,6 +220,7 @@ class ClassificationModule(TaskModule):
         self.unfamiliar_threshold.fill_(torch.quantile(self.unfamiliarity(pooled), 1 - UNFAMILIAR_VALIDATION_SHARE))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         # Checkpoints from before calibration have no temperature (theirs is 1) and flag nothing.
         state = checkpoint["state_dict"]
         state.setdefault("temperature", torch.ones(()))

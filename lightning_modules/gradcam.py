@@ -7,6 +7,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from lightning_modules.models import MeanOfLogits
+
 
 def as_feature_grid(net: torch.nn.Module, features: torch.Tensor) -> torch.Tensor | None:
     """The last features of a timm-style classifier network as (N, C, h, w), whatever their layout:
@@ -39,26 +41,39 @@ def grad_cam(net: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, t
 
     Works on any network with timm's `forward_features` / `forward_head` split, CNN or
     transformer: the map weights the last feature maps by the mean gradient of the predicted
-    logit. The maps are None for a network whose features have no spatial layout."""
-    layer = grad_cam_layer(net)
+    logit. Of an ensemble (models.MeanOfLogits), the last feature maps of all its members, on the
+    first's grid. The maps are None for a network whose features have no spatial layout."""
+    members = list(net.members) if isinstance(net, MeanOfLogits) else [net]
     with torch.enable_grad():
-        if layer is None:
-            features = net.forward_features(batch).detach().requires_grad_(True)
-            logits = net.forward_head(features)
-        else:
-            captured: list[torch.Tensor] = []
-            handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
-            try:
-                logits = net(batch.detach().requires_grad_(True))  # so the hooked output is in the graph
-            finally:
-                handle.remove()
-            features = captured[-1]
+        logits, features = zip(*(_logits_and_features(member, batch) for member in members))
+        logits = torch.stack(logits).mean(dim=0)
         predicted = logits.argmax(dim=1)
-        (gradients,) = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), features)
-    logits = logits.detach()
-    features, gradients = as_feature_grid(net, features.detach()), as_feature_grid(net, gradients)
-    if features is None:
-        return logits, None
-    cam = F.relu((gradients.mean(dim=(2, 3), keepdim=True) * features).sum(dim=1))
+        gradients = torch.autograd.grad(logits.gather(1, predicted[:, None]).sum(), features)
+    cam = None
+    for member, member_features, member_gradients in zip(members, features, gradients):
+        grid, grid_gradients = (
+            as_feature_grid(member, member_features.detach()),
+            as_feature_grid(member, member_gradients),
+        )
+        if grid is None:
+            return logits.detach(), None
+        weighted = (grid_gradients.mean(dim=(2, 3), keepdim=True) * grid).sum(dim=1, keepdim=True)
+        cam = weighted if cam is None else cam + F.interpolate(weighted, size=cam.shape[-2:], mode="bilinear")
+    cam = F.relu(cam[:, 0])
     cam = cam / cam.flatten(1).amax(dim=1).clamp_min(1e-8)[:, None, None]
-    return logits, cam.detach()
+    return logits.detach(), cam.detach()
+
+
+def _logits_and_features(net: torch.nn.Module, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One network's logits and the features Grad-CAM reads (grad_cam_layer), in one graph."""
+    layer = grad_cam_layer(net)
+    if layer is None:
+        features = net.forward_features(batch).detach().requires_grad_(True)
+        return net.forward_head(features), features
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda module, inputs, output: captured.append(output))
+    try:
+        logits = net(batch.detach().requires_grad_(True))  # so the hooked output is in the graph
+    finally:
+        handle.remove()
+    return logits, captured[-1]

@@ -170,7 +170,11 @@ def create_classifier(
 
 
 class MeanOfLogits(nn.Module):
-    """An ensemble of networks of one input and output layout: its logits are the mean of theirs."""
+    """An ensemble of networks of one input and output layout: its logits are the mean of theirs.
+
+    Of classifiers, it splits as timm's do: `forward_features` gives the members' features (a list),
+    `forward_head` the mean of their logits or, with `pre_logits`, their pooled features side by side
+    (`num_features` in all), on which the familiarity model is fitted."""
 
     def __init__(self, members: list[nn.Module]) -> None:
         super().__init__()
@@ -178,6 +182,22 @@ class MeanOfLogits(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [member.forward_features(x) for member in self.members]
+
+    def forward_head(self, features: list[torch.Tensor], pre_logits: bool = False) -> torch.Tensor:
+        outputs = [member.forward_head(part, pre_logits=pre_logits) for member, part in zip(self.members, features)]
+        return torch.cat(outputs, dim=1) if pre_logits else torch.stack(outputs).mean(dim=0)
+
+    @property
+    def num_features(self) -> int:
+        return sum(getattr(member, "head_hidden_size", None) or member.num_features for member in self.members)
+
+
+def mean_of_logits(networks: list[nn.Module]) -> nn.Module:
+    """One network as it is; several as the ensemble of the mean of their logits."""
+    return networks[0] if len(networks) == 1 else MeanOfLogits(networks)
 
 
 def create_segmenter(

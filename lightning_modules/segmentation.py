@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import numpy as np
 import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.common import CachedDataModule, Fingerprints
 from datamodules.errors import ConfigError, check_range
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules.base import TaskModule
@@ -21,14 +19,11 @@ from lightning_modules.metrics import (
     segmentation_stats,
     threshold_curve,
 )
-from lightning_modules.models import MeanOfLogits, create_segmenter
+from lightning_modules.models import create_segmenter, mean_of_logits
 from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.pretrained import load_encoder_weights, pretraining_fingerprints
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
 from lightning_modules.visualization import segmentation_figure
-
-if TYPE_CHECKING:
-    from lightning_modules.trained_model import TrainedModel
 
 HEALTHY_FALSE_POSITIVE_SHARE = 0.02  # of healthy validation slices that the fitted decision may give a tumour
 
@@ -55,13 +50,6 @@ def fit_tumor_decision(areas: torch.Tensor, has_tumor: torch.Tensor) -> tuple[in
     return level, thresholds[level]
 
 
-def segmenter_paths(weights_path: str | list[str] | None) -> list[str]:
-    """`weights_path` as a list: no segmenter, one, or the members of an ensemble."""
-    if weights_path is None:
-        return []
-    return [str(weights_path)] if isinstance(weights_path, (str, Path)) else [str(path) for path in weights_path]
-
-
 class SegmentationModule(TaskModule):
     """A segmentation network (a UNet by default) predicting one tumor logit per pixel.
 
@@ -78,9 +66,10 @@ class SegmentationModule(TaskModule):
             `encoder_weights` is then not read. Read when training starts, and refused if it saw some of
             this run's images without having this run's data and split (its validation images could be
             among this run's training images, or the reverse); the images it saw count as seen in evaluate.py.
-            Several (a list): an ensemble of them, whose logits are the mean of theirs (models.MeanOfLogits),
-            each checked as one; its threshold and tumour decision start from the first's, and
-            scripts/recalibrate.py fits them to the ensemble (README, "An ensemble of segmenters").
+        members: trained segmenters (as `weights_path`, each checked as it is) whose ensemble this module
+            is: its logits are the mean of theirs (models.MeanOfLogits); its threshold and tumour decision
+            start from the first's, and scripts/recalibrate.py fits them to the ensemble (README, "An
+            ensemble of models"). `weights_path` and `encoder_weights` are then not read.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss (one Dice over each batch's pixels, so large tumours weigh most).
         bce_weight: weight of the binary cross-entropy loss.
@@ -113,7 +102,8 @@ class SegmentationModule(TaskModule):
         encoder_name: str = "resnet50",
         arch: str = "unet",
         encoder_weights: str | None = None,
-        weights_path: str | list[str] | None = None,
+        weights_path: str | None = None,
+        members: list[str] | None = None,
         in_channels: int = 3,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
@@ -144,9 +134,8 @@ class SegmentationModule(TaskModule):
             raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
         if dice_weight == bce_weight == lovasz_weight == tversky_weight == focal_weight == 0:
             raise ConfigError("every loss weight (dice, bce, lovasz, tversky, focal) is 0: nothing to train on")
-        count = max(len(segmenter_paths(weights_path)), 1)  # one network, or one per ensemble member
-        members = [create_segmenter(encoder_name, None, in_channels, arch) for _ in range(count)]
-        self.net = members[0] if len(members) == 1 else MeanOfLogits(members)
+        networks = [create_segmenter(encoder_name, None, in_channels, arch) for _ in members or [None]]
+        self.net = mean_of_logits(networks)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)
         self.lovasz_loss = smp.losses.LovaszLoss(smp.losses.BINARY_MODE, per_image=True, ignore_index=BOX_INTERIOR)
@@ -169,8 +158,6 @@ class SegmentationModule(TaskModule):
         self.register_buffer("tumor_area_threshold", torch.tensor(0.0))
         self.register_buffer("detection_threshold", torch.tensor(0.5))
         self._val_areas: list[tuple[torch.Tensor, torch.Tensor]] = []  # per batch: areas at each threshold, has tumour
-        # Fingerprints of the images a classifier this encoder was pretrained from saw (checkpoints keep them).
-        self.pretraining_fingerprints: dict[str, torch.Tensor] | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
@@ -202,54 +189,19 @@ class SegmentationModule(TaskModule):
             masks = torch.from_numpy(np.stack(kept)[:, None] > 0).to(masks.device)
         return masks
 
+    @staticmethod
+    def network_of(hparams: Mapping) -> str:
+        return f"a {hparams['arch']} on {hparams['encoder_name']} of {hparams['in_channels']}-channel images"
+
     def load_pretrained_weights(self) -> None:
         hp = self.hparams
-        if hp.weights_path is not None:
-            self.load_segmenter_weights(hp.weights_path, getattr(self._trainer, "datamodule", None))
+        if hp.members or hp.weights_path is not None:
+            datamodule = getattr(self._trainer, "datamodule", None)
+            self.load_trained_weights(hp.members or [hp.weights_path], datamodule)
         elif hp.encoder_weights is not None:
             load_encoder_weights(self.net.encoder, hp.encoder_name, hp.encoder_weights)
             self.pretraining_fingerprints = pretraining_fingerprints(hp.encoder_weights)
             rank_zero_info(f"Encoder {hp.encoder_name}: every weight from {hp.encoder_weights}")
-
-    def load_segmenter_weights(self, paths: str | list[str], datamodule: CachedDataModule | None) -> None:
-        """Every weight of the trained segmenter(s) at `paths` (`weights_path`; several: the members of the
-        ensemble this module was built as) and the first's fitted buffers, once each is checked against
-        this run's `datamodule` (set up) when there is one."""
-        members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
-        sources = [self._checked_segmenter(path, datamodule) for path in segmenter_paths(paths)]
-        if len(sources) != len(members):
-            raise ConfigError(f"{len(sources)} segmenters to load into a module built for {len(members)}")
-        for source, member in zip(sources, members):
-            member.load_state_dict(source.module.net.state_dict())
-            rank_zero_info(f"Segmenter: every weight from {source.checkpoint}")
-        for name in self.fitted_buffers:
-            self.get_buffer(name).copy_(sources[0].module.get_buffer(name))
-        seen = [source.training_fingerprints for source in sources if source.training_fingerprints is not None]
-        self.pretraining_fingerprints = Fingerprints.union(seen).to_state() if seen else None
-
-    def _checked_segmenter(self, path: str, datamodule: CachedDataModule | None) -> TrainedModel:
-        """The trained segmenter at `path`, if this module's network can hold its weights and, with a
-        `datamodule`, it was trained on that data and split or on none of its images."""
-        from lightning_modules.trained_model import TrainedModel  # imported here: it imports this module
-
-        hp = self.hparams
-        source = TrainedModel.load(path, SegmentationModule, torch.device("cpu"))
-        built = (source.module.hparams.arch, source.module.hparams.encoder_name, source.channels)
-        if built != (hp.arch, hp.encoder_name, hp.in_channels):
-            raise ConfigError(
-                f"{source.checkpoint}: a {built[0]} on {built[1]} of {built[2]}-channel images; "
-                f"this run builds a {hp.arch} on {hp.encoder_name} of {hp.in_channels}"
-            )
-        if isinstance(source.module.net, MeanOfLogits):
-            raise ConfigError(f"{source.checkpoint}: an ensemble already; name its members instead")
-        seen = source.training_fingerprints
-        if datamodule is not None and (difference := source.split_difference(datamodule)):
-            if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
-                raise ConfigError(
-                    f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
-                    "(or no record of them): fine-tune on the data and split it trained on, or on images it never saw"
-                )
-        return source
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         hp = self.hparams
@@ -325,12 +277,8 @@ class SegmentationModule(TaskModule):
         self.log_dict({name: values.float().mean() for name, values in rates.items() if len(values)})
         self.log_dict({"val/tumor_area_threshold": area, "val/detection_threshold": THRESHOLD_GRID[level]})
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        if self.pretraining_fingerprints:
-            checkpoint["pretraining_fingerprints"] = self.pretraining_fingerprints
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.pretraining_fingerprints = checkpoint.get("pretraining_fingerprints")
+        super().on_load_checkpoint(checkpoint)
         # Checkpoints from before threshold tuning cut at 0.5.
         checkpoint["state_dict"].setdefault("threshold", torch.tensor(0.5))
         # ... and those from before the tumour decision give any slice with a pixel above it a tumour.

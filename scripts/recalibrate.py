@@ -7,9 +7,9 @@ changed); the weights are untouched.
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--tta hflip]
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 runs/seg/version_1 --output ensemble.ckpt
 
-Several segmenters trained on the same data and split make an ensemble: one checkpoint whose logits
-are the mean of theirs, its threshold and tumour decision fitted on that mean (`weights_path` of
-SegmentationModule; export.py writes it as one model file).
+Several models of one task trained on the same data and split make an ensemble: one checkpoint whose
+logits are the mean of theirs (the task module's `members`), its post-processing fitted on that mean
+(export.py writes it as one model file).
 
 --data.root, --data.negatives: where the training data lives now, if it moved (the split is recomputed
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
@@ -54,13 +54,14 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
 
 
 def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataModule) -> tuple[TrainedModel, dict]:
-    """The segmenters at `paths` (`first` loaded from the first) as one SegmentationModule of the mean of
-    their logits, with the first's other settings and fitted buffers, each member checked against
-    `datamodule`, the first's data and split; and its checkpoint."""
+    """The models at `paths` (`first` loaded from the first) as one module of the mean of their logits, with
+    the first's other settings, each member checked against `datamodule`, the first's data and split; and
+    its checkpoint."""
     datamodule.setup("fit")
     hparams = {key: value for key, value in first.module.hparams.items() if not key.startswith("_")}
-    module = SegmentationModule(**{**hparams, "weights_path": [str(path) for path in paths]})
-    module.load_segmenter_weights(paths, datamodule)
+    module_class = type(first.module)
+    module = module_class(**{**hparams, "weights_path": None, "members": [str(path) for path in paths]})
+    module.load_trained_weights(module.hparams.members, datamodule)
     trained = TrainedModel(
         module, first.image_size, first.channels, first.checkpoint, first.data_hparams, first.data_state
     )
@@ -68,7 +69,7 @@ def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataM
     checkpoint = {  # the layout LightningCLI saves, so that load_from_checkpoint builds the ensemble
         "pytorch-lightning_version": L.__version__,
         "hyper_parameters": {
-            "_class_path": "lightning_modules.SegmentationModule",
+            "_class_path": f"lightning_modules.{module_class.__name__}",
             **module.hparams,
             "_instantiator": "lightning.pytorch.cli.instantiate_module",
         },
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         "--ckpt_path",
         required=True,
         nargs="+",
-        help="a classification or segmentation .ckpt file or run folder; several segmenters (also model files): their ensemble",
+        help="a classification or segmentation .ckpt file or run folder; several of one task (also model files): their ensemble",
     )
     parser.add_argument("--output", required=True, help="the recalibrated checkpoint to write")
     parser.add_argument("--data.root", dest="data_root", nargs="+", help="the training data, if it moved")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
     args = parser.parse_args(argv)
     several = len(args.ckpt_path) > 1
-    trained = TrainedModel.load(args.ckpt_path[0], SegmentationModule if several else None, torch.device("cpu"))
+    trained = TrainedModel.load(args.ckpt_path[0], None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
     if several:
         trained, checkpoint = ensemble(trained, args.ckpt_path, datamodule)
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "tta": args.tta}
     message = refit(trained, datamodule, args.precision or fastest_precision("auto", Hardware.detect())[0])
     if several:
-        message = f"the mean of {len(args.ckpt_path)} segmenters' logits, {message}"
+        task = "classifiers" if isinstance(trained.module, ClassificationModule) else "segmenters"
+        message = f"the mean of {len(args.ckpt_path)} {task}' logits, {message}"
     refitted = {name: trained.module.get_buffer(name).detach().clone() for name in trained.module.fitted_buffers}
     checkpoint["state_dict"] = {**checkpoint["state_dict"], **refitted}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

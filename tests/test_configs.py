@@ -32,6 +32,7 @@ ADDED_SINCE = {
     "lightning_modules.SegmentationModule": {
         "arch": "unet",
         "weights_path": None,
+        "members": None,
         "lovasz_weight": 0.0,
         "tversky_weight": 0.0,
         "focal_weight": 0.0,
@@ -39,6 +40,7 @@ ADDED_SINCE = {
         "tta": "none",
     },
     "lightning_modules.ClassificationModule": {
+        "members": None,
         "teachers": None,
         "distillation_weight": 0.9,
         "distillation_temperature": 4.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -16,11 +17,12 @@ import torch
 from datamodules.classification import CLASS_NAMES
 from datamodules.errors import UserError
 from lightning_modules.bundled import BUNDLED_MODELS, models_to_use
+from lightning_modules.calibration import fit_temperature
 from lightning_modules.checkpoints import CheckpointError
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam
 from lightning_modules.metrics import best_threshold, threshold_curve
-from lightning_modules.models import create_segmenter
+from lightning_modules.models import MeanOfLogits, create_segmenter
 from lightning_modules.predictor import Prediction, TumorPredictor
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
@@ -423,7 +425,7 @@ def test_a_segmenter_refitted_on_its_mirrored_views_keeps_them(trained_segmenter
 
 
 def perturbed_copy(checkpoint_path: Path, path: Path, **data_changes) -> Path:
-    """Another segmenter of the same data: every convolution's weights moved by noise (and the data
+    """Another model of the same data: every convolution's weights moved by noise (and the data
     settings changed by `data_changes`)."""
     checkpoint = torch.load(checkpoint_path, weights_only=True)
     generator = torch.Generator().manual_seed(0)
@@ -436,38 +438,61 @@ def perturbed_copy(checkpoint_path: Path, path: Path, **data_changes) -> Path:
     return path
 
 
-def test_segmenters_of_one_split_make_one_model_of_the_mean_of_their_logits(trained_segmenter, tmp_path):
-    other = perturbed_copy(trained_segmenter, tmp_path / "other.ckpt")
-    arguments = [
-        "--ckpt_path",
-        str(trained_segmenter),
-        str(other),
-        "--output",
-        "ensemble.ckpt",
-        "--precision",
-        "32-true",
-    ]
+def ensemble_of_two(trained: Path, module_class: type, tmp_path: Path) -> tuple[str, TrainedModel]:
+    """recalibrate.py's ensemble of `trained` and a perturbed copy of it, exported as a model file: what the
+    script printed, and the ensemble, once its outputs from both files are checked to be the members' mean."""
+    other = perturbed_copy(trained, tmp_path / "other.ckpt")
+    arguments = ["--ckpt_path", str(trained), str(other), "--output", "ensemble.ckpt", "--precision", "32-true"]
     result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.startswith("wrote ensemble.ckpt: the mean of 2 segmenters' logits, views 'none', threshold ")
-    result = run_script(
-        "export.py", "--seg-ckpt", "ensemble.ckpt", "--output-dir", ".", "--dtype", "float32", cwd=tmp_path
+    task = "seg" if module_class is SegmentationModule else "cls"
+    exported = run_script(
+        "export.py", f"--{task}-ckpt", "ensemble.ckpt", "--output-dir", ".", "--dtype", "float32", cwd=tmp_path
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert exported.returncode == 0, exported.stderr[-3000:]
 
-    members = [TrainedModel.load(path, SegmentationModule, torch.device("cpu")) for path in (trained_segmenter, other)]
-    images = torch.randn(2, 3, members[0].image_size, members[0].image_size)
+    members = [TrainedModel.load(path, module_class, torch.device("cpu")) for path in (trained, other)]
+    images = torch.randn(2, members[0].channels, members[0].image_size, members[0].image_size)
     with torch.no_grad():
         expected = (members[0].module(images) + members[1].module(images)) / 2
-        for path in ("ensemble.ckpt", "segmenter.safetensors"):
-            ensemble = TrainedModel.load(tmp_path / path, SegmentationModule, torch.device("cpu"))
+        for path in ("ensemble.ckpt", ("segmenter" if task == "seg" else "classifier") + ".safetensors"):
+            ensemble = TrainedModel.load(tmp_path / path, module_class, torch.device("cpu"))
             torch.testing.assert_close(ensemble.module(images), expected)
             assert ensemble.training_fingerprints.same_images(members[0].training_fingerprints)
+    return result.stdout, ensemble
+
+
+def test_segmenters_of_one_split_make_one_model_of_the_mean_of_their_logits(trained_segmenter, tmp_path):
+    printed, ensemble = ensemble_of_two(trained_segmenter, SegmentationModule, tmp_path)
+    assert printed.startswith("wrote ensemble.ckpt: the mean of 2 segmenters' logits, views 'none', threshold ")
     curve, datamodule = threshold_curve(), ensemble.datamodule()
     datamodule.setup("fit")
     for images, masks in datamodule.val_dataloader():  # the threshold of the best IoU of the mean
         curve.update(ensemble.module.predict_logits(images).sigmoid(), masks.int())
     assert float(ensemble.module.threshold) == pytest.approx(best_threshold(curve)[0])
+
+
+def test_classifiers_of_one_split_make_one_model_of_the_mean_of_their_logits(trained_classifier, tmp_path):
+    printed, ensemble = ensemble_of_two(trained_classifier, ClassificationModule, tmp_path)
+    assert printed.startswith("wrote ensemble.ckpt: the mean of 2 classifiers' logits, temperature ")
+    datamodule = ensemble.datamodule()
+    datamodule.setup("fit")
+    with torch.no_grad():
+        logits, labels = zip(*((ensemble.module(images), labels) for images, labels in datamodule.val_dataloader()))
+    # the temperature of the mean's logits; the familiarity model on both members' pooled features
+    assert float(ensemble.module.temperature) == pytest.approx(fit_temperature(torch.cat(logits), torch.cat(labels)))
+    member = TrainedModel.load(ensemble.module.hparams.members[0], ClassificationModule, torch.device("cpu"))
+    assert ensemble.module.feature_means.shape[1] == 2 * member.module.feature_means.shape[1]
+    assert torch.isfinite(ensemble.module.unfamiliar_threshold)
+
+
+def test_grad_cam_of_a_network_and_its_copy_as_an_ensemble_is_that_networks(trained_classifier):
+    net = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module.net
+    batch = torch.randn(3, 1, 32, 32)
+    logits, cams = grad_cam(net, batch)
+    ensemble_logits, ensemble_cams = grad_cam(MeanOfLogits([net, copy.deepcopy(net)]), batch)
+    torch.testing.assert_close(ensemble_logits, logits)
+    torch.testing.assert_close(ensemble_cams, cams)
 
 
 def test_an_ensemble_member_of_another_split_or_task_is_refused_in_one_line(

@@ -241,25 +241,25 @@ def test_start_weights_that_saw_this_runs_images_under_another_split_are_refused
     module = SegmentationModule(encoder_name="resnet18")
     same = source.datamodule()
     same.setup("fit")
-    module.load_segmenter_weights(str(trained_segmenter), same)  # the data and split it trained on: accepted
+    module.load_trained_weights([str(trained_segmenter)], same)  # the data and split it trained on: accepted
 
     unseen_root = tmp_path / "unseen"
     make_coco_split(unseen_root / "train", seed=5, count=6)
     make_coco_split(unseen_root / "valid", seed=6, count=4)
-    module.load_segmenter_weights(str(trained_segmenter), setup_datamodule(unseen_root))  # none of its images: accepted
+    module.load_trained_weights([str(trained_segmenter)], setup_datamodule(unseen_root))  # none of its images: accepted
 
     overlapping = source.datamodule()
     overlapping.setup("fit")
     overlapping.training_fingerprints.sha1 = overlapping.training_fingerprints.sha1[1:]  # one image fewer
     with pytest.raises(ConfigError, match=f"{trained_segmenter}: start weights trained or validated on other images"):
-        module.load_segmenter_weights(str(trained_segmenter), overlapping)
+        module.load_trained_weights([str(trained_segmenter)], overlapping)
     with pytest.raises(
         ConfigError, match="a unet on resnet18 of 3-channel images; this run builds a unet on resnet34 of 3"
     ):
-        SegmentationModule(encoder_name="resnet34").load_segmenter_weights(str(trained_segmenter), same)
+        SegmentationModule(encoder_name="resnet34").load_trained_weights([str(trained_segmenter)], same)
     with pytest.raises(ConfigError, match="this run builds a unetplusplus on resnet18 of 3"):
-        SegmentationModule(encoder_name="resnet18", arch="unetplusplus").load_segmenter_weights(
-            str(trained_segmenter), same
+        SegmentationModule(encoder_name="resnet18", arch="unetplusplus").load_trained_weights(
+            [str(trained_segmenter)], same
         )
 
 
