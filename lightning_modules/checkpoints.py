@@ -47,6 +47,12 @@ def saved_class_name(hparams: dict, default: str = "") -> str:
     return str(hparams.get("_class_path", default)).rsplit(".", 1)[-1]
 
 
+def saved_arguments(hparams: dict) -> dict:
+    """Saved hyperparameters without LightningCLI's own entries (`_class_path`, `_instantiator`): the
+    constructor's arguments."""
+    return {key: value for key, value in hparams.items() if not key.startswith("_")}
+
+
 def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint's contents (tensors memory-mapped, so reading only its metadata is cheap)."""
     path = Path(path)

@@ -82,6 +82,7 @@ class ClassificationModule(TaskModule):
         check_range("distillation_temperature", distillation_temperature, 0, low_open=True)
         num_classes = len(CLASS_NAMES)
         check_pretrained_source(model, pretrained, weights_path)
+        # one network per member, or one network
         networks = [
             create_classifier(model, num_classes, in_channels, **(model_kwargs or {})) for _ in members or [None]
         ]

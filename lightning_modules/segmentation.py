@@ -134,6 +134,7 @@ class SegmentationModule(TaskModule):
             raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
         if dice_weight == bce_weight == lovasz_weight == tversky_weight == focal_weight == 0:
             raise ConfigError("every loss weight (dice, bce, lovasz, tversky, focal) is 0: nothing to train on")
+        # one network per member, or one network
         networks = [create_segmenter(encoder_name, None, in_channels, arch) for _ in members or [None]]
         self.net = mean_of_logits(networks)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)

@@ -17,7 +17,13 @@ from datamodules.classification import ClassificationDataModule
 from datamodules.common import CachedDataModule, Fingerprints, build_transform, resize_square
 from datamodules.segmentation import SegmentationDataModule
 from lightning_modules.base import TaskModule
-from lightning_modules.checkpoints import CheckpointError, find_checkpoint, read_checkpoint, saved_class_name
+from lightning_modules.checkpoints import (
+    CheckpointError,
+    find_checkpoint,
+    read_checkpoint,
+    saved_arguments,
+    saved_class_name,
+)
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.model_file import is_model_file, read_model_file
 from lightning_modules.segmentation import SegmentationModule
@@ -78,7 +84,7 @@ class TrainedModel:
             merged = Fingerprints.union([Fingerprints.from_state(state) for state in seen if state])
             data_state = {**data_state, "training_fingerprints": merged.to_state()}
         if slim:
-            arguments = {key: value for key, value in checkpoint["hyper_parameters"].items() if not key.startswith("_")}
+            arguments = saved_arguments(checkpoint["hyper_parameters"])
             module = module_class(**arguments)
             module.on_load_checkpoint(checkpoint)  # fills in what older files lack, as for a checkpoint
             module.load_state_dict(checkpoint["state_dict"])
@@ -93,7 +99,7 @@ class TrainedModel:
         class_name = saved_class_name(self.data_hparams)
         if class_name not in DATAMODULES:
             raise CheckpointError(f"{self.checkpoint}: trained with an unknown datamodule '{class_name}'")
-        arguments = {key: value for key, value in self.data_hparams.items() if not key.startswith("_")}
+        arguments = saved_arguments(self.data_hparams)
         moved = {key: value for key, value in {"root": root, **moved}.items() if value}
         return DATAMODULES[class_name](**{**arguments, **moved})
 

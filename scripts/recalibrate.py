@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.errors import UserError  # noqa: E402
-from lightning_modules.checkpoints import read_checkpoint, saved_class_name  # noqa: E402
+from lightning_modules.checkpoints import read_checkpoint, saved_arguments, saved_class_name  # noqa: E402
 from lightning_modules.classification import ClassificationModule  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
 from lightning_modules.precision import Hardware, fastest_precision  # noqa: E402
@@ -58,7 +58,7 @@ def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataM
     the first's other settings, each member checked against `datamodule`, the first's data and split; and
     its checkpoint."""
     datamodule.setup("fit")
-    hparams = {key: value for key, value in first.module.hparams.items() if not key.startswith("_")}
+    hparams = saved_arguments(first.module.hparams)
     module_class = type(first.module)
     module = module_class(**{**hparams, "weights_path": None, "members": [str(path) for path in paths]})
     module.load_trained_weights(module.hparams.members, datamodule)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from datamodules.classification import ClassificationDataModule
 from datamodules.errors import ConfigError
+from lightning_modules.checkpoints import saved_arguments
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.distillation import Teachers, distillation_loss
 from lightning_modules.trained_model import TrainedModel
@@ -75,7 +76,7 @@ def test_a_teacher_of_another_split_or_other_images_is_refused_in_one_line(train
     same.setup("fit")
     teachers.check_same_split(same)  # the data and split it trained on: accepted
 
-    arguments = {key: value for key, value in trained.data_hparams.items() if not key.startswith("_")}
+    arguments = saved_arguments(trained.data_hparams)
     other_seed = ClassificationDataModule(**{**arguments, "seed": 7})
     other_seed.setup("fit")
     with pytest.raises(ConfigError, match=r"teacher of another validation split: seed 42 \(this run: 7\)"):

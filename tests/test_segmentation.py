@@ -19,6 +19,7 @@ from datamodules.common import AUGMENTATIONS, Fingerprints, training_augmentatio
 from datamodules.errors import ConfigError, UserError
 from datamodules.mask_sources import BOX_INTERIOR
 from lightning_modules import ClassificationModule, SegmentationModule
+from lightning_modules.checkpoints import saved_arguments
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
 from lightning_modules.pretrained import PretrainedWeightsError
@@ -265,7 +266,7 @@ def test_start_weights_that_saw_this_runs_images_under_another_split_are_refused
 
 def test_start_weights_are_checked_when_training_starts(trained_segmenter, tmp_path):
     source = TrainedModel.load(trained_segmenter, SegmentationModule, torch.device("cpu"))
-    arguments = {key: value for key, value in source.data_hparams.items() if not key.startswith("_")}
+    arguments = saved_arguments(source.data_hparams)
     other_split = SegmentationDataModule(**{**arguments, "val_fraction": 0.5})
     module = SegmentationModule(encoder_name="resnet18", weights_path=str(trained_segmenter))
     trainer = L.Trainer(
