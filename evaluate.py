@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
+from datamodules.common import load_image_file
 from datamodules.errors import UserError
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
@@ -39,7 +40,9 @@ from evaluation.classification import (
     ClassPredictions,
     classification_figures,
     classification_report,
+    errors_figure,
     format_classification_report,
+    most_confident_errors,
 )
 from evaluation.segmentation import (
     boundary_distances,
@@ -184,6 +187,9 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     )
     title = f"{source}: accuracy {shown['accuracy']['value']:.1%}" + (" (unseen images)" if copies is not None else "")
     figures = classification_figures(shown, CLASS_NAMES, title)
+    if errors := most_confident_errors(per_image, np.flatnonzero(scored.numpy())):
+        images = [load_image_file(per_image[i]["file"], 1) for i in errors]
+        figures["misclassified"] = errors_figure([per_image[i] for i in errors], images)
     figures["reliability"] = reliability_diagram({"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}, truth)
     figures["roc_pr"] = roc_and_pr_figure(calibrated, truth, CLASS_NAMES)
     return results, figures, text

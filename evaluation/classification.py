@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -128,3 +129,25 @@ def format_classification_report(report: dict, title: str) -> str:
 def classification_figures(report: dict, class_names: Sequence[str], title: str) -> dict[str, Figure]:
     confmat = torch.tensor(report["confusion_matrix"])
     return {"confusion_matrix": confusion_matrix_figure(confmat, class_names, title)}
+
+
+def most_confident_errors(per_image: Sequence[dict], among: Sequence[int], count: int = 16) -> list[int]:
+    """Indices (of `among`, indices into `per_image`) of the wrongly classified images, the most confidently
+    wrong first: the ones worth a look, for a mislabelled image or a class the model confuses."""
+    wrong = [i for i in among if per_image[i]["predicted"] != per_image[i]["label"]]
+    return sorted(wrong, key=lambda i: -per_image[i]["probabilities"][per_image[i]["predicted"]])[:count]
+
+
+def errors_figure(rows: Sequence[dict], images: Sequence[np.ndarray], columns: int = 4) -> Figure:
+    """The images of these per-image rows in a grid, each titled with its true class, the class it was
+    given and that class's probability, and its file name."""
+    grid_rows = -(-len(rows) // columns)
+    figure = Figure(figsize=(3 * columns, 3.3 * grid_rows))
+    for index, (row, image) in enumerate(zip(rows, images)):
+        axis = figure.add_subplot(grid_rows, columns, index + 1)
+        axis.imshow(image, cmap="gray")
+        probability = row["probabilities"][row["predicted"]]
+        axis.set_title(f"{row['label']} -> {row['predicted']} {probability:.0%}\n{Path(row['file']).name}", fontsize=8)
+        axis.axis("off")
+    figure.tight_layout()
+    return figure

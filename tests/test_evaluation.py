@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
 from evaluation.calibration import auroc_per_class, roc_and_pr_figure
-from evaluation.classification import ClassPredictions, classification_report
+from evaluation.classification import ClassPredictions, classification_report, errors_figure, most_confident_errors
 from lightning_modules import ClassificationModule
 from lightning_modules.calibration import TEMPERATURE_RANGE, fit_temperature
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
@@ -199,3 +199,30 @@ def test_pixel_precision_and_recall_are_means_over_tumour_slices():
     assert report["precision_per_tumor_image"]["value"] == pytest.approx((3 / 4 + 0) / 2)
     assert report["recall_per_tumor_image"]["value"] == pytest.approx((3 / 6 + 0) / 2)
     assert "pixels per tumor image:  precision 0.375" in format_segmentation_report(report, "three")
+
+
+def test_the_misclassified_images_are_shown_most_confidently_wrong_first_and_only_among_those_scored():
+    def row(label: str, predicted: str, probability: float) -> dict:
+        others = {name: (1 - probability) / 3 for name in CLASS_NAMES if name != predicted}
+        return {
+            "file": f"x/{label}.png",
+            "label": label,
+            "predicted": predicted,
+            "probabilities": {**others, predicted: probability},
+        }
+
+    per_image = [
+        row("glioma", "pituitary", 0.6),
+        row("glioma", "glioma", 0.99),
+        row("meningioma", "no_tumor", 0.9),  # the most confident error, but not scored (a copy of a training image)
+        row("pituitary", "no_tumor", 0.8),
+        row("no_tumor", "meningioma", 0.7),
+    ]
+    assert most_confident_errors(per_image, among=[0, 1, 3, 4]) == [3, 4, 0]
+    assert most_confident_errors(per_image, among=[0, 1, 3, 4], count=2) == [3, 4]
+    figure = errors_figure([per_image[i] for i in (3, 4, 0)], [np.zeros((8, 8), np.uint8)] * 3)
+    assert [axis.get_title() for axis in figure.axes] == [
+        "pituitary -> no_tumor 80%\npituitary.png",
+        "no_tumor -> meningioma 70%\nno_tumor.png",
+        "glioma -> pituitary 60%\nglioma.png",
+    ]
