@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
-from datamodules.common import load_image_file
+from datamodules.common import find_duplicate_groups, load_image_file, load_images
 from datamodules.errors import UserError
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
@@ -40,6 +40,7 @@ from evaluation.classification import (
     ClassPredictions,
     classification_figures,
     classification_report,
+    distinct_image_accuracy,
     errors_figure,
     format_classification_report,
     most_confident_errors,
@@ -106,7 +107,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     else:
         datamodule = trained.datamodule(args.data_root)
         datamodule.setup("test")
-        datasets, copies = [datamodule.datasets[datamodule.test_split_name]], None
+        datasets, copies, loaded = [datamodule.datasets[datamodule.test_split_name]], None, None
         source, roots = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split", datamodule.roots
     # logits and, for the familiarity score, pooled features
     run = partial(classify, trained.module, tta=args.tta or "none")
@@ -143,6 +144,22 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
             f"({results['copies_of_training_images']}):\n"
             + format_classification_report(shown, f"{int(scored.sum())} unseen images")
         )
+    # Copies among the evaluated images themselves (one slice in several datasets): each counted once.
+    if loaded is None:
+        loaded = load_images([Path(file) for file in predictions.files], trained.image_size, trained.channels)[0]
+    groups = find_duplicate_groups(
+        [image.sha1 for image in loaded],
+        [image.phash for image in loaded],
+        trained.data_hparams.get("max_phash_distance"),
+    )
+    right = predictions.predicted == predictions.labels
+    results["distinct_images"] = distinct = distinct_image_accuracy(
+        right[scored], groups[scored], args.bootstrap, args.seed
+    )
+    text += (
+        f"\ndistinct images (copies among them counted once): accuracy {interval_text(distinct['accuracy'])} "
+        f"on {distinct['num_groups']} groups of {distinct['num_images']} images"
+    )
     if len(roots) > 1:  # one row per dataset: how the model does on each, on the images scored
         # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
         sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])

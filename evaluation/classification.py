@@ -126,6 +126,23 @@ def format_classification_report(report: dict, title: str) -> str:
     return "\n".join(lines)
 
 
+def distinct_image_accuracy(right: np.ndarray, groups: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
+    """Accuracy with each group of copies counted once (right when every image of it is), its interval from
+    resampling the groups: what a model knows of distinct slices when a set holds several copies of some,
+    as datasets built from one another do."""
+    _, group_of = np.unique(groups, return_inverse=True)
+    group_right = np.ones(group_of.max() + 1 if len(group_of) else 0, dtype=bool)
+    np.logical_and.at(group_right, group_of, right)
+    interval = bootstrap_intervals(
+        {"accuracy": lambda indices: group_right[indices].mean()}, len(group_right), resamples, seed
+    )
+    return {
+        "num_groups": int(len(group_right)),
+        "num_images": int(len(right)),
+        "accuracy": with_interval(group_right.mean() if len(group_right) else np.nan, interval["accuracy"]),
+    }
+
+
 def classification_figures(report: dict, class_names: Sequence[str], title: str) -> dict[str, Figure]:
     confmat = torch.tensor(report["confusion_matrix"])
     return {"confusion_matrix": confusion_matrix_figure(confmat, class_names, title)}

@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
 from evaluation.calibration import auroc_per_class, roc_and_pr_figure
-from evaluation.classification import ClassPredictions, classification_report, errors_figure, most_confident_errors
+from evaluation.classification import (
+    ClassPredictions,
+    classification_report,
+    distinct_image_accuracy,
+    errors_figure,
+    most_confident_errors,
+)
 from lightning_modules import ClassificationModule
 from lightning_modules.calibration import TEMPERATURE_RANGE, fit_temperature
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
@@ -226,3 +232,11 @@ def test_the_misclassified_images_are_shown_most_confidently_wrong_first_and_onl
         "no_tumor -> meningioma 70%\nno_tumor.png",
         "glioma -> pituitary 60%\nglioma.png",
     ]
+
+
+def test_accuracy_over_distinct_images_counts_a_group_of_copies_once_and_right_only_when_all_are():
+    right = np.array([True, False, True, True, True, False])
+    groups = np.array([7, 7, 3, 5, 5, 9])  # copies share a group id
+    result = distinct_image_accuracy(right, groups, resamples=200)
+    assert (result["num_groups"], result["num_images"]) == (4, 6)
+    assert result["accuracy"]["value"] == pytest.approx(2 / 4)  # groups 3 and 5 right; 7 (one copy wrong) and 9 not
