@@ -133,7 +133,8 @@ class ClassificationModule(TaskModule):
 
     @staticmethod
     def network_of(hparams: Mapping) -> str:
-        return f"a {hparams['model']} {hparams['model_kwargs'] or {}} of {hparams['in_channels']}-channel images"
+        arguments = dict(sorted((hparams["model_kwargs"] or {}).items()))  # in any order, the same network
+        return f"a {hparams['model']} {arguments} of {hparams['in_channels']}-channel images"
 
     def load_pretrained_weights(self) -> None:
         hp = self.hparams

@@ -486,6 +486,14 @@ def test_classifiers_of_one_split_make_one_model_of_the_mean_of_their_logits(tra
     assert torch.isfinite(ensemble.module.unfamiliar_threshold)
 
 
+def test_a_member_with_its_network_arguments_in_another_order_is_the_same_network():
+    saved = {"model": "residual_cnn", "model_kwargs": {"width": 32, "depths": [1, 2, 2, 2]}, "in_channels": 1}
+    reordered = {**saved, "model_kwargs": {"depths": [1, 2, 2, 2], "width": 32}}
+    wider = {**saved, "model_kwargs": {"depths": [1, 2, 2, 2], "width": 48}}
+    assert ClassificationModule.network_of(reordered) == ClassificationModule.network_of(saved)
+    assert ClassificationModule.network_of(wider) != ClassificationModule.network_of(saved)
+
+
 def test_grad_cam_of_a_network_and_its_copy_as_an_ensemble_is_that_networks(trained_classifier):
     net = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module.net
     batch = torch.randn(3, 1, 32, 32)
