@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
-from datamodules.common import find_duplicate_groups, load_image_file, load_images
+from datamodules.common import LoadedImage, find_duplicate_groups, load_image_file, load_images
 from datamodules.errors import UserError
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
@@ -91,18 +91,28 @@ def model_outputs(
         yield outputs, targets
 
 
+def folders_to_score(
+    trained: TrainedModel, roots: list[str], max_phash_distance: int | None
+) -> tuple[list[Dataset], list[LoadedImage], list[str | None] | None]:
+    """Each folder's images as the model's datamodule prepares them for evaluation, all their loaded
+    images, and which of those copy an image the model has seen (None when it records none)."""
+    datamodule = trained.datamodule()
+    parts = [datamodule.evaluation_images(root) for root in roots]
+    datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
+    fingerprints = trained.training_fingerprints
+    copies = None if fingerprints is None else fingerprints.copies_in(loaded, max_phash_distance)
+    return datasets, loaded, copies
+
+
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
     if args.data_root and not args.own_split:
-        datamodule = trained.datamodule()
-        parts = [datamodule.labelled_images(root) for root in args.data_root]
-        datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
-        fingerprints = trained.training_fingerprints
-        if fingerprints is None:
+        max_phash_distance = trained.data_hparams.get("max_phash_distance")
+        datasets, loaded, copies = folders_to_score(trained, args.data_root, max_phash_distance)
+        if copies is None:
             raise UserError(
                 f"{trained.checkpoint}: records no training images (trained before fingerprints were "
                 "kept), so copies of them cannot be left out; retrain it"
             )
-        copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance"))
         source, roots = f"{', '.join(args.data_root)}", args.data_root
     else:
         datamodule = trained.datamodule(args.data_root)
@@ -144,22 +154,10 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
             f"({results['copies_of_training_images']}):\n"
             + format_classification_report(shown, f"{int(scored.sum())} unseen images")
         )
-    # Copies among the evaluated images themselves (one slice in several datasets): each counted once.
     if loaded is None:
         loaded = load_images([Path(file) for file in predictions.files], trained.image_size, trained.channels)[0]
-    groups = find_duplicate_groups(
-        [image.sha1 for image in loaded],
-        [image.phash for image in loaded],
-        trained.data_hparams.get("max_phash_distance"),
-    )
-    right = predictions.predicted == predictions.labels
-    results["distinct_images"] = distinct = distinct_image_accuracy(
-        right[scored], groups[scored], args.bootstrap, args.seed
-    )
-    text += (
-        f"\ndistinct images (copies among them counted once): accuracy {interval_text(distinct['accuracy'])} "
-        f"on {distinct['num_groups']} groups of {distinct['num_images']} images"
-    )
+    results["distinct_images"], distinct_text = distinct_images_result(trained, predictions, loaded, scored, args)
+    text += distinct_text
     if len(roots) > 1:  # one row per dataset: how the model does on each, on the images scored
         # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
         sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
@@ -177,13 +175,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     # Calibration and ranking, on the images scored last (the unseen ones when copies were left out).
     scored = torch.from_numpy(scored)
     uncalibrated, calibrated, truth = logits[scored].softmax(dim=1), probabilities[scored], labels[scored]
-    temperature = float(trained.module.temperature)
-    results["calibration"] = {
-        "temperature": temperature,
-        "ece_uncalibrated": calibration_error(uncalibrated, truth),
-        "ece_calibrated": calibration_error(calibrated, truth),
-        "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
-    }
+    results["calibration"], calibration_text = calibration_result(trained.module, uncalibrated, calibrated, truth)
     flagged = trained.module.is_unfamiliar(pooled)
     for row, unfamiliar in zip(per_image, flagged.tolist()):
         row["unlike_training_data"] = unfamiliar
@@ -191,14 +183,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         "distance_threshold": float(trained.module.unfamiliar_threshold),
         "share_flagged": float(flagged[scored].float().mean()),
     }
-    calibration = results["calibration"]
     text += (
-        f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
-        f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
-        + ", ".join(
-            f"{name} {'n/a' if value is None else f'{value:.3f}'}"
-            for name, value in calibration["auroc_one_vs_rest"].items()
-        )
+        calibration_text
         + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
         "(5% of the validation split by construction)"
     )
@@ -207,19 +193,61 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     if errors := most_confident_errors(per_image, np.flatnonzero(scored.numpy())):
         images = [load_image_file(per_image[i]["file"], 1) for i in errors]
         figures["misclassified"] = errors_figure([per_image[i] for i in errors], images)
+    temperature = results["calibration"]["temperature"]
     figures["reliability"] = reliability_diagram({"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}, truth)
     figures["roc_pr"] = roc_and_pr_figure(calibrated, truth, CLASS_NAMES)
     return results, figures, text
 
 
+def distinct_images_result(
+    trained: TrainedModel,
+    predictions: ClassPredictions,
+    loaded: list[LoadedImage],
+    scored: np.ndarray,
+    args: argparse.Namespace,
+) -> tuple[dict, str]:
+    """Accuracy over the scored images with copies among them (one slice in several datasets) counted once."""
+    groups = find_duplicate_groups(
+        [image.sha1 for image in loaded],
+        [image.phash for image in loaded],
+        trained.data_hparams.get("max_phash_distance"),
+    )
+    right = predictions.predicted == predictions.labels
+    distinct = distinct_image_accuracy(right[scored], groups[scored], args.bootstrap, args.seed)
+    text = (
+        f"\ndistinct images (copies among them counted once): accuracy {interval_text(distinct['accuracy'])} "
+        f"on {distinct['num_groups']} groups of {distinct['num_images']} images"
+    )
+    return distinct, text
+
+
+def calibration_result(
+    module: ClassificationModule, uncalibrated: torch.Tensor, calibrated: torch.Tensor, truth: torch.Tensor
+) -> tuple[dict, str]:
+    """Expected calibration error before and after the model's temperature, and AUROC one class against the rest."""
+    temperature = float(module.temperature)
+    calibration = {
+        "temperature": temperature,
+        "ece_uncalibrated": calibration_error(uncalibrated, truth),
+        "ece_calibrated": calibration_error(calibrated, truth),
+        "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
+    }
+    text = (
+        f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
+        f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
+        + ", ".join(
+            f"{name} {'n/a' if value is None else f'{value:.3f}'}"
+            for name, value in calibration["auroc_one_vs_rest"].items()
+        )
+    )
+    return calibration, text
+
+
 def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
-    datamodule, copies = trained.datamodule(), None
+    copies = None
     if args.data_root and not args.own_split:
-        parts = [datamodule.evaluation_images(root) for root in args.data_root]
-        datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
-        fingerprints = trained.training_fingerprints
-        if fingerprints is not None:
-            copies = fingerprints.copies_in(loaded, trained.data_hparams.get("max_phash_distance", 2))
+        max_phash_distance = trained.data_hparams.get("max_phash_distance", 2)
+        datasets, _, copies = folders_to_score(trained, args.data_root, max_phash_distance)
         source = ", ".join(args.data_root)
     else:
         datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)

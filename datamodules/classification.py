@@ -251,7 +251,7 @@ class ClassificationDataModule(CachedDataModule):
             f"for splits {list(counts)}"
         )
 
-    def labelled_images(self, root: str | Path) -> tuple[ImageLabelDataset, list[LoadedImage]]:
+    def evaluation_images(self, root: str | Path) -> tuple[ImageLabelDataset, list[LoadedImage]]:
         """Every labelled image under `root` (ROOT/<class>/, else ROOT/Testing/<class>/, else
         ROOT/Training/<class>/), decoded and resized as for training, for evaluation; with the
         loaded images, whose hashes tell copies of training images."""

@@ -271,5 +271,5 @@ def test_a_metadata_table_is_a_third_root_split_by_patient(sartaj_root, tmp_path
                 assert CLASS_NAMES[label] == row[2]  # the table's label
                 assert side.setdefault(same_patient(row[3]), split) == split  # a patient on one side only
     assert len(side) == 13 and set(side.values()) == {"train", "val"}
-    dataset, _ = dm.labelled_images(table)  # and it can be evaluated as a folder
+    dataset, _ = dm.evaluation_images(table)  # and it can be evaluated as a folder
     assert len(dataset) == 45
