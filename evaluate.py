@@ -31,8 +31,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
-from datamodules.common import LoadedImage, find_duplicate_groups, load_image_file, load_images
 from datamodules.errors import UserError
+from datamodules.fingerprints import find_duplicate_groups
+from datamodules.images import LoadedImage, load_image_file, load_images
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
 from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from datamodules.classification import CLASS_NAMES
-from datamodules.common import imagenet_normalization
+from datamodules.transforms import imagenet_normalization
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.model_file import write_model_file

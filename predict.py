@@ -25,9 +25,9 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
-from datamodules.common import IMAGE_SUFFIXES
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.errors import UserError
+from datamodules.images import IMAGE_SUFFIXES
 from lightning_modules.bundled import models_to_use
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.predictor import Prediction, TumorPredictor

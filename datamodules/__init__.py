@@ -6,6 +6,12 @@ imports, loads nothing else."""
 from __future__ import annotations
 
 import importlib
+import os
+
+# albumentations asks PyPI for a newer release when it is first imported: training must not wait on the
+# network (offline and firewalled machines). Set here, where the package loads before any of its modules
+# imports albumentations, and only as a default, so that a user can turn the check back on.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 __all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError", "SegmentationDataModule", "UserError"]
 

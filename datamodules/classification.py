@@ -13,21 +13,13 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.common import (
-    CachedDataModule,
-    CachedDataset,
-    Fingerprints,
-    LoadedImage,
-    build_transform,
-    check_augment,
-    find_duplicate_groups,
-    list_images,
-    load_images,
-    training_augmentations,
-)
+from datamodules.base import CachedDataModule, CachedDataset
 from datamodules.errors import DatasetError, check_range
 from datamodules.figshare import METADATA_FILE, read_metadata
+from datamodules.fingerprints import Fingerprints, find_duplicate_groups
+from datamodules.images import LoadedImage, list_images, load_images
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
+from datamodules.transforms import build_transform, check_augment, training_augmentations
 
 CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
@@ -156,7 +148,7 @@ class ClassificationDataModule(CachedDataModule):
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the
             same image (re-encoded or re-saved copies); None checks exact bytes only.
         augment: the training images' augmentations: true (flips, affine jitter and brightness/contrast),
-            false, or a recipe of datamodules.common.AUGMENTATIONS ("light" is true, "strong" nnU-Net's).
+            false, or a recipe of datamodules.transforms.AUGMENTATIONS ("light" is true, "strong" nnU-Net's).
         **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
     """
 

@@ -15,8 +15,8 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from pycocotools.coco import COCO
 
-from datamodules.common import list_images
 from datamodules.errors import DatasetError
+from datamodules.images import list_images
 
 ANNOTATION_FILE = "_annotations.coco.json"
 SPLIT_FOLDERS = {"train": "train", "val": "valid", "test": "test"}

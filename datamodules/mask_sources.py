@@ -24,9 +24,9 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.classification import NO_TUMOR
 from datamodules.coco import ANNOTATION_FILE, read_coco_split
-from datamodules.common import IMAGE_SUFFIXES, LoadedImage, decode_image, describe_image, list_images
 from datamodules.errors import DatasetError, InputImageError
 from datamodules.figshare import METADATA_FILE, figshare_label_and_patient, read_figshare_slice, read_metadata
+from datamodules.images import IMAGE_SUFFIXES, LoadedImage, decode_image, describe_image, list_images
 
 TUMOR = "tumor"  # the class of a tumour slice whose type the source does not say
 COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}

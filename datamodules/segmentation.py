@@ -17,18 +17,10 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.common import (
-    CachedDataModule,
-    CachedDataset,
-    Fingerprints,
-    LoadedImage,
-    build_transform,
-    check_augment,
-    find_duplicate_groups,
-    load_in_threads,
-    training_augmentations,
-)
+from datamodules.base import CachedDataModule, CachedDataset
 from datamodules.errors import ConfigError, DatasetError, check_range
+from datamodules.fingerprints import Fingerprints, find_duplicate_groups
+from datamodules.images import LoadedImage, load_in_threads
 from datamodules.mask_sources import (
     BOX_INTERIOR,
     NO_TUMOR,
@@ -40,6 +32,7 @@ from datamodules.mask_sources import (
     read_source,
 )
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
+from datamodules.transforms import build_transform, check_augment, training_augmentations
 
 SPLITS = ("train", "val", "test")
 
@@ -84,7 +77,7 @@ class SegmentationDataModule(CachedDataModule):
             so healthy slices come as often as the split holds them.
         channels: 3 reads RGB (ImageNet encoders), 1 grayscale.
         augment: the training images' augmentations: true (flips and affine jitter, moving the mask too, and
-            brightness/contrast, image only), false, or a recipe of datamodules.common.AUGMENTATIONS ("light" is
+            brightness/contrast, image only), false, or a recipe of datamodules.transforms.AUGMENTATIONS ("light" is
             true, "strong" nnU-Net's wider affine range with noise, blur, low resolution and gamma).
         category_names: COCO annotation categories that count as tumor; None takes all.
         val_fraction: share of the images of sources without a split of their own held out for validation.

@@ -14,8 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 
-from datamodules.common import CachedDataModule, Fingerprints
+from datamodules.base import CachedDataModule
 from datamodules.errors import ConfigError, check_range
+from datamodules.fingerprints import Fingerprints
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
 from lightning_modules.checkpoints import run_folder_checkpoints
 from lightning_modules.models import MeanOfLogits

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from datamodules.common import CachedDataModule
+from datamodules.base import CachedDataModule
 from datamodules.errors import ConfigError
 
 if TYPE_CHECKING:  # trained_model imports the classifier, which imports this module

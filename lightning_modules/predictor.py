@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR
-from datamodules.common import load_image_file
 from datamodules.errors import InputImageError, UserError
+from datamodules.images import load_image_file
 from lightning_modules.bundled import BUNDLED_MODELS
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from datamodules.base import CachedDataModule
 from datamodules.classification import ClassificationDataModule
-from datamodules.common import CachedDataModule, Fingerprints, build_transform, resize_square
+from datamodules.fingerprints import Fingerprints
+from datamodules.images import resize_square
 from datamodules.segmentation import SegmentationDataModule
+from datamodules.transforms import build_transform
 from lightning_modules.base import TaskModule
 from lightning_modules.checkpoints import (
     CheckpointError,

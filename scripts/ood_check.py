@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.common import IMAGE_SUFFIXES  # noqa: E402
+from datamodules.images import IMAGE_SUFFIXES  # noqa: E402
 from lightning_modules.predictor import TumorPredictor  # noqa: E402
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules.common import IMAGE_SUFFIXES
+from datamodules.images import IMAGE_SUFFIXES
 from datamodules.segmentation import ANNOTATION_FILE
 
 

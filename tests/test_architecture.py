@@ -4,6 +4,7 @@ datamodules <- lightning_modules <- evaluation <- the scripts."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 
@@ -40,6 +41,7 @@ def test_a_package_importing_one_above_it_is_caught(tmp_path):
     assert imported_packages(offender) & {"evaluation", "train"} == {"evaluation", "train"}
 
 
+@pytest.mark.slow
 def test_comparing_reports_loads_neither_lightning_nor_the_networks():
     # A fresh process: this one has imported everything already.
     heavy = "{'lightning', 'timm', 'segmentation_models_pytorch'}"
@@ -54,3 +56,27 @@ def test_the_code_is_formatted_and_linted(command):
     pytest.importorskip("ruff", reason="ruff is not installed (pip install -e '.[dev]')")
     result = subprocess.run([sys.executable, "-m", "ruff", *command, "."], cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "module", ["datamodules.segmentation", "datamodules.transforms", "lightning_modules.segmentation"]
+)
+def test_albumentations_is_imported_with_its_update_check_off(module):
+    # A fresh process, whose first import is `module`: the check asks PyPI, which offline machines wait on.
+    code = f"""
+import os, sys
+class Watch:
+    def find_spec(self, name, path, target=None):
+        if name == "albumentations":
+            print(os.environ.get("NO_ALBUMENTATIONS_UPDATE"))
+sys.meta_path.insert(0, Watch())
+import {module}
+import albumentations
+"""
+    environment = {key: value for key, value in os.environ.items() if key != "NO_ALBUMENTATIONS_UPDATE"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=environment
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1"]

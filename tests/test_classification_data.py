@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 
 from datamodules import CLASS_NAMES, ClassificationDataModule, DatasetError
-from datamodules.common import Fingerprints, SeededSampler, find_duplicate_groups, load_images, read_image
+from datamodules.base import SeededSampler
+from datamodules.fingerprints import Fingerprints, find_duplicate_groups
+from datamodules.images import load_images, read_image
 from tests.conftest import SARTAJ_FOLDERS, synthetic_slice
 
 

@@ -15,9 +15,10 @@ import torch
 
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.coco import read_coco_split
-from datamodules.common import AUGMENTATIONS, Fingerprints, training_augmentations
 from datamodules.errors import ConfigError, UserError
+from datamodules.fingerprints import Fingerprints
 from datamodules.mask_sources import BOX_INTERIOR
+from datamodules.transforms import AUGMENTATIONS, training_augmentations
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.checkpoints import saved_arguments
 from lightning_modules.metrics import segmentation_scores, segmentation_stats
