@@ -3,6 +3,7 @@ epoch's order and augmentations a function of the seed alone."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence, Sized
 
@@ -39,8 +40,17 @@ class SeededSampler(DistributedSampler):
         if weights is not None and len(weights) != len(dataset):
             raise ValueError(f"{len(weights)} sampling weights for {len(dataset)} items")
         self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self._resume_at = (-1, 0)  # (epoch, items of it already trained): see resume
+
+    def resume(self, epoch: int, items_done: int) -> None:
+        """Start epoch `epoch`, when it comes, after its first `items_done` items (a mid-epoch resume)."""
+        self._resume_at = (epoch, items_done)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, items_done = self._resume_at
+        return itertools.islice(self._items(), items_done if epoch == self.epoch else 0, None)
+
+    def _items(self) -> Iterator[tuple[int, int]]:
         if self.weights is None:
             for index in super().__iter__():
                 yield index, augmentation_seed(self.seed, self.epoch, index)
@@ -103,17 +113,28 @@ class CachedDataModule(L.LightningDataModule):
         self.datasets: dict[str, Dataset] = {}
         self.training_fingerprints: Fingerprints | None = None  # of train + val, once set up
         self._next_epoch = 0  # the epoch a resumed run goes on with (load_state_dict)
+        self._train_sampler: SeededSampler | None = None  # of the loader Lightning trains with
+        self._resume_at = (0, 0)  # the epoch a resumed run's checkpoint was written in, and its batches trained
 
     def state_dict(self) -> dict:
         state = {}
         if self.trainer:  # Lightning restores this before it builds the first loader; its own loop state comes later
             state["next_epoch"] = self.trainer.fit_loop.epoch_progress.current.processed
+            if self._train_sampler is not None:
+                # Where the epoch stood, so that a checkpoint written mid-epoch (Ctrl-C, an exception) resumes
+                # with the epoch's next batch, not its first: Lightning's count of the batches trained (the
+                # loader's own runs ahead by what is prefetched). Lightning would keep a stateful loader's
+                # state, but does not restore it when configure_optimizers asks for estimated_stepping_batches
+                # (Lightning issue 20550), and warns of an unreliable resume all the same.
+                batches_trained = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+                state["resume_at"] = (self._train_sampler.epoch, batches_trained)
         if self.training_fingerprints is not None:  # what evaluate.py checks other data against
             state["training_fingerprints"] = self.training_fingerprints.to_state()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._next_epoch = state_dict.get("next_epoch", 0)
+        self._resume_at = tuple(state_dict.get("resume_at", (0, 0)))
 
     @property
     def test_split_name(self) -> str:
@@ -143,6 +164,9 @@ class CachedDataModule(L.LightningDataModule):
                 # fetching at once, and on resume it creates it before restoring its loops: without
                 # this, a resumed run's first epoch would get epoch 0's order and augmentations.
                 sampler.set_epoch(max(trainer.fit_loop.epoch_progress.current.processed, self._next_epoch))
+                epoch, batches_trained = self._resume_at
+                sampler.resume(epoch, batches_trained * hp.batch_size)
+                self._train_sampler = sampler
         return DataLoader(
             dataset,
             batch_size=hp.batch_size,

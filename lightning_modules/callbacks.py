@@ -36,7 +36,14 @@ class GracefulInterrupt(L.Callback):
         if self._requested:
             raise KeyboardInterrupt
 
-    on_train_batch_end = _stop_if_requested
+    def on_train_batch_end(self, trainer: L.Trainer, *args) -> None:
+        if self._requested:
+            # Lightning logs a step's metrics after this hook: log them first, or the last step
+            # trained would be missing from TensorBoard (a resumed run goes on with the next one).
+            trainer._logger_connector.on_batch_end()
+            trainer._logger_connector.update_train_step_metrics()
+        self._stop_if_requested()
+
     on_validation_batch_end = _stop_if_requested
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -118,6 +118,8 @@ def run_with_clean_errors(main: Callable[[], None]) -> None:
     warnings.formatwarning = one_line_warning
     # Lightning's own deprecation inside its loops: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    # Lightning cannot tell that the datamodules resume mid-epoch exactly (CachedDataModule.state_dict).
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     try:
         main()
     except Exception as error:

@@ -190,6 +190,20 @@ def test_a_weighted_seeded_sampler_draws_by_weight_the_same_in_any_number_of_pro
         SeededSampler(range(10), weights=weights[:9], num_replicas=1, rank=0)
 
 
+@pytest.mark.parametrize("weights", [None, [1.0] * 9 + [9.0]])
+def test_a_resumed_seeded_sampler_goes_on_where_its_epoch_stood(weights):
+    def sampler(epoch: int) -> SeededSampler:
+        sampler = SeededSampler(range(10), weights=weights, num_replicas=1, rank=0, seed=0)
+        sampler.set_epoch(epoch)
+        return sampler
+
+    resumed = sampler(3)
+    resumed.resume(3, 4)  # 4 items of epoch 3 trained
+    assert list(resumed) == list(sampler(3))[4:]
+    resumed.set_epoch(4)  # the epochs after it whole
+    assert list(resumed) == list(sampler(4))
+
+
 def test_several_roots_merge_into_the_four_classes_with_copies_found_across_them(sartaj_root, mri_dataset_root, caplog):
     # The MRI dataset holds a re-encoded SARTAJ image and a byte-identical one, as the real one does.
     sartaj_image = next((sartaj_root / "Training" / "meningioma_tumor").glob("*.png"))

@@ -150,7 +150,7 @@ def test_same_seed_trains_identically_with_any_number_of_workers(uninterrupted_r
 def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
     root, reference = uninterrupted_run
     kill = [
-        "--trainer.callbacks+=tests.helpers.SigkillAt",
+        "--trainer.callbacks+=tests.helpers.SignalAt",
         "--trainer.callbacks.epoch",
         "2",
         "--trainer.callbacks.batch",
@@ -188,6 +188,29 @@ def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
     assert len(epochs_logged) == len(set(epochs_logged)) == 4  # each epoch once
     steps_logged = [step for step, _ in tensorboard_scalars(run, "train/loss_step")]
     assert steps_logged == list(range(final["global_step"]))  # the killed run's steps after the checkpoint are gone
+    assert_same_training(run, reference)
+
+
+def test_resume_after_ctrl_c_mid_epoch_continues_exactly(uninterrupted_run, tmp_path):
+    # Ctrl-C in the middle of epoch 2 saves a checkpoint there; the resumed run goes on with the
+    # epoch's next batch (not its first), while two workers have fetched batches ahead.
+    root, reference = uninterrupted_run
+    ctrl_c = ["--trainer.callbacks+=tests.helpers.SignalAt", "--trainer.callbacks.epoch", "2"]
+    ctrl_c += ["--trainer.callbacks.batch", "1", "--trainer.callbacks.signal_name", "SIGINT"]
+    ctrl_c_handler = signal.getsignal(signal.SIGINT)
+    try:
+        interrupted = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", *ctrl_c)
+    finally:  # Lightning ignores further Ctrl-Cs once it has caught one, in this process (pytest's) too
+        signal.signal(signal.SIGINT, ctrl_c_handler)
+    assert "Ctrl-C: stopping after this batch" in interrupted.stderr + interrupted.stdout, interrupted.stderr[-3000:]
+    run = run_folder(tmp_path)
+    saved = load(run / "checkpoints" / "last-interrupted.ckpt")
+    batches_per_epoch = load(reference / "checkpoints" / "last.ckpt")["global_step"] // 4
+    assert (saved["epoch"], saved["global_step"]) == (2, 2 * batches_per_epoch + 2)
+
+    result = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", "--ckpt_path", "last")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "last-interrupted.ckpt" in result.stderr
     assert_same_training(run, reference)
 
 
