@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.errors import UserError
-from datamodules.fingerprints import find_duplicate_groups
-from datamodules.images import LoadedImage, load_image_file, load_images
+from datamodules.fingerprints import Fingerprints
+from datamodules.images import load_image_file
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
 from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure
@@ -94,21 +94,33 @@ def model_outputs(
 
 def folders_to_score(
     trained: TrainedModel, roots: list[str], max_phash_distance: int | None
-) -> tuple[list[Dataset], list[LoadedImage], list[str | None] | None]:
-    """Each folder's images as the model's datamodule prepares them for evaluation, all their loaded
-    images, and which of those copy an image the model has seen (None when it records none)."""
+) -> tuple[list[Dataset], list[str | None] | None]:
+    """Each folder's images as the model's datamodule prepares them for evaluation, and which of
+    them copy an image the model has seen (None when it records none)."""
     datamodule = trained.datamodule()
     parts = [datamodule.evaluation_images(root) for root in roots]
     datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
     fingerprints = trained.training_fingerprints
     copies = None if fingerprints is None else fingerprints.copies_in(loaded, max_phash_distance)
-    return datasets, loaded, copies
+    return datasets, copies
+
+
+def own_split(
+    trained: TrainedModel, args: argparse.Namespace, **moved: str | list[str] | None
+) -> tuple[Dataset, str, list[Path]]:
+    """The split of the model's own data it is scored on (its official test split, else its
+    validation split), rebuilt as in training from `--data.root` or the roots it recorded; with a
+    description of it and its roots."""
+    datamodule = trained.datamodule(args.data_root, **moved)
+    datamodule.setup("test")
+    split = datamodule.test_split_name
+    return datamodule.datasets[split], f"{', '.join(map(str, datamodule.roots))}, {split} split", datamodule.roots
 
 
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
     if args.data_root and not args.own_split:
         max_phash_distance = trained.data_hparams.get("max_phash_distance")
-        datasets, loaded, copies = folders_to_score(trained, args.data_root, max_phash_distance)
+        datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance)
         if copies is None:
             raise UserError(
                 f"{trained.checkpoint}: records no training images (trained before fingerprints were "
@@ -116,10 +128,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
             )
         source, roots = f"{', '.join(args.data_root)}", args.data_root
     else:
-        datamodule = trained.datamodule(args.data_root)
-        datamodule.setup("test")
-        datasets, copies, loaded = [datamodule.datasets[datamodule.test_split_name]], None, None
-        source, roots = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split", datamodule.roots
+        dataset, source, roots = own_split(trained, args)
+        datasets, copies = [dataset], None
     # logits and, for the familiarity score, pooled features
     run = partial(classify, trained.module, tta=args.tta or "none")
     outputs = [
@@ -155,9 +165,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
             f"({results['copies_of_training_images']}):\n"
             + format_classification_report(shown, f"{int(scored.sum())} unseen images")
         )
-    if loaded is None:
-        loaded = load_images([Path(file) for file in predictions.files], trained.image_size, trained.channels)[0]
-    results["distinct_images"], distinct_text = distinct_images_result(trained, predictions, loaded, scored, args)
+    fingerprints = Fingerprints.concatenate([dataset.fingerprints for dataset in datasets])
+    results["distinct_images"], distinct_text = distinct_images_result(trained, predictions, fingerprints, scored, args)
     text += distinct_text
     if len(roots) > 1:  # one row per dataset: how the model does on each, on the images scored
         # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
@@ -203,16 +212,12 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
 def distinct_images_result(
     trained: TrainedModel,
     predictions: ClassPredictions,
-    loaded: list[LoadedImage],
+    fingerprints: Fingerprints,
     scored: np.ndarray,
     args: argparse.Namespace,
 ) -> tuple[dict, str]:
     """Accuracy over the scored images with copies among them (one slice in several datasets) counted once."""
-    groups = find_duplicate_groups(
-        [image.sha1 for image in loaded],
-        [image.phash for image in loaded],
-        trained.data_hparams.get("max_phash_distance"),
-    )
+    groups = fingerprints.duplicate_groups(trained.data_hparams.get("max_phash_distance"))
     right = predictions.predicted == predictions.labels
     distinct = distinct_image_accuracy(right[scored], groups[scored], args.bootstrap, args.seed)
     text = (
@@ -248,13 +253,11 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     copies = None
     if args.data_root and not args.own_split:
         max_phash_distance = trained.data_hparams.get("max_phash_distance", 2)
-        datasets, _, copies = folders_to_score(trained, args.data_root, max_phash_distance)
+        datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance)
         source = ", ".join(args.data_root)
     else:
-        datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
-        datamodule.setup("test")
-        datasets = [datamodule.datasets[datamodule.test_split_name]]
-        source = f"{', '.join(map(str, datamodule.roots))}, {datamodule.test_split_name} split"
+        dataset, source, _ = own_split(trained, args, negatives=args.data_negatives)
+        datasets = [dataset]
     module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
     run = partial(module.predict_logits, tta=args.tta)
     for dataset in datasets:

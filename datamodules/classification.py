@@ -117,14 +117,21 @@ def check_every_class_readable(split_dir: Path, labels: np.ndarray) -> None:
 
 
 class ImageLabelDataset(CachedDataset):
-    """Cached uint8 images (N, H, W, C) with integer labels, and the index of the data root each
-    came from (0 for all without `root_of`); transforms run per item."""
+    """Cached uint8 images (N, H, W, C) with integer labels, the fingerprint of each (which tells
+    copies among them) and the index of the data root each came from (0 for all without `root_of`);
+    transforms run per item."""
 
     def __init__(
-        self, images: np.ndarray, labels: np.ndarray, transform, files: list[str], root_of: np.ndarray | None = None
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        transform,
+        files: list[str],
+        fingerprints: Fingerprints,
+        root_of: np.ndarray | None = None,
     ) -> None:
         super().__init__(transform, files)
-        self.images, self.labels = images, labels
+        self.images, self.labels, self.fingerprints = images, labels, fingerprints
         self.root_of = np.zeros(len(labels), dtype=int) if root_of is None else root_of
 
     def __len__(self) -> int:
@@ -225,8 +232,9 @@ class ClassificationDataModule(CachedDataModule):
         for split, indices in split_indices.items():
             transform = train_transform if split == "train" else eval_transform
             files = [str(paths[kept_indices[i]]) for i in indices]
+            fingerprints = Fingerprints.of([kept[i] for i in indices])
             self.datasets[split] = ImageLabelDataset(
-                images[indices], labels[indices], transform, files, root_of[indices]
+                images[indices], labels[indices], transform, files, fingerprints, root_of[indices]
             )
         for index, root in enumerate(self.roots):
             mine = root_of == index
@@ -267,9 +275,8 @@ class ClassificationDataModule(CachedDataModule):
         if not kept:
             raise DatasetError(f"{folder}: none of its {len(paths)} images is readable")
         files = [str(paths[i]) for i in kept_indices]
-        dataset = ImageLabelDataset(
-            np.stack([item.pixels for item in kept]), labels[kept_indices], build_transform([], self.channels), files
-        )
+        pixels, transform = np.stack([item.pixels for item in kept]), build_transform([], self.channels)
+        dataset = ImageLabelDataset(pixels, labels[kept_indices], transform, files, Fingerprints.of(kept))
         return dataset, kept
 
     def _deduplicate(self, sha1s: list[str], groups: np.ndarray, labels: np.ndarray, is_test: np.ndarray) -> np.ndarray:

@@ -61,8 +61,17 @@ class Fingerprints:
         kept = np.sort(first)
         return cls(sha1[kept], phash[kept])
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[Fingerprints]) -> Fingerprints:
+        """Every image of `parts`, in order, copies included."""
+        return cls(np.concatenate([part.sha1 for part in parts]), np.concatenate([part.phash for part in parts]))
+
     def __len__(self) -> int:
         return len(self.phash)
+
+    def duplicate_groups(self, max_phash_distance: int | None) -> np.ndarray:
+        """One group id per image, shared by its copies among these (as `find_duplicate_groups`)."""
+        return find_duplicate_groups([row.tobytes() for row in self.sha1], self.phash, max_phash_distance)
 
     def file_hashes(self) -> set[bytes]:
         """The SHA-1 digests, as a set: identical files count once."""

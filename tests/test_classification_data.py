@@ -270,6 +270,19 @@ def test_the_union_of_fingerprints_holds_every_file_once():
     assert union.sha1.tolist() == sha1.tolist() and union.phash.tolist() == [0, 1, 2, 3]
 
 
+def test_an_evaluated_folder_knows_the_copies_among_its_images(sartaj_root):
+    # What evaluate.py's accuracy over distinct images groups by, without decoding anything again.
+    folder = sartaj_root / "Testing" / "glioma_tumor"
+    original = sorted(folder.iterdir())[0]
+    shutil.copy(original, folder / f"copy_of_{original.name}")
+    dm = ClassificationDataModule(str(sartaj_root), image_size=32, num_workers=0)
+    dataset, _ = dm.evaluation_images(sartaj_root)
+    groups = dataset.fingerprints.duplicate_groups(max_phash_distance=None)
+    copies = [dataset.files.index(str(path)) for path in (original, folder / f"copy_of_{original.name}")]
+    assert len(groups) == len(dataset) and len(set(groups)) == len(dataset) - 1
+    assert groups[copies[0]] == groups[copies[1]]
+
+
 def test_a_metadata_table_is_a_third_root_split_by_patient(sartaj_root, tmp_path):
     from datamodules.splits import same_patient
     from tests.conftest import make_mask_folders
