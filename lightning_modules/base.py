@@ -18,7 +18,7 @@ from datamodules.base import CachedDataModule
 from datamodules.errors import ConfigError, check_range
 from datamodules.fingerprints import Fingerprints
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
-from lightning_modules.checkpoints import run_folder_checkpoints
+from lightning_modules.checkpoints import member_reference, run_folder_checkpoints
 from lightning_modules.models import MeanOfLogits
 from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
 
@@ -90,28 +90,37 @@ class TaskModule(L.LightningModule):
         if len(paths) != len(members):
             raise ConfigError(f"{len(paths)} trained models to load into a module built for {len(members)}")
         sources = [self._checked_start(path, datamodule) for path in paths]
-        for source, member in zip(sources, members):
-            member.load_state_dict(source.module.net.state_dict())
+        for (source, network), member in zip(sources, members):
+            member.load_state_dict(network.state_dict())
             rank_zero_info(f"{type(self).__name__}: every weight from {source.checkpoint}")
-        first = sources[0].module
+        first = sources[0][0].module
         if all(self.get_buffer(name).shape == first.get_buffer(name).shape for name in self.fitted_buffers):
             for name in self.fitted_buffers:
                 self.get_buffer(name).copy_(first.get_buffer(name))
-        seen = [source.training_fingerprints for source in sources if source.training_fingerprints is not None]
+        seen = [source.training_fingerprints for source, _ in sources if source.training_fingerprints is not None]
         self.pretraining_fingerprints = Fingerprints.union(seen).to_state() if seen else None
 
-    def _checked_start(self, path: str, datamodule: CachedDataModule | None) -> TrainedModel:
-        """The trained model of this task at `path`, if this module's network can hold its weights and, with a
-        `datamodule`, it was trained on that data and split or on none of its images (else its validation
-        images could be among this run's training images, or the reverse)."""
+    def _checked_start(self, path: str, datamodule: CachedDataModule | None) -> tuple[TrainedModel, torch.nn.Module]:
+        """The trained model of this task at `path` and its network (`PATH#K`: member K of the ensemble at
+        PATH), if this module's network can hold its weights and, with a `datamodule`, it was trained on
+        that data and split or on none of its images (else its validation images could be among this
+        run's training images, or the reverse)."""
         from lightning_modules.trained_model import TrainedModel  # imported here: see TYPE_CHECKING
 
+        path, index = member_reference(path)
         source = TrainedModel.load(path, type(self), torch.device("cpu"))
         theirs, ours = self.network_of(source.module.hparams), self.network_of(self.hparams)
         if theirs != ours:
             raise ConfigError(f"{source.checkpoint}: {theirs}; this run builds {ours}")
-        if isinstance(source.module.net, MeanOfLogits):
-            raise ConfigError(f"{source.checkpoint}: an ensemble already; name its members instead")
+        network = source.module.net
+        count = len(network.members) if isinstance(network, MeanOfLogits) else None
+        if count is not None and index is None:
+            raise ConfigError(
+                f"{source.checkpoint}: an ensemble of {count} already; name its members ({path}#0 to {path}#{count - 1})"
+            )
+        if index is not None and (count is None or index >= count):
+            held = f"an ensemble of {count}" if count else "not an ensemble"
+            raise ConfigError(f"{source.checkpoint}: has no member {index} ({held})")
         seen = source.training_fingerprints
         if datamodule is not None and (difference := source.split_difference(datamodule)):
             if seen is None or seen.shares_images_with(datamodule.training_fingerprints):
@@ -119,7 +128,7 @@ class TaskModule(L.LightningModule):
                     f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
                     "(or no record of them): train on the data and split it trained on, or on images it never saw"
                 )
-        return source
+        return source, network if index is None else network.members[index]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.pretraining_fingerprints:

@@ -13,6 +13,7 @@ so loading a checkpoint from elsewhere cannot run code hidden in it."""
 from __future__ import annotations
 
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def read_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{path}: not a Lightning checkpoint (it has no state_dict); train one with train.py")
     return checkpoint
+
+
+def member_reference(path: str | Path) -> tuple[str, int | None]:
+    """`PATH#K`: member K (from 0) of the ensemble at PATH; any other path: the whole model, None."""
+    match = re.fullmatch(r"(.+)#(\d+)", str(path))
+    return (match[1], int(match[2])) if match else (str(path), None)
 
 
 def run_folder_of(checkpoint: Path) -> Path | None:

@@ -66,10 +66,11 @@ class SegmentationModule(TaskModule):
             `encoder_weights` is then not read. Read when training starts, and refused if it saw some of
             this run's images without having this run's data and split (its validation images could be
             among this run's training images, or the reverse); the images it saw count as seen in evaluate.py.
-        members: trained segmenters (as `weights_path`, each checked as it is) whose ensemble this module
-            is: its logits are the mean of theirs (models.MeanOfLogits); its threshold and tumour decision
-            start from the first's, and scripts/recalibrate.py fits them to the ensemble (README, "An
-            ensemble of models"). `weights_path` and `encoder_weights` are then not read.
+        members: trained segmenters (as `weights_path`, each checked as it is; `FILE#K`: member K of an
+            ensemble file) whose ensemble this module is: its logits are the mean of theirs
+            (models.MeanOfLogits); its threshold and tumour decision start from the first's, and
+            scripts/recalibrate.py fits them to the ensemble (README, "An ensemble of models").
+            `weights_path` and `encoder_weights` are then not read.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss (one Dice over each batch's pixels, so large tumours weigh most).
         bce_weight: weight of the binary cross-entropy loss.

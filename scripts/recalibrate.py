@@ -9,7 +9,8 @@ changed); the weights are untouched.
 
 Several models of one task trained on the same data and split make an ensemble: one checkpoint whose
 logits are the mean of theirs (the task module's `members`), its post-processing fitted on that mean
-(export.py writes it as one model file).
+(export.py writes it as one model file). An ensemble among them takes part as its members (`FILE#K`
+names member K), so a model joins an ensemble as one more member.
 
 --data.root, --data.negatives: where the training data lives now, if it moved (the split is recomputed
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
@@ -28,9 +29,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.errors import UserError  # noqa: E402
-from lightning_modules.checkpoints import read_checkpoint, saved_arguments, saved_class_name  # noqa: E402
+from lightning_modules.checkpoints import (  # noqa: E402
+    member_reference,
+    read_checkpoint,
+    saved_arguments,
+    saved_class_name,
+)
 from lightning_modules.classification import ClassificationModule  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
+from lightning_modules.models import MeanOfLogits  # noqa: E402
 from lightning_modules.precision import Hardware, fastest_precision  # noqa: E402
 from lightning_modules.segmentation import SegmentationModule  # noqa: E402
 from lightning_modules.trained_model import TrainedModel  # noqa: E402
@@ -51,6 +58,15 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
         f"views '{module.hparams.tta}', threshold {float(module.threshold):.2f}, a tumour where at least {float(module.tumor_area_threshold):.0f} px "
         f"reach {float(module.detection_threshold):.2f}, fitted on {count} validation slices"
     )
+
+
+def members_of(path: str) -> list[str]:
+    """The model at `path` as ensemble members: itself, or `path#K` for each member K of an ensemble."""
+    file, index = member_reference(path)
+    if index is not None:  # a member named already
+        return [path]
+    network = TrainedModel.load(file, None, torch.device("cpu")).module.net
+    return [f"{path}#{index}" for index in range(len(network.members))] if isinstance(network, MeanOfLogits) else [path]
 
 
 def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataModule) -> tuple[TrainedModel, dict]:
@@ -96,10 +112,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
     args = parser.parse_args(argv)
     several = len(args.ckpt_path) > 1
-    trained = TrainedModel.load(args.ckpt_path[0], None, torch.device("cpu"))
+    trained = TrainedModel.load(member_reference(args.ckpt_path[0])[0], None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
     if several:
-        trained, checkpoint = ensemble(trained, args.ckpt_path, datamodule)
+        members = [member for path in args.ckpt_path for member in members_of(path)]
+        trained, checkpoint = ensemble(trained, members, datamodule)
     else:
         checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output
     if args.tta:
@@ -110,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     message = refit(trained, datamodule, args.precision or fastest_precision("auto", Hardware.detect())[0])
     if several:
         task = "classifiers" if isinstance(trained.module, ClassificationModule) else "segmenters"
-        message = f"the mean of {len(args.ckpt_path)} {task}' logits, {message}"
+        message = f"the mean of {len(members)} {task}' logits, {message}"
     refitted = {name: trained.module.get_buffer(name).detach().clone() for name in trained.module.fitted_buffers}
     checkpoint["state_dict"] = {**checkpoint["state_dict"], **refitted}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -486,6 +486,39 @@ def test_classifiers_of_one_split_make_one_model_of_the_mean_of_their_logits(tra
     assert torch.isfinite(ensemble.module.unfamiliar_threshold)
 
 
+def test_a_model_joins_an_ensemble_as_one_more_member(trained_classifier, tmp_path):
+    ensemble_of_two(trained_classifier, ClassificationModule, tmp_path)  # classifier.safetensors
+    third = perturbed_copy(tmp_path / "other.ckpt", tmp_path / "third.ckpt")
+    arguments = [
+        "--ckpt_path",
+        "classifier.safetensors",
+        str(third),
+        "--output",
+        "three.ckpt",
+        "--precision",
+        "32-true",
+    ]
+    result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("wrote three.ckpt: the mean of 3 classifiers' logits")
+    three = TrainedModel.load(tmp_path / "three.ckpt", ClassificationModule, torch.device("cpu"))
+    assert three.module.hparams.members == ["classifier.safetensors#0", "classifier.safetensors#1", str(third)]
+    members = [
+        TrainedModel.load(path, ClassificationModule, torch.device("cpu")).module
+        for path in (trained_classifier, tmp_path / "other.ckpt", third)
+    ]
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(three.module(images), sum(member(images) for member in members) / 3)
+
+    arguments[1] = "classifier.safetensors#2"
+    result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: classifier.safetensors: has no member 2 (an ensemble of 2)"
+    )
+
+
 def test_a_member_with_its_network_arguments_in_another_order_is_the_same_network():
     saved = {"model": "residual_cnn", "model_kwargs": {"width": 32, "depths": [1, 2, 2, 2]}, "in_channels": 1}
     reordered = {**saved, "model_kwargs": {"depths": [1, 2, 2, 2], "width": 32}}
