@@ -66,7 +66,7 @@ def members_of(path: str) -> list[str]:
     if index is not None:  # a member named already
         return [path]
     network = TrainedModel.load(file, None, torch.device("cpu")).module.net
-    return [f"{path}#{index}" for index in range(len(network.members))] if isinstance(network, MeanOfLogits) else [path]
+    return [f"{path}#{k}" for k in range(len(network.members))] if isinstance(network, MeanOfLogits) else [path]
 
 
 def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataModule) -> tuple[TrainedModel, dict]:
@@ -111,11 +111,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precision", help="default: what training picks on this machine")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
     args = parser.parse_args(argv)
-    several = len(args.ckpt_path) > 1
-    trained = TrainedModel.load(member_reference(args.ckpt_path[0])[0], None, torch.device("cpu"))
+    first_file, first_member = member_reference(args.ckpt_path[0])
+    trained = TrainedModel.load(first_file, None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
-    if several:
-        members = [member for path in args.ckpt_path for member in members_of(path)]
+    members = [member for path in args.ckpt_path for member in members_of(path)]
+    several = len(members) > 1
+    if len(args.ckpt_path) > 1 or first_member is not None:  # an ensemble, or one member of one on its own
         trained, checkpoint = ensemble(trained, members, datamodule)
     else:
         checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output

@@ -511,6 +511,12 @@ def test_a_model_joins_an_ensemble_as_one_more_member(trained_classifier, tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(three.module(images), sum(member(images) for member in members) / 3)
 
+    alone = ["--ckpt_path", "classifier.safetensors#1", "--output", "one.ckpt", "--precision", "32-true"]
+    assert run_script("scripts/recalibrate.py", *alone, cwd=tmp_path).returncode == 0  # one member taken out
+    one = TrainedModel.load(tmp_path / "one.ckpt", ClassificationModule, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(one.module(images), members[1](images))
+
     arguments[1] = "classifier.safetensors#2"
     result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
     assert result.returncode == 2
