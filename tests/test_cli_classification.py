@@ -191,12 +191,14 @@ def test_resume_after_sigkill_continues_exactly(uninterrupted_run, tmp_path):
     assert_same_training(run, reference)
 
 
-def test_resume_after_ctrl_c_mid_epoch_continues_exactly(uninterrupted_run, tmp_path):
-    # Ctrl-C in the middle of epoch 2 saves a checkpoint there; the resumed run goes on with the
-    # epoch's next batch (not its first), while two workers have fetched batches ahead.
+@pytest.mark.parametrize("during, batch, batches_trained", [("training", 1, 2), ("validation", 0, None)])
+def test_resume_after_ctrl_c_mid_epoch_continues_exactly(uninterrupted_run, tmp_path, during, batch, batches_trained):
+    # Ctrl-C in the middle of epoch 2 (or of its validation) saves a checkpoint there; the resumed run goes
+    # on with the epoch's next batch (not its first), while two workers have fetched batches ahead.
     root, reference = uninterrupted_run
     ctrl_c = ["--trainer.callbacks+=tests.helpers.SignalAt", "--trainer.callbacks.epoch", "2"]
-    ctrl_c += ["--trainer.callbacks.batch", "1", "--trainer.callbacks.signal_name", "SIGINT"]
+    ctrl_c += ["--trainer.callbacks.batch", str(batch), "--trainer.callbacks.signal_name", "SIGINT"]
+    ctrl_c += ["--trainer.callbacks.during", during]
     ctrl_c_handler = signal.getsignal(signal.SIGINT)
     try:
         interrupted = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", *ctrl_c)
@@ -206,12 +208,18 @@ def test_resume_after_ctrl_c_mid_epoch_continues_exactly(uninterrupted_run, tmp_
     run = run_folder(tmp_path)
     saved = load(run / "checkpoints" / "last-interrupted.ckpt")
     batches_per_epoch = load(reference / "checkpoints" / "last.ckpt")["global_step"] // 4
-    assert (saved["epoch"], saved["global_step"]) == (2, 2 * batches_per_epoch + 2)
+    batches_trained = batches_per_epoch if batches_trained is None else batches_trained
+    assert (saved["epoch"], saved["global_step"]) == (2, 2 * batches_per_epoch + batches_trained)
 
     result = train(root, tmp_path, *RESUME_EPOCHS, "--data.num_workers", "2", "--ckpt_path", "last")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "last-interrupted.ckpt" in result.stderr
-    assert_same_training(run, reference)
+    if during == "training":
+        assert_same_training(run, reference)
+    else:  # Lightning does not run the interrupted validation again (README): the same training all the same
+        assert tensorboard_scalars(run, "train/loss_step") == tensorboard_scalars(reference, "train/loss_step")
+        weights, expected = (load(r / "checkpoints" / "last.ckpt")["state_dict"] for r in (run, reference))
+        assert all(torch.equal(weights[key], expected[key]) for key in expected)
 
 
 def test_a_larger_max_epochs_extends_a_finished_run_with_a_warm_restart(uninterrupted_run, tmp_path):
