@@ -223,9 +223,6 @@ class ClassificationDataModule(CachedDataModule):
                     f"{', '.join(str(s.folder) for s in sources if s.is_test)}: every image copies a "
                     "Training image; nothing is left to test (data.duplicates: keep keeps them)"
                 )
-        seen = np.concatenate([split_indices["train"], split_indices["val"]])
-        self.training_fingerprints = Fingerprints.of([kept[i] for i in seen])
-
         images = np.stack([item.pixels for item in kept])
         train_transform = build_transform(training_augmentations(hp.augment), self.channels)
         eval_transform = build_transform([], self.channels)
@@ -236,6 +233,9 @@ class ClassificationDataModule(CachedDataModule):
             self.datasets[split] = ImageLabelDataset(
                 images[indices], labels[indices], transform, files, fingerprints, root_of[indices]
             )
+        self.training_fingerprints = Fingerprints.concatenate(
+            [self.datasets["train"].fingerprints, self.datasets["val"].fingerprints]
+        )
         for index, root in enumerate(self.roots):
             mine = root_of == index
             listed = sum(len(source.paths) for source in sources if source.root_index == index)

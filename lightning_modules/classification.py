@@ -34,11 +34,11 @@ class ClassificationModule(TaskModule):
             a trained checkpoint no longer needs the file).
         model_kwargs: extra constructor arguments, e.g. {width: 32, depths: [1, 2, 2, 2]}.
         members: trained classifiers (checkpoints, run folders or model files of `model`, `model_kwargs` and
-            `in_channels`; `FILE#K`: member K of an ensemble file) whose ensemble this module is: its logits are the mean of theirs (models.MeanOfLogits)
-            and its familiarity model reads their pooled features side by side. Each is refused if it saw some
-            of this run's images without having this run's data and split; the images they saw count as seen
-            in evaluate.py. scripts/recalibrate.py fits the ensemble's temperature and familiarity model
-            (README, "An ensemble of models"). `pretrained` and `weights_path` are then not read.
+            `in_channels`; `FILE#K`: member K of an ensemble file) whose ensemble this module is: its logits
+            are the mean of theirs (models.MeanOfLogits) and its familiarity model reads their pooled
+            features side by side. Each is refused if it saw some of this run's images without having this
+            run's data and split; the images they saw count as seen in evaluate.py. scripts/recalibrate.py
+            fits the ensemble's temperature and familiarity model (README, "An ensemble of models"). `pretrained` and `weights_path` are then not read.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
         cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.

@@ -60,12 +60,13 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
     )
 
 
-def members_of(path: str) -> list[str]:
-    """The model at `path` as ensemble members: itself, or `path#K` for each member K of an ensemble."""
+def members_of(path: str, network: torch.nn.Module | None = None) -> list[str]:
+    """The model at `path` (whose `network`, if loaded already) as ensemble members: itself, or `path#K`
+    for each member K of an ensemble."""
     file, index = member_reference(path)
     if index is not None:  # a member named already
         return [path]
-    network = TrainedModel.load(file, None, torch.device("cpu")).module.net
+    network = network or TrainedModel.load(file, None, torch.device("cpu")).module.net
     return [f"{path}#{k}" for k in range(len(network.members))] if isinstance(network, MeanOfLogits) else [path]
 
 
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     first_file, first_member = member_reference(args.ckpt_path[0])
     trained = TrainedModel.load(first_file, None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
-    members = [member for path in args.ckpt_path for member in members_of(path)]
+    members = members_of(args.ckpt_path[0], trained.module.net)
+    members += [member for path in args.ckpt_path[1:] for member in members_of(path)]
     several = len(members) > 1
     if len(args.ckpt_path) > 1 or first_member is not None:  # an ensemble, or one member of one on its own
         trained, checkpoint = ensemble(trained, members, datamodule)
