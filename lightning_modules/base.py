@@ -46,6 +46,7 @@ class TaskModule(L.LightningModule):
     run_name = "task"  # the run folder's parent, <default_root_dir>/<run_name>/version_N, unless a config names it
     checkpoint_monitor = "val/loss"  # what best.ckpt is the best of (higher is better)
     fitted_buffers: tuple[str, ...] = ()  # buffers fitted on validation outputs, not trained (callbacks.WeightEMA)
+    network_arguments: tuple[str, ...] = ()  # the hyperparameters that build the network (members' may differ)
 
     def __init__(
         self,
@@ -70,6 +71,20 @@ class TaskModule(L.LightningModule):
         """The network these hyperparameters build, in words: trained weights fit it when the words match."""
         raise NotImplementedError
 
+    def member_arguments(self) -> list[dict]:
+        """The arguments that build each network of this module, one per ensemble member (or one): the
+        module's `network_arguments`, with a member's own where `member_networks` records them."""
+        hp = self.hparams
+        count = len(hp.get("members") or [None])
+        own = hp.get("member_networks") or [{} for _ in range(count)]
+        if len(own) != count:
+            raise ConfigError(f"member_networks: {len(own)} entries for {count} members")
+        if unknown := sorted({name for entry in own for name in entry} - set(self.network_arguments)):
+            raise ConfigError(
+                f"member_networks: {', '.join(unknown)} do not build a network (a member's: {', '.join(self.network_arguments)})"
+            )
+        return [{**{name: hp[name] for name in self.network_arguments}, **entry} for entry in own]
+
     def load_pretrained_weights(self) -> None:
         """Copy pretrained weights named by the hyperparameters into the network (tasks override this).
 
@@ -89,7 +104,9 @@ class TaskModule(L.LightningModule):
         members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
         if len(paths) != len(members):
             raise ConfigError(f"{len(paths)} trained models to load into a module built for {len(members)}")
-        sources = [self._checked_start(path, datamodule) for path in paths]
+        sources = [
+            self._checked_start(path, datamodule, arguments) for path, arguments in zip(paths, self.member_arguments())
+        ]
         for (source, network), member in zip(sources, members):
             member.load_state_dict(network.state_dict())
             rank_zero_info(f"{type(self).__name__}: every weight from {source.checkpoint}")
@@ -100,18 +117,17 @@ class TaskModule(L.LightningModule):
         seen = [source.training_fingerprints for source, _ in sources if source.training_fingerprints is not None]
         self.pretraining_fingerprints = Fingerprints.union(seen).to_state() if seen else None
 
-    def _checked_start(self, path: str, datamodule: CachedDataModule | None) -> tuple[TrainedModel, torch.nn.Module]:
+    def _checked_start(
+        self, path: str, datamodule: CachedDataModule | None, arguments: Mapping
+    ) -> tuple[TrainedModel, torch.nn.Module]:
         """The trained model of this task at `path` and its network (`PATH#K`: member K of the ensemble at
-        PATH), if this module's network can hold its weights and, with a `datamodule`, it was trained on
+        PATH), if it is the network `arguments` build here and, with a `datamodule`, it was trained on
         that data and split or on none of its images (else its validation images could be among this
         run's training images, or the reverse)."""
         from lightning_modules.trained_model import TrainedModel  # imported here: see TYPE_CHECKING
 
         path, index = member_reference(path)
         source = TrainedModel.load(path, type(self), torch.device("cpu"))
-        theirs, ours = self.network_of(source.module.hparams), self.network_of(self.hparams)
-        if theirs != ours:
-            raise ConfigError(f"{source.checkpoint}: {theirs}; this run builds {ours}")
         network = source.module.net
         count = len(network.members) if isinstance(network, MeanOfLogits) else None
         if count is not None and index is None:
@@ -121,6 +137,10 @@ class TaskModule(L.LightningModule):
         if index is not None and (count is None or index >= count):
             held = f"an ensemble of {count}" if count else "not an ensemble"
             raise ConfigError(f"{source.checkpoint}: has no member {index} ({held})")
+        theirs = self.network_of({**source.module.hparams, **source.module.member_arguments()[index or 0]})
+        ours = self.network_of({**self.hparams, **arguments})
+        if theirs != ours:
+            raise ConfigError(f"{source.checkpoint}: {theirs}; this run builds {ours}")
         seen = source.training_fingerprints
         if datamodule is not None and (difference := source.split_difference(datamodule)):
             if seen is None or seen.shares_images_with(datamodule.training_fingerprints):

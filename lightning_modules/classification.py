@@ -39,6 +39,9 @@ class ClassificationModule(TaskModule):
             features side by side. Each is refused if it saw some of this run's images without having this
             run's data and split; the images they saw count as seen in evaluate.py. scripts/recalibrate.py
             fits the ensemble's temperature and familiarity model (README, "An ensemble of models"). `pretrained` and `weights_path` are then not read.
+        member_networks: for members of different architectures, each one's own `model` and `model_kwargs`
+            (one mapping per member, in order; scripts/recalibrate.py records them); unset, every member is
+            `model` with `model_kwargs`.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
         cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.
@@ -55,6 +58,7 @@ class ClassificationModule(TaskModule):
     run_name = "cls"
     checkpoint_monitor = "val/acc"
     fitted_buffers = ("temperature", "feature_means", "feature_precision", "unfamiliar_threshold")
+    network_arguments = ("model", "model_kwargs")
 
     def __init__(
         self,
@@ -64,6 +68,7 @@ class ClassificationModule(TaskModule):
         weights_path: str | None = None,
         model_kwargs: dict | None = None,
         members: list[str] | None = None,
+        member_networks: list[dict] | None = None,
         label_smoothing: float = 0.1,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -82,9 +87,9 @@ class ClassificationModule(TaskModule):
         check_range("distillation_temperature", distillation_temperature, 0, low_open=True)
         num_classes = len(CLASS_NAMES)
         check_pretrained_source(model, pretrained, weights_path)
-        # one network per member, or one network
-        networks = [
-            create_classifier(model, num_classes, in_channels, **(model_kwargs or {})) for _ in members or [None]
+        networks = [  # one per member, or one
+            create_classifier(arguments["model"], num_classes, in_channels, **(arguments["model_kwargs"] or {}))
+            for arguments in self.member_arguments()
         ]
         self.net = mean_of_logits(networks)
         self.mixup = None

@@ -71,6 +71,9 @@ class SegmentationModule(TaskModule):
             (models.MeanOfLogits); its threshold and tumour decision start from the first's, and
             scripts/recalibrate.py fits them to the ensemble (README, "An ensemble of models").
             `weights_path` and `encoder_weights` are then not read.
+        member_networks: for members of different architectures, each one's own `encoder_name` and `arch`
+            (one mapping per member, in order; scripts/recalibrate.py records them); unset, every member is
+            `arch` on `encoder_name`.
         in_channels: image channels; train.py links it to the datamodule's `channels`.
         dice_weight: weight of the Dice loss (one Dice over each batch's pixels, so large tumours weigh most).
         bce_weight: weight of the binary cross-entropy loss.
@@ -97,6 +100,7 @@ class SegmentationModule(TaskModule):
     run_name = "seg"
     checkpoint_monitor = "val/iou_global"
     fitted_buffers = ("threshold", "tumor_area_threshold", "detection_threshold")
+    network_arguments = ("encoder_name", "arch")
 
     def __init__(
         self,
@@ -105,6 +109,7 @@ class SegmentationModule(TaskModule):
         encoder_weights: str | None = None,
         weights_path: str | None = None,
         members: list[str] | None = None,
+        member_networks: list[dict] | None = None,
         in_channels: int = 3,
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
@@ -135,8 +140,10 @@ class SegmentationModule(TaskModule):
             raise ConfigError(f"tta '{tta}': use one of {', '.join(TTA_VIEWS)}")
         if dice_weight == bce_weight == lovasz_weight == tversky_weight == focal_weight == 0:
             raise ConfigError("every loss weight (dice, bce, lovasz, tversky, focal) is 0: nothing to train on")
-        # one network per member, or one network
-        networks = [create_segmenter(encoder_name, None, in_channels, arch) for _ in members or [None]]
+        networks = [  # one per member, or one
+            create_segmenter(arguments["encoder_name"], None, in_channels, arguments["arch"])
+            for arguments in self.member_arguments()
+        ]
         self.net = mean_of_logits(networks)
         self.dice_loss = smp.losses.DiceLoss(smp.losses.BINARY_MODE, from_logits=True, ignore_index=BOX_INTERIOR)
         self.bce_loss = smp.losses.SoftBCEWithLogitsLoss(ignore_index=BOX_INTERIOR)

@@ -29,7 +29,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from export import export_model  # noqa: E402
 from lightning_modules.cli import BrainTumorCLI  # noqa: E402
-from lightning_modules.models import MeanOfLogits  # noqa: E402
 from lightning_modules.trained_model import TrainedModel  # noqa: E402
 
 
@@ -64,9 +63,10 @@ def measure(model: TrainedModel, name: str, runs: int, warmup: int, threads: int
         session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         inputs = {"images": image.numpy()}
         onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
-    network = model.module.hparams.get("model") or model.module.hparams.get("encoder_name")
-    if isinstance(model.module.net, MeanOfLogits):
-        network = f"{len(model.module.net.members)} x {network}"
+    names = [arguments.get("model") or arguments.get("encoder_name") for arguments in model.module.member_arguments()]
+    network = (
+        names[0] if len(names) == 1 else f"{len(names)} x {names[0]}" if len(set(names)) == 1 else " + ".join(names)
+    )
     if model.module.hparams.get("tta", "none") != "none":
         network += f", views: {model.module.hparams.tta}"
     return {

@@ -37,7 +37,6 @@ from lightning_modules.checkpoints import (  # noqa: E402
 )
 from lightning_modules.classification import ClassificationModule  # noqa: E402
 from lightning_modules.cli import run_with_clean_errors  # noqa: E402
-from lightning_modules.models import MeanOfLogits  # noqa: E402
 from lightning_modules.precision import Hardware, fastest_precision  # noqa: E402
 from lightning_modules.segmentation import SegmentationModule  # noqa: E402
 from lightning_modules.trained_model import TrainedModel  # noqa: E402
@@ -60,24 +59,37 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
     )
 
 
-def members_of(path: str, network: torch.nn.Module | None = None) -> list[str]:
-    """The model at `path` (whose `network`, if loaded already) as ensemble members: itself, or `path#K`
-    for each member K of an ensemble."""
+def members_of(
+    path: str, task: type[L.LightningModule], loaded: L.LightningModule | None = None
+) -> list[tuple[str, dict]]:
+    """The model of `task` at `path` (`loaded` already, or not) as ensemble members, each with the arguments
+    that build its network: itself, or `path#K` for each member K of an ensemble."""
     file, index = member_reference(path)
-    if index is not None:  # a member named already
-        return [path]
-    network = network or TrainedModel.load(file, None, torch.device("cpu")).module.net
-    return [f"{path}#{k}" for k in range(len(network.members))] if isinstance(network, MeanOfLogits) else [path]
+    module = loaded or TrainedModel.load(file, task, torch.device("cpu")).module
+    arguments = module.member_arguments()
+    if index is not None:  # a member named already (one out of range is refused when the weights load)
+        return [(path, arguments[min(index, len(arguments) - 1)])]
+    return (
+        [(f"{path}#{k}", member) for k, member in enumerate(arguments)]
+        if len(arguments) > 1
+        else [(path, arguments[0])]
+    )
 
 
-def ensemble(first: TrainedModel, paths: list[str], datamodule: L.LightningDataModule) -> tuple[TrainedModel, dict]:
-    """The models at `paths` (`first` loaded from the first) as one module of the mean of their logits, with
-    the first's other settings, each member checked against `datamodule`, the first's data and split; and
-    its checkpoint."""
+def ensemble(
+    first: TrainedModel, members: list[tuple[str, dict]], datamodule: L.LightningDataModule
+) -> tuple[TrainedModel, dict]:
+    """The `members` (paths and network arguments; `first` loaded from the first) as one module of the mean
+    of their logits, with the first's other settings, each member checked against `datamodule`, the first's
+    data and split; and its checkpoint."""
     datamodule.setup("fit")
+    paths, arguments = [str(path) for path, _ in members], [network for _, network in members]
     hparams = saved_arguments(first.module.hparams)
+    own_networks = arguments if any(network != arguments[0] for network in arguments) else None
     module_class = type(first.module)
-    module = module_class(**{**hparams, "weights_path": None, "members": [str(path) for path in paths]})
+    module = module_class(
+        **{**hparams, **arguments[0], "weights_path": None, "members": paths, "member_networks": own_networks}
+    )
     module.load_trained_weights(module.hparams.members, datamodule)
     trained = TrainedModel(
         module, first.image_size, first.channels, first.checkpoint, first.data_hparams, first.data_state
@@ -115,8 +127,9 @@ def main(argv: list[str] | None = None) -> None:
     first_file, first_member = member_reference(args.ckpt_path[0])
     trained = TrainedModel.load(first_file, None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
-    members = members_of(args.ckpt_path[0], trained.module.net)
-    members += [member for path in args.ckpt_path[1:] for member in members_of(path)]
+    task = type(trained.module)
+    members = members_of(args.ckpt_path[0], task, trained.module)
+    members += [member for path in args.ckpt_path[1:] for member in members_of(path, task)]
     several = len(members) > 1
     if len(args.ckpt_path) > 1 or first_member is not None:  # an ensemble, or one member of one on its own
         trained, checkpoint = ensemble(trained, members, datamodule)

@@ -15,10 +15,10 @@ import timm
 import torch
 
 from datamodules.classification import CLASS_NAMES
-from datamodules.errors import UserError
+from datamodules.errors import ConfigError, UserError
 from lightning_modules.bundled import BUNDLED_MODELS, models_to_use
 from lightning_modules.calibration import fit_temperature
-from lightning_modules.checkpoints import CheckpointError
+from lightning_modules.checkpoints import CheckpointError, saved_arguments
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam
 from lightning_modules.metrics import best_threshold, threshold_curve
@@ -523,6 +523,48 @@ def test_a_model_joins_an_ensemble_as_one_more_member(trained_classifier, tmp_pa
     assert result.stderr.strip().splitlines()[-1] == (
         "error: classifier.safetensors: has no member 2 (an ensemble of 2)"
     )
+
+
+def test_classifiers_of_different_architectures_make_one_ensemble(trained_classifier, tmp_path):
+    checkpoint = torch.load(trained_classifier, weights_only=True)
+    mobilenet = {"model": "mobilenet_v2", "model_kwargs": {}}  # the residual CNN's split, another network
+    checkpoint["hyper_parameters"] |= mobilenet
+    checkpoint["state_dict"] = ClassificationModule(**saved_arguments(checkpoint["hyper_parameters"])).state_dict()
+    torch.save(checkpoint, tmp_path / "mobilenet.ckpt")
+    arguments = ["--ckpt_path", str(trained_classifier), "mobilenet.ckpt", "--output", "ensemble.ckpt"]
+    result = run_script("scripts/recalibrate.py", *arguments, "--precision", "32-true", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    exported = run_script(
+        "export.py", "--cls-ckpt", "ensemble.ckpt", "--output-dir", ".", "--dtype", "float32", cwd=tmp_path
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+
+    members = [
+        TrainedModel.load(path, ClassificationModule, torch.device("cpu")).module
+        for path in (trained_classifier, tmp_path / "mobilenet.ckpt")
+    ]
+    images = torch.randn(2, 1, 32, 32)
+    for path in ("ensemble.ckpt", "classifier.safetensors"):
+        ensemble = TrainedModel.load(tmp_path / path, ClassificationModule, torch.device("cpu")).module
+        assert ensemble.hparams.member_networks == [
+            {"model": "residual_cnn", "model_kwargs": members[0].hparams.model_kwargs},
+            mobilenet,
+        ]
+        with torch.no_grad():
+            torch.testing.assert_close(ensemble(images), (members[0](images) + members[1](images)) / 2)
+
+
+@pytest.mark.parametrize(
+    ("member_networks", "error"),
+    [
+        ([{"model": "mobilenet_v2"}], "member_networks: 1 entries for 2 members"),
+        ([{}, {"width": 8}], "member_networks: width do not build a network (a member's: model, model_kwargs)"),
+    ],
+)
+def test_member_networks_that_do_not_fit_the_members_are_refused(member_networks, error):
+    with pytest.raises(ConfigError) as raised:
+        ClassificationModule(members=["a.ckpt", "b.ckpt"], member_networks=member_networks)
+    assert str(raised.value) == error
 
 
 def test_a_member_with_its_network_arguments_in_another_order_is_the_same_network():
