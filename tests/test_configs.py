@@ -33,6 +33,7 @@ ADDED_SINCE = {
         "arch": "unet",
         "weights_path": None,
         "members": None,
+        "member_networks": None,
         "lovasz_weight": 0.0,
         "tversky_weight": 0.0,
         "focal_weight": 0.0,
@@ -41,6 +42,7 @@ ADDED_SINCE = {
     },
     "lightning_modules.ClassificationModule": {
         "members": None,
+        "member_networks": None,
         "teachers": None,
         "distillation_weight": 0.9,
         "distillation_temperature": 4.0,
