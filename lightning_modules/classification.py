@@ -38,7 +38,8 @@ class ClassificationModule(TaskModule):
             are the mean of theirs (models.MeanOfLogits) and its familiarity model reads their pooled
             features side by side. Each is refused if it saw some of this run's images without having this
             run's data and split; the images they saw count as seen in evaluate.py. scripts/recalibrate.py
-            fits the ensemble's temperature and familiarity model (README, "An ensemble of models"). `pretrained` and `weights_path` are then not read.
+            fits the ensemble's temperature and familiarity model (README, "An ensemble of models").
+            `pretrained` and `weights_path` are then not read.
         member_networks: for members of different architectures, each one's own `model` and `model_kwargs`
             (one mapping per member, in order; scripts/recalibrate.py records them); unset, every member is
             `model` with `model_kwargs`.

@@ -64,9 +64,7 @@ def measure(model: TrainedModel, name: str, runs: int, warmup: int, threads: int
         inputs = {"images": image.numpy()}
         onnx_ms = median_ms(lambda: session.run(None, inputs), runs, warmup)
     names = [arguments.get("model") or arguments.get("encoder_name") for arguments in model.module.member_arguments()]
-    network = (
-        names[0] if len(names) == 1 else f"{len(names)} x {names[0]}" if len(set(names)) == 1 else " + ".join(names)
-    )
+    network = f"{len(names)} x {names[0]}" if len(names) > 1 and len(set(names)) == 1 else " + ".join(names)
     if model.module.hparams.get("tta", "none") != "none":
         network += f", views: {model.module.hparams.tta}"
     return {
