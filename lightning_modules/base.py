@@ -96,16 +96,23 @@ class TaskModule(L.LightningModule):
         if self.trainer.ckpt_path is None:  # set by now when resuming: the checkpoint is being restored
             self.load_pretrained_weights()
 
-    def load_trained_weights(self, paths: list[str], datamodule: CachedDataModule | None) -> None:
+    def load_trained_weights(
+        self,
+        paths: list[str],
+        datamodule: CachedDataModule | None,
+        loaded: Mapping[str, TrainedModel] | None = None,
+    ) -> None:
         """Every weight of the trained models of this task at `paths` (checkpoints, run folders or model files):
         one to fine-tune, or the members of the ensemble (models.MeanOfLogits) this module was built as; each
-        checked against this run's `datamodule` (set up) when there is one. The fitted buffers (temperature,
-        thresholds) start from the first's where they fit; scripts/recalibrate.py fits an ensemble's own."""
+        checked against this run's `datamodule` (set up) when there is one. `loaded`: files the caller holds
+        loaded already, by path (read again otherwise). The fitted buffers (temperature, thresholds) start from
+        the first's where they fit; scripts/recalibrate.py fits an ensemble's own."""
         members = self.net.members if isinstance(self.net, MeanOfLogits) else [self.net]
         if len(paths) != len(members):
             raise ConfigError(f"{len(paths)} trained models to load into a module built for {len(members)}")
         sources = [
-            self._checked_start(path, datamodule, arguments) for path, arguments in zip(paths, self.member_arguments())
+            self._checked_start(path, datamodule, arguments, loaded or {})
+            for path, arguments in zip(paths, self.member_arguments())
         ]
         for (source, network), member in zip(sources, members):
             member.load_state_dict(network.state_dict())
@@ -118,7 +125,7 @@ class TaskModule(L.LightningModule):
         self.pretraining_fingerprints = Fingerprints.union(seen).to_state() if seen else None
 
     def _checked_start(
-        self, path: str, datamodule: CachedDataModule | None, arguments: Mapping
+        self, path: str, datamodule: CachedDataModule | None, arguments: Mapping, loaded: Mapping[str, TrainedModel]
     ) -> tuple[TrainedModel, torch.nn.Module]:
         """The trained model of this task at `path` and its network (`PATH#K`: member K of the ensemble at
         PATH), if it is the network `arguments` build here and, with a `datamodule`, it was trained on
@@ -127,16 +134,13 @@ class TaskModule(L.LightningModule):
         from lightning_modules.trained_model import TrainedModel  # imported here: see TYPE_CHECKING
 
         path, index = member_reference(path)
-        source = TrainedModel.load(path, type(self), torch.device("cpu"))
+        source = loaded.get(path) or TrainedModel.load(path, type(self), torch.device("cpu"))
         network = source.module.net
-        count = len(network.members) if isinstance(network, MeanOfLogits) else None
-        if count is not None and index is None:
+        if isinstance(network, MeanOfLogits) and index is None:
+            count = len(network.members)
             raise ConfigError(
                 f"{source.checkpoint}: an ensemble of {count} already; name its members ({path}#0 to {path}#{count - 1})"
             )
-        if index is not None and (count is None or index >= count):
-            held = f"an ensemble of {count}" if count else "not an ensemble"
-            raise ConfigError(f"{source.checkpoint}: has no member {index} ({held})")
         theirs = self.network_of({**source.module.hparams, **source.module.member_arguments()[index or 0]})
         ours = self.network_of({**self.hparams, **arguments})
         if theirs != ours:
@@ -148,7 +152,7 @@ class TaskModule(L.LightningModule):
                     f"{source.checkpoint}: start weights {difference}, and some of this run's images among them "
                     "(or no record of them): train on the data and split it trained on, or on images it never saw"
                 )
-        return source, network if index is None else network.members[index]
+        return source, network if index is None else member_network(source, index)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.pretraining_fingerprints:
@@ -187,3 +191,13 @@ class TaskModule(L.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(tag, figure, self.current_epoch, close=False)
+
+
+def member_network(source: TrainedModel, index: int) -> torch.nn.Module:
+    """Member `index` (from 0) of the ensemble `source`; refused when it has no such member."""
+    network = source.module.net
+    count = len(network.members) if isinstance(network, MeanOfLogits) else None
+    if count is None or index >= count:
+        held = f"an ensemble of {count}" if count else "not an ensemble"
+        raise ConfigError(f"{source.checkpoint}: has no member {index} ({held})")
+    return network.members[index]

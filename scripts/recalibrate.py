@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.errors import UserError  # noqa: E402
+from lightning_modules.base import member_network  # noqa: E402
 from lightning_modules.checkpoints import (  # noqa: E402
     member_reference,
     read_checkpoint,
@@ -59,16 +60,17 @@ def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: s
     )
 
 
-def members_of(
-    path: str, task: type[L.LightningModule], loaded: L.LightningModule | None = None
-) -> list[tuple[str, dict]]:
-    """The model of `task` at `path` (`loaded` already, or not) as ensemble members, each with the arguments
-    that build its network: itself, or `path#K` for each member K of an ensemble."""
+def members_of(path: str, task: type[L.LightningModule], loaded: dict[str, TrainedModel]) -> list[tuple[str, dict]]:
+    """The model of `task` at `path` as ensemble members, each with the arguments that build its network:
+    itself, or `path#K` for each member K of an ensemble. Its file is read into `loaded` (by path) unless
+    there already, so that the weights load from it later without a second read."""
     file, index = member_reference(path)
-    module = loaded or TrainedModel.load(file, task, torch.device("cpu")).module
-    arguments = module.member_arguments()
-    if index is not None:  # a member named already (one out of range is refused when the weights load)
-        return [(path, arguments[min(index, len(arguments) - 1)])]
+    if file not in loaded:
+        loaded[file] = TrainedModel.load(file, task, torch.device("cpu"))
+    arguments = loaded[file].module.member_arguments()
+    if index is not None:
+        member_network(loaded[file], index)  # a member it lacks is refused here, before any data is read
+        return [(path, arguments[index])]
     return (
         [(f"{path}#{k}", member) for k, member in enumerate(arguments)]
         if len(arguments) > 1
@@ -77,11 +79,14 @@ def members_of(
 
 
 def ensemble(
-    first: TrainedModel, members: list[tuple[str, dict]], datamodule: L.LightningDataModule
+    first: TrainedModel,
+    members: list[tuple[str, dict]],
+    datamodule: L.LightningDataModule,
+    loaded: dict[str, TrainedModel],
 ) -> tuple[TrainedModel, dict]:
-    """The `members` (paths and network arguments; `first` loaded from the first) as one module of the mean
-    of their logits, with the first's other settings, each member checked against `datamodule`, the first's
-    data and split; and its checkpoint."""
+    """The `members` (paths and network arguments; `first` loaded from the first, `loaded` their files) as one
+    module of the mean of their logits, with the first's other settings, each member checked against
+    `datamodule`, the first's data and split; and its checkpoint."""
     datamodule.setup("fit")
     paths, arguments = [str(path) for path, _ in members], [network for _, network in members]
     hparams = saved_arguments(first.module.hparams)
@@ -90,7 +95,7 @@ def ensemble(
     module = module_class(
         **{**hparams, **arguments[0], "weights_path": None, "members": paths, "member_networks": own_networks}
     )
-    module.load_trained_weights(module.hparams.members, datamodule)
+    module.load_trained_weights(module.hparams.members, datamodule, loaded)
     trained = TrainedModel(
         module, first.image_size, first.channels, first.checkpoint, first.data_hparams, first.data_state
     )
@@ -128,11 +133,11 @@ def main(argv: list[str] | None = None) -> None:
     trained = TrainedModel.load(first_file, None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
     task = type(trained.module)
-    members = members_of(args.ckpt_path[0], task, trained.module)
-    members += [member for path in args.ckpt_path[1:] for member in members_of(path, task)]
+    loaded = {first_file: trained}
+    members = [member for path in args.ckpt_path for member in members_of(path, task, loaded)]
     several = len(members) > 1
     if len(args.ckpt_path) > 1 or first_member is not None:  # an ensemble, or one member of one on its own
-        trained, checkpoint = ensemble(trained, members, datamodule)
+        trained, checkpoint = ensemble(trained, members, datamodule, loaded)
     else:
         checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output
     if args.tta:

@@ -486,9 +486,11 @@ def test_classifiers_of_one_split_make_one_model_of_the_mean_of_their_logits(tra
     assert torch.isfinite(ensemble.module.unfamiliar_threshold)
 
 
-def test_a_model_joins_an_ensemble_as_one_more_member(trained_classifier, tmp_path):
+def test_a_model_joins_an_ensemble_as_one_more_member(trained_classifier, tmp_path, monkeypatch):
     ensemble_of_two(trained_classifier, ClassificationModule, tmp_path)  # classifier.safetensors
     third = perturbed_copy(tmp_path / "other.ckpt", tmp_path / "third.ckpt")
+    reads, load = [], TrainedModel.load
+    monkeypatch.setattr(TrainedModel, "load", lambda path, *args: reads.append(str(path)) or load(path, *args))
     arguments = [
         "--ckpt_path",
         "classifier.safetensors",
@@ -501,6 +503,8 @@ def test_a_model_joins_an_ensemble_as_one_more_member(trained_classifier, tmp_pa
     result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("wrote three.ckpt: the mean of 3 classifiers' logits")
+    assert sorted(reads) == sorted(["classifier.safetensors", str(third)])  # each file read once
+    monkeypatch.undo()
     three = TrainedModel.load(tmp_path / "three.ckpt", ClassificationModule, torch.device("cpu"))
     assert three.module.hparams.members == ["classifier.safetensors#0", "classifier.safetensors#1", str(third)]
     members = [
