@@ -3,6 +3,7 @@ and an exponential moving average of the weights that a config may add."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import threading
@@ -26,8 +27,13 @@ class GracefulInterrupt(L.Callback):
     def __init__(self) -> None:
         self._requested = False
         self._previous_handler = None  # restored at teardown
+        self._trainer_pid = os.getpid()
 
     def _handle(self, signum, frame) -> None:
+        # A terminal's Ctrl-C reaches the whole process group, so DataLoader workers (forked with this
+        # handler) get it too: only the trainer's process acts on it, and says so once.
+        if os.getpid() != self._trainer_pid:
+            return
         self._stop_if_requested()
         self._requested = True
         rank_zero_info("Ctrl-C: stopping after this batch and saving a checkpoint (press again to stop now)")
@@ -48,6 +54,7 @@ class GracefulInterrupt(L.Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._requested = False  # a Trainer fitted again starts with a clean slate
+        self._trainer_pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
             self._previous_handler = signal.signal(signal.SIGINT, self._handle)
 

@@ -1,6 +1,9 @@
-"""Model factory, optimizer names and the warmup-then-decay schedule."""
+"""Model factory, optimizer names, the warmup-then-decay schedule and Ctrl-C handling."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ import timm
 import torch
 
 from datamodules.errors import UserError
+from lightning_modules.callbacks import GracefulInterrupt
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.models import ResidualCNN, create_classifier
 from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
@@ -173,3 +177,23 @@ def test_mobilenet_v2_classifier_starts_from_a_torchvision_features_file(tmp_pat
     assert torch.equal(model.features[7].conv[1][0].weight, source.features[7].conv[1][0].weight)
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 4)
     assert model.forward_features(torch.randn(1, 1, 64, 64)).shape == (1, 1280, 2, 2)  # a map for Grad-CAM
+
+
+def test_ctrl_c_is_acted_on_by_the_trainer_process_not_its_forked_dataloader_workers(monkeypatch):
+    interrupt = GracefulInterrupt()
+    interrupt.on_fit_start(None, None)  # installs its SIGINT handler
+    try:
+        trainer_pid = os.getpid()
+        monkeypatch.setattr(os, "getpid", lambda: trainer_pid + 1)  # as in a worker forked from the trainer
+        try:
+            signal.raise_signal(signal.SIGINT)
+            interrupt.on_validation_batch_end()
+        except KeyboardInterrupt:  # failed here, not as an interrupted test session
+            pytest.fail("a DataLoader worker's Ctrl-C stopped training")
+        monkeypatch.setattr(os, "getpid", lambda: trainer_pid)
+        signal.raise_signal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            interrupt.on_validation_batch_end()  # stops at the batch's end
+    finally:
+        interrupt.teardown(None, None, "fit")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
