@@ -180,7 +180,7 @@ def test_mobilenet_v2_classifier_starts_from_a_torchvision_features_file(tmp_pat
 
 
 def test_ctrl_c_is_acted_on_by_the_trainer_process_not_its_forked_dataloader_workers(monkeypatch):
-    interrupt = GracefulInterrupt()
+    interrupt, before = GracefulInterrupt(), signal.getsignal(signal.SIGINT)
     interrupt.on_fit_start(None, None)  # installs its SIGINT handler
     try:
         trainer_pid = os.getpid()
@@ -196,4 +196,4 @@ def test_ctrl_c_is_acted_on_by_the_trainer_process_not_its_forked_dataloader_wor
             interrupt.on_validation_batch_end()  # stops at the batch's end
     finally:
         interrupt.teardown(None, None, "fit")
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) == before  # restored
