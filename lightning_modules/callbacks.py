@@ -52,7 +52,9 @@ class GracefulInterrupt(L.Callback):
 
     on_validation_batch_end = _stop_if_requested
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed after Lightning's signal connector has noted the handlers to restore when the fit ends,
+        # also when it ends in an exception (when callbacks' `teardown` is not called): not this one then.
         self._requested = False  # a Trainer fitted again starts with a clean slate
         self._trainer_pid = os.getpid()
         if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread

@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import signal
 
+import lightning as L
 import numpy as np
 import pytest
 import timm
 import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
 
 from datamodules.errors import UserError
 from lightning_modules.callbacks import GracefulInterrupt
@@ -181,7 +183,7 @@ def test_mobilenet_v2_classifier_starts_from_a_torchvision_features_file(tmp_pat
 
 def test_ctrl_c_is_acted_on_by_the_trainer_process_not_its_forked_dataloader_workers(monkeypatch):
     interrupt, before = GracefulInterrupt(), signal.getsignal(signal.SIGINT)
-    interrupt.on_fit_start(None, None)  # installs its SIGINT handler
+    interrupt.on_train_start(None, None)  # installs its SIGINT handler
     try:
         trainer_pid = os.getpid()
         monkeypatch.setattr(os, "getpid", lambda: trainer_pid + 1)  # as in a worker forked from the trainer
@@ -197,3 +199,17 @@ def test_ctrl_c_is_acted_on_by_the_trainer_process_not_its_forked_dataloader_wor
     finally:
         interrupt.teardown(None, None, "fit")
     assert signal.getsignal(signal.SIGINT) == before  # restored
+
+
+def test_a_fit_that_fails_gives_ctrl_c_back_to_the_handler_it_found(tmp_path):
+    class Failing(BoringModel):
+        def training_step(self, batch, batch_idx):
+            raise RuntimeError("failed")
+
+    before = signal.getsignal(signal.SIGINT)
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, callbacks=[GracefulInterrupt()], max_steps=1, logger=False, enable_progress_bar=False
+    )
+    with pytest.raises(RuntimeError, match="failed"):
+        trainer.fit(Failing())
+    assert signal.getsignal(signal.SIGINT) == before
