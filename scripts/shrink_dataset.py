@@ -6,6 +6,9 @@
 
 Every image whose longer side exceeds --max-side is scaled down (aspect kept, INTER_AREA) and
 re-encoded as JPEG; COCO polygons, boxes, areas and image sizes are scaled by the same factor.
+Masks (ROOT/masks/*, NAME_mask.*) are scaled by nearest neighbour and kept lossless as PNG, and so
+are the images beside NAME_mask files (that layout pairs names with one suffix); metadata.csv's
+paths follow the new names; other files are copied.
 Byte-identical source images stay byte-identical (the encoder is deterministic), so the
 duplicate checks still find them. Training resizes to image_size anyway: keep --max-side
 at or above it. BENCHMARKS.md says which runs used such a copy.
@@ -14,30 +17,58 @@ at or above it. BENCHMARKS.md says which runs used such a copy.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from datamodules.coco import ANNOTATION_FILE
+from datamodules.figshare import METADATA_FILE
 from datamodules.images import IMAGE_SUFFIXES
-from datamodules.segmentation import ANNOTATION_FILE
+from datamodules.mask_sources import MASK_SUFFIX
 
 
-def shrink_image(source: Path, target: Path, max_side: int, quality: int, grayscale: bool = False) -> float:
-    """Write the scaled JPEG; return the scale factor (1.0 when the image was small enough)."""
-    image = cv2.imdecode(
-        np.fromfile(source, dtype=np.uint8), cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_UNCHANGED
-    )
+def shrink_image(
+    source: Path,
+    target: Path,
+    max_side: int,
+    quality: int,
+    grayscale: bool = False,
+    mask: bool = False,
+    suffix: str = ".jpg",
+) -> tuple[float, Path]:
+    """Write the scaled image as `suffix` (JPEG at `quality`, or lossless PNG); a mask by nearest neighbour,
+    in one channel. Return the scale factor (1.0 when the image was small enough) and the file written."""
+    flag = cv2.IMREAD_GRAYSCALE if grayscale or mask else cv2.IMREAD_UNCHANGED
+    image = cv2.imdecode(np.fromfile(source, dtype=np.uint8), flag)
     if image is None:  # keep unreadable files as they are: the datamodules must still see them
         target.write_bytes(source.read_bytes())
-        return 1.0
+        return 1.0, target
     scale = min(1.0, max_side / max(image.shape[:2]))
     if scale < 1.0:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])[1].tofile(target.with_suffix(".jpg"))
-    return scale
+        image = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if mask else cv2.INTER_AREA)
+    target = target.with_suffix(suffix)
+    cv2.imencode(suffix, image, [cv2.IMWRITE_JPEG_QUALITY, quality] if suffix == ".jpg" else [])[1].tofile(target)
+    return scale, target
+
+
+def is_mask(path: Path) -> bool:
+    return path.parent.name == "masks" or path.stem.endswith(MASK_SUFFIX)
+
+
+def rename_in_metadata(metadata: Path, target: Path, renamed: dict[str, str]) -> None:
+    """Copy metadata.csv with its image and mask paths (relative to its folder) as they were written."""
+    with metadata.open(newline="") as file:
+        reader = csv.DictReader(file)
+        rows = [{key: renamed.get(value, value) for key, value in row.items()} for row in reader]
+    with target.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=reader.fieldnames)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def scale_coco(annotation_file: Path, target: Path, scales: dict[str, float]) -> None:
@@ -59,7 +90,7 @@ def scale_coco(annotation_file: Path, target: Path, scales: dict[str, float]) ->
     target.write_text(json.dumps(coco))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
@@ -68,17 +99,39 @@ def main() -> None:
     parser.add_argument(
         "--grayscale", action="store_true", help="store one channel (read back as RGB, it is gray-as-RGB)"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    renamed = {}  # source path -> written path, both relative to the source root
     for folder in sorted({p.parent for p in args.source.rglob("*") if p.is_file()}):
         out = args.target / folder.relative_to(args.source)
         out.mkdir(parents=True, exist_ok=True)
-        scales = {
-            image.name: shrink_image(image, out / image.name, args.max_side, args.quality, args.grayscale)
-            for image in sorted(folder.iterdir())
-            if image.suffix.lower() in IMAGE_SUFFIXES
-        }
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        pairs_by_name = any(p.stem.endswith(MASK_SUFFIX) for p in files)
+        scales = {}
+        for path in files:
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                lossless = pairs_by_name or is_mask(path)
+                scales[path.name], written = shrink_image(
+                    path,
+                    out / path.name,
+                    args.max_side,
+                    args.quality,
+                    args.grayscale,
+                    is_mask(path),
+                    ".png" if lossless else ".jpg",
+                )
+                renamed[path.relative_to(args.source).as_posix()] = written.relative_to(args.target).as_posix()
+            elif path.name not in (ANNOTATION_FILE, METADATA_FILE):
+                shutil.copyfile(path, out / path.name)
         if (folder / ANNOTATION_FILE).is_file():
             scale_coco(folder / ANNOTATION_FILE, out / ANNOTATION_FILE, scales)
+    for metadata in args.source.rglob(METADATA_FILE):
+        folder = metadata.parent.relative_to(args.source)
+        local = {
+            Path(source).relative_to(folder).as_posix(): Path(written).relative_to(folder).as_posix()
+            for source, written in renamed.items()
+            if Path(source).is_relative_to(folder)
+        }
+        rename_in_metadata(metadata, args.target / folder / METADATA_FILE, local)
     print(f"wrote {args.target}")
 
 
