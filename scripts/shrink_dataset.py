@@ -8,7 +8,8 @@ Every image whose longer side exceeds --max-side is scaled down (aspect kept, IN
 re-encoded as JPEG; COCO polygons, boxes, areas and image sizes are scaled by the same factor.
 Masks (ROOT/masks/*, NAME_mask.*) are scaled by nearest neighbour and kept lossless as PNG, and so
 are the images beside NAME_mask files (that layout pairs names with one suffix); metadata.csv's
-paths follow the new names; other files are copied.
+paths follow the new names; other files are copied, and so are images already small enough and in
+the format they would be written in (without --grayscale).
 Byte-identical source images stay byte-identical (the encoder is deterministic), so the
 duplicate checks still find them. Training resizes to image_size anyway: keep --max-side
 at or above it. BENCHMARKS.md says which runs used such a copy.
@@ -48,6 +49,9 @@ def shrink_image(
         target.write_bytes(source.read_bytes())
         return 1.0, target
     scale = min(1.0, max_side / max(image.shape[:2]))
+    if scale == 1.0 and source.suffix.lower() == suffix and not grayscale:  # as it is: no second JPEG loss
+        shutil.copyfile(source, target.with_suffix(suffix))
+        return scale, target.with_suffix(suffix)
     if scale < 1.0:
         size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
         image = cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if mask else cv2.INTER_AREA)

@@ -48,3 +48,14 @@ def test_masks_beside_images_stay_paired(tmp_path):
     items = read_source(tmp_path / "small").images
     assert sorted(item.path.name for item in items) == ["slice_0.png", "slice_1.png"]
     assert all(read_mask_file(item.mask).shape == (48, 48) and item.patient == "TCGA_CS_4941" for item in items)
+
+
+def test_images_small_enough_are_copied_unchanged(tmp_path):
+    folder = tmp_path / "Training" / "notumor"
+    folder.mkdir(parents=True)
+    image, _ = tumor_slice(np.random.default_rng(0))
+    cv2.imwrite(str(folder / "small.jpg"), image)
+    cv2.imwrite(str(folder / "large.jpg"), cv2.resize(image, (128, 128)))
+    shrink(tmp_path / "Training", tmp_path / "small", max_side=64)
+    assert (tmp_path / "small" / "notumor" / "small.jpg").read_bytes() == (folder / "small.jpg").read_bytes()
+    assert cv2.imread(str(tmp_path / "small" / "notumor" / "large.jpg")).shape == (64, 64, 3)
