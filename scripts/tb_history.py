@@ -16,12 +16,12 @@ from pathlib import Path
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path)
     parser.add_argument("tags", nargs="+")
     parser.add_argument("--start", type=float, help="time zero (default: mtime of RUN/config.yaml)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     start = args.start if args.start is not None else (args.run / "config.yaml").stat().st_mtime
     accumulator = EventAccumulator(str(args.run), size_guidance={"scalars": 0})  # 0: keep every event
     accumulator.Reload()
