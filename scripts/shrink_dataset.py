@@ -64,11 +64,20 @@ def is_mask(path: Path) -> bool:
     return path.parent.name == "masks" or path.stem.endswith(MASK_SUFFIX)
 
 
-def rename_in_metadata(metadata: Path, target: Path, renamed: dict[str, str]) -> None:
-    """Copy metadata.csv with its image and mask paths (relative to its folder) as they were written."""
+def rename_in_metadata(metadata: Path, target: Path, renamed: dict[Path, Path]) -> None:
+    """Copy metadata.csv to `target` with its image and mask paths (relative to its folder) as `renamed`
+    (source file -> file written) wrote them."""
     with metadata.open(newline="") as file:
         reader = csv.DictReader(file)
-        rows = [{key: renamed.get(value, value) for key, value in row.items()} for row in reader]
+        rows = [
+            {
+                key: renamed[metadata.parent / value].relative_to(target.parent).as_posix()
+                if metadata.parent / value in renamed
+                else value
+                for key, value in row.items()
+            }
+            for row in reader
+        ]
     with target.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=reader.fieldnames)
         writer.writeheader()
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         "--grayscale", action="store_true", help="store one channel (read back as RGB, it is gray-as-RGB)"
     )
     args = parser.parse_args(argv)
-    renamed = {}  # source path -> written path, both relative to the source root
+    renamed = {}  # source file -> file written
     for folder in sorted({p.parent for p in args.source.rglob("*") if p.is_file()}):
         out = args.target / folder.relative_to(args.source)
         out.mkdir(parents=True, exist_ok=True)
@@ -113,29 +122,22 @@ def main(argv: list[str] | None = None) -> None:
         scales = {}
         for path in files:
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                lossless = pairs_by_name or is_mask(path)
-                scales[path.name], written = shrink_image(
+                mask = is_mask(path)
+                scales[path.name], renamed[path] = shrink_image(
                     path,
                     out / path.name,
                     args.max_side,
                     args.quality,
                     args.grayscale,
-                    is_mask(path),
-                    ".png" if lossless else ".jpg",
+                    mask,
+                    ".png" if pairs_by_name or mask else ".jpg",
                 )
-                renamed[path.relative_to(args.source).as_posix()] = written.relative_to(args.target).as_posix()
             elif path.name not in (ANNOTATION_FILE, METADATA_FILE):
                 shutil.copyfile(path, out / path.name)
         if (folder / ANNOTATION_FILE).is_file():
             scale_coco(folder / ANNOTATION_FILE, out / ANNOTATION_FILE, scales)
-    for metadata in args.source.rglob(METADATA_FILE):
-        folder = metadata.parent.relative_to(args.source)
-        local = {
-            Path(source).relative_to(folder).as_posix(): Path(written).relative_to(folder).as_posix()
-            for source, written in renamed.items()
-            if Path(source).is_relative_to(folder)
-        }
-        rename_in_metadata(metadata, args.target / folder / METADATA_FILE, local)
+    for metadata in args.source.rglob(METADATA_FILE):  # after every folder: it names files of folders below it
+        rename_in_metadata(metadata, args.target / metadata.relative_to(args.source), renamed)
     print(f"wrote {args.target}")
 
 
