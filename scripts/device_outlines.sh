@@ -23,13 +23,21 @@ pack() {
         python scripts/shrink_dataset.py "$data/$folder" ".gpu/$folder" \
             --max-side 256 --quality 80 --grayscale   # healthy slices: JPEG at 80 fits the 64 MiB
     done
-    # the project's requirements (pyproject.toml) and their own that the device's image lacks (KINDS.md's list);
-    # not pydicom, which only DICOM input imports
+    # the project's requirements (pyproject.toml) and their own that the device's image lacks (KINDS.md's list),
+    # at the versions of this environment, which the tests ran with; not pydicom, which only DICOM input imports
+    local names=(jsonargparse docstring-parser typeshed-client segmentation-models-pytorch albumentations albucore
+        stringzilla simsimd pydantic pydantic-core annotated-types typing-inspection pycocotools imagehash pywavelets
+        monai)
+    local pattern pins
+    pattern=$(IFS='|'; echo "${names[*]}" | sed 's/-/[-_]/g')
+    mapfile -t pins < <(python -m pip freeze | grep -iE "^($pattern)==")
+    if [ "${#pins[@]}" -ne "${#names[@]}" ]; then
+        echo "pack: ${#pins[@]} of the ${#names[@]} packages are installed here (${pins[*]}): pip install -e . first" >&2
+        exit 1
+    fi
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
-        jsonargparse==4.53.0 docstring-parser==0.18.0 typeshed-client==2.15.0 segmentation-models-pytorch==0.6.0 \
-        albumentations==2.0.8 albucore==0.0.24 stringzilla==5.3.2 simsimd==6.5.16 pydantic==2.14.4 \
-        pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 pycocotools==2.0.11 imagehash==4.3.2 pywavelets==1.9.0 monai==1.6.1
+        "${pins[@]}"
     du -sh .gpu .whl
     echo "working tree with models/ moved out: $(($(git ls-files -z | grep -zv '^models/' | du -cb --files0-from=- | tail -1 | cut -f1) / 1048576 + $(du -sb .gpu .whl | awk '{s += $1} END {print int(s / 1048576)}'))) MiB of 64"
 }
