@@ -67,17 +67,14 @@ def is_mask(path: Path) -> bool:
 def rename_in_metadata(metadata: Path, target: Path, renamed: dict[Path, Path]) -> None:
     """Copy metadata.csv to `target` with its image and mask paths (relative to its folder) as `renamed`
     (source file -> file written) wrote them."""
+
+    def as_written(value: str) -> str:
+        written = renamed.get(metadata.parent / value)
+        return value if written is None else written.relative_to(target.parent).as_posix()
+
     with metadata.open(newline="") as file:
         reader = csv.DictReader(file)
-        rows = [
-            {
-                key: renamed[metadata.parent / value].relative_to(target.parent).as_posix()
-                if metadata.parent / value in renamed
-                else value
-                for key, value in row.items()
-            }
-            for row in reader
-        ]
+        rows = [{key: as_written(value) for key, value in row.items()} for row in reader]
     with target.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=reader.fieldnames)
         writer.writeheader()
