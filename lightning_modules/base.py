@@ -66,6 +66,11 @@ class TaskModule(L.LightningModule):
         # model, ensemble members), which checkpoints keep so that evaluation counts them as seen.
         self.pretraining_fingerprints: dict[str, torch.Tensor] | None = None
 
+    def fitted(self, name: str, like: torch.Tensor) -> torch.Tensor:
+        """The fitted buffer `name` on the device of `like`, the outputs it post-processes: callers keep
+        outputs where they like (evaluate.py gathers them on the CPU while the network runs on a GPU)."""
+        return self.get_buffer(name).to(like.device)
+
     @staticmethod
     def network_of(hparams: Mapping) -> str:
         """The network these hyperparameters build, in words: trained weights fit it when the words match."""

@@ -122,7 +122,7 @@ class ClassificationModule(TaskModule):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities: the softmax of the logits over the fitted temperature."""
-        return (logits.float() / self.temperature).softmax(dim=1)
+        return (logits.float() / self.fitted("temperature", logits)).softmax(dim=1)
 
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the pooled features the head classifies (timm's pre-logits)."""
@@ -132,10 +132,12 @@ class ClassificationModule(TaskModule):
     def unfamiliarity(self, pooled: torch.Tensor) -> torch.Tensor:
         """How unlike the validation images' features these pooled features are: higher for inputs
         less like the training data, whichever class they are closest to."""
-        return mahalanobis_to_nearest_class(pooled, self.feature_means, self.feature_precision)
+        return mahalanobis_to_nearest_class(
+            pooled, self.fitted("feature_means", pooled), self.fitted("feature_precision", pooled)
+        )
 
     def is_unfamiliar(self, pooled: torch.Tensor) -> torch.Tensor:
-        return self.unfamiliarity(pooled) > self.unfamiliar_threshold
+        return self.unfamiliarity(pooled) > self.fitted("unfamiliar_threshold", pooled)
 
     @staticmethod
     def network_of(hparams: Mapping) -> str:

@@ -182,12 +182,13 @@ class SegmentationModule(TaskModule):
         for a tumour found at the detection level only (so a slice given a tumour never shows none)."""
         min_area = self.hparams.min_tumor_area if min_tumor_area is None else min_tumor_area
         probabilities = logits.float().sigmoid()
-        masks = self._masks_at(probabilities, self.threshold, min_area)
+        threshold, detection_threshold = self.fitted("threshold", logits), self.fitted("detection_threshold", logits)
+        masks = self._masks_at(probabilities, threshold, min_area)
         detected = masks
-        if self.detection_threshold < self.threshold:
-            detected = self._masks_at(probabilities, self.detection_threshold, min_area)
+        if detection_threshold < threshold:
+            detected = self._masks_at(probabilities, detection_threshold, min_area)
             masks = torch.where(masks.flatten(1).any(dim=1)[:, None, None, None], masks, detected)
-        has_tumor = detected.flatten(1).sum(dim=1) >= self.tumor_area_threshold.clamp_min(1)
+        has_tumor = detected.flatten(1).sum(dim=1) >= self.fitted("tumor_area_threshold", logits).clamp_min(1)
         return masks & has_tumor[:, None, None, None]
 
     @staticmethod

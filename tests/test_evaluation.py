@@ -22,7 +22,7 @@ from evaluation.classification import (
     errors_figure,
     most_confident_errors,
 )
-from lightning_modules import ClassificationModule
+from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.calibration import TEMPERATURE_RANGE, fit_temperature
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.metrics import calibration_error
@@ -170,6 +170,34 @@ def test_familiarity_flags_noise_and_blank_images_but_few_new_slices():
         assert flagged(noise) >= 0.9
         assert flagged(torch.full((10, 1, 32, 32), -2.0)) >= 0.9  # a black image
         assert flagged(slices(200)[0]) <= 0.2  # new slices like the validation ones: about 5%
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (scripts/device_outlines.sh check)")
+def test_fitted_post_processing_takes_cpu_outputs_of_a_model_on_the_gpu():
+    """evaluate.py runs the network on the GPU and gathers its outputs on the CPU; the fitted thresholds,
+    temperature and familiarity model are buffers on the GPU then (a GPU run of evaluate.py crashed here)."""
+    torch.manual_seed(0)
+    segmenter = SegmentationModule(encoder_name="resnet18", encoder_weights=None, min_tumor_area=5).eval()
+    segmenter.threshold.fill_(0.6)
+    segmenter.detection_threshold.fill_(0.4)
+    segmenter.tumor_area_threshold.fill_(20)
+    logits = torch.randn(4, 1, 32, 32) * 2
+    masks = segmenter.tumor_masks(logits)
+    assert masks.any()
+    assert torch.equal(segmenter.cuda().tumor_masks(logits), masks)
+
+    classifier = ClassificationModule(model_kwargs={"width": 8, "depths": [1]}).eval()
+    features = classifier.feature_means.shape[1]
+    classifier.temperature.fill_(2.0)
+    classifier.feature_means.copy_(torch.randn(len(CLASS_NAMES), features))
+    classifier.feature_precision.copy_(torch.eye(features))
+    logits, pooled = torch.randn(8, len(CLASS_NAMES)), torch.randn(8, features)
+    classifier.unfamiliar_threshold.fill_(classifier.unfamiliarity(pooled).median())
+    on_cpu = classifier.probabilities(logits), classifier.unfamiliarity(pooled), classifier.is_unfamiliar(pooled)
+    on_gpu = classifier.cuda().probabilities(logits), classifier.unfamiliarity(pooled), classifier.is_unfamiliar(pooled)
+    for expected, actual in zip(on_cpu, on_gpu):
+        assert actual.device.type == "cpu"
+        assert torch.allclose(actual.float(), expected.float())
 
 
 def test_auroc_of_a_class_without_images_is_undefined_and_raises_no_warning():
