@@ -3,12 +3,15 @@
 # GPU (the `device` tool: 15 minutes in all, 10 a command, 64 MiB of working tree, Python 3.12 with its own
 # torch, lightning, timm and torchmetrics). Two steps:
 #   scripts/device_outlines.sh pack [DATA]   here: the data into .gpu/ (figshare as is, the no-tumour folders
-#                                            at 256 px, gray, JPEG 80) and the packages the device lacks, as wheels
-#                                            in .whl/ (both ignored through .git/info/exclude)
+#                                            at 256 px, gray, JPEG 80), tarred and gzipped into .gpu.tar (the device counts disk
+#                                            blocks, and 6800 small files take a quarter more than their bytes), and
+#                                            the packages the device lacks, as wheels in .whl/ (all three ignored
+#                                            through .git/info/exclude)
 #   scripts/device_outlines.sh run           there: install, a smoke run, the default to the end (stopped by
 #                                            Ctrl-C at TRAIN_SECONDS, 480 by default, with a checkpoint), evaluated
+#   scripts/device_outlines.sh check         there: install, the CUDA tests, a smoke run, evaluate.py on it
 # The tracked models/*.safetensors fill 60 of the 64 MiB, so move them out of the tree for the call:
-#   mv models /tmp/models_aside   # then run(carry=[".gpu", ".whl"], command="bash scripts/device_outlines.sh run",
+#   mv models /tmp/models_aside   # then run(carry=[".gpu.tar", ".whl"], command="bash scripts/device_outlines.sh run",
 #   timeout_s=600), then: mv /tmp/models_aside models
 # What comes back under $OUT: the logs, the validation history (scripts/tb_history.py) and evaluate.py's report.
 set -euo pipefail
@@ -16,8 +19,11 @@ cd "$(dirname "$0")/.."
 
 pack() {
     local data=${1:-../shared/data}
-    grep -qxF "/.gpu/" .git/info/exclude 2>/dev/null || printf '/.gpu/\n/.whl/\n' >> .git/info/exclude
-    rm -rf .gpu .whl
+    local ignored
+    for ignored in /.gpu/ /.gpu.tar /.whl/; do
+        grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
+    done
+    rm -rf .gpu .gpu.tar .whl
     python scripts/shrink_dataset.py "$data/brain-tumor-figshare" .gpu/brain-tumor-figshare --max-side 256
     for folder in brain-tumor-classification-mri/Training/no_tumor brain-tumor-mri-dataset/Training/notumor; do
         python scripts/shrink_dataset.py "$data/$folder" ".gpu/$folder" \
@@ -38,25 +44,40 @@ pack() {
     python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
         "${pins[@]}"
-    du -sh .gpu .whl
-    echo "working tree with models/ moved out: $(($(git ls-files -z | grep -zv '^models/' | du -cb --files0-from=- | tail -1 | cut -f1) / 1048576 + $(du -sb .gpu .whl | awk '{s += $1} END {print int(s / 1048576)}'))) MiB of 64"
+    tar -czf .gpu.tar .gpu   # gzip squeezes the 6800 headers and their padding: 46 MB against 53
+    du -sh .gpu.tar .whl
+    echo "working tree with models/ moved out: $(($(git ls-files -z | grep -zv '^models/' | du -c --block-size=1 --files0-from=- | tail -1 | cut -f1) / 1048576 + $(du -s --block-size=1 .gpu.tar .whl | awk '{s += $1} END {print int(s / 1048576)}'))) MiB of 64 (disk blocks)"
 }
 
-run() {
-    local out=${OUT:-/tmp/device_out} seconds=${TRAIN_SECONDS:-480}
+install() {
+    out=${OUT:-/tmp/device_out}
     mkdir -p "$out"
+    [ -d .gpu ] || tar -xf .gpu.tar
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
     python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$out/machine.txt"
-    local data=(--data.root .gpu/brain-tumor-figshare
+    data=(--data.root .gpu/brain-tumor-figshare
         --data.negatives "[.gpu/brain-tumor-classification-mri, .gpu/brain-tumor-mri-dataset]"
         --trainer.enable_progress_bar false --data.num_workers 14)   # augmentation on the CPUs sets the pace
+}
+
+smoke() {
     timeout 120 python3 train.py --config configs/seg.yaml "${data[@]}" --trainer.max_epochs 1 \
         --trainer.limit_train_batches 4 --trainer.limit_val_batches 2 --trainer.default_root_dir /tmp/smoke \
         > "$out/smoke.log" 2>&1 || { tail -40 "$out/smoke.log"; exit 1; }
     echo "smoke: ok"
-    local start
+}
+
+evaluate() {   # the run folder, then a name for the report
+    timeout 150 python3 evaluate.py --ckpt_path "$1" --output_dir "$out/$2" > "$out/$2.log" 2>&1 || echo "evaluate: exit $?"
+    tail -25 "$out/$2.log"
+}
+
+run() {
+    local seconds=${TRAIN_SECONDS:-480} start
+    install
+    smoke
     start=$(date +%s.%N)
     timeout -s INT -k 60 "$seconds" python3 train.py --config configs/seg.yaml "${data[@]}" \
         --trainer.default_root_dir /tmp/runs > "$out/train.log" 2>&1 || echo "train: exit $? (124: stopped at ${seconds} s)"
@@ -64,13 +85,19 @@ run() {
     python3 scripts/tb_history.py /tmp/runs/seg/version_0 --start "$start" val/dice_per_tumor_image val/iou_global \
         val/loss > "$out/history.json" || true
     tail -c 600 "$out/history.json"
-    timeout 150 python3 evaluate.py --ckpt_path /tmp/runs/seg/version_0 --output_dir "$out/report" \
-        > "$out/evaluate.log" 2>&1 || echo "evaluate: exit $?"
-    tail -25 "$out/evaluate.log"
+    evaluate /tmp/runs/seg/version_0 report
+}
+
+check() {   # what runs on a GPU only: the CUDA tests, then evaluate.py on the smoke run's checkpoint
+    install
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_evaluation.py -k gpu 2>&1 | tee "$out/pytest.log"
+    smoke
+    evaluate /tmp/smoke/seg/version_0 smoke_report
 }
 
 case ${1:-} in
     pack) shift; pack "$@" ;;
     run) run ;;
-    *) echo "usage: $0 pack [DATA] | run" >&2; exit 2 ;;
+    check) check ;;
+    *) echo "usage: $0 pack [DATA] | run | check" >&2; exit 2 ;;
 esac
