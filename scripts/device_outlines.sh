@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # The ResNet50-UNet default (configs/seg.yaml, 256 px) on the tumour outlines and healthy slices, on a lent
 # GPU (the `device` tool: 15 minutes in all, 10 a command, 64 MiB of working tree, Python 3.12 with its own
-# torch, lightning, timm and torchmetrics). Two steps:
+# torch, lightning, timm and torchmetrics). Three verbs:
 #   scripts/device_outlines.sh pack [DATA]   here: the data into .gpu/ (figshare as is, the no-tumour folders
-#                                            at 256 px, gray, JPEG 80), tarred and gzipped into .gpu.tar (the device counts disk
-#                                            blocks, and 6800 small files take a quarter more than their bytes), and
-#                                            the packages the device lacks, as wheels in .whl/ (all three ignored
-#                                            through .git/info/exclude)
-#   scripts/device_outlines.sh run           there: install, a smoke run, the default to the end (stopped by
-#                                            Ctrl-C at TRAIN_SECONDS, 480 by default, with a checkpoint), evaluated
-#   scripts/device_outlines.sh check         there: install, the CUDA tests, a smoke run, evaluate.py on it
-# The tracked models/*.safetensors fill 60 of the 64 MiB, so move them out of the tree for the call:
-#   mv models /tmp/models_aside   # then run(carry=[".gpu.tar", ".whl"], command="bash scripts/device_outlines.sh run",
-#   timeout_s=600), then: mv /tmp/models_aside models
-# What comes back under $OUT: the logs, the validation history (scripts/tb_history.py) and evaluate.py's report.
+#                                            at 256 px, gray, JPEG 80), gzipped into .gpu.tar (the device counts
+#                                            disk blocks: the 6800 small files take 82 MB of them, the tar 46),
+#                                            and the packages the device lacks, as wheels in .whl/ (all three
+#                                            ignored through .git/info/exclude)
+#   scripts/device_outlines.sh check         there: install, the CUDA tests, a smoke run, evaluate.py on it (2 min)
+#   scripts/device_outlines.sh run           there: install, a smoke run, the default (stopped by Ctrl-C at
+#                                            TRAIN_SECONDS, 330 by default, with a checkpoint), evaluated (7 min)
+# The tracked models/*.safetensors fill 60 of the 64 MiB, so move them out of the tree for the calls:
+#   mv models /tmp/models_aside   # then run(carry=[".gpu.tar", ".whl"], command="bash scripts/device_outlines.sh
+#   check", timeout_s=290), the same with run and timeout_s=560, then: mv /tmp/models_aside models
+# Each call's machine start takes about a minute of the 15. What comes back under $OUT: the logs, the validation
+# history (scripts/tb_history.py) and evaluate.py's report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,10 +47,13 @@ pack() {
         "${pins[@]}"
     tar -czf .gpu.tar .gpu   # gzip squeezes the 6800 headers and their padding: 46 MB against 53
     du -sh .gpu.tar .whl
-    echo "working tree with models/ moved out: $(($(git ls-files -z | grep -zv '^models/' | du -c --block-size=1 --files0-from=- | tail -1 | cut -f1) / 1048576 + $(du -s --block-size=1 .gpu.tar .whl | awk '{s += $1} END {print int(s / 1048576)}'))) MiB of 64 (disk blocks)"
+    local tracked packed   # bytes on disk, as the device counts them
+    tracked=$(git ls-files -z | grep -zv '^models/' | du -c --block-size=1 --files0-from=- | tail -1 | cut -f1)
+    packed=$(du -s --block-size=1 .gpu.tar .whl | awk '{s += $1} END {print s}')
+    echo "working tree with models/ moved out: $(((tracked + packed) / 1048576)) MiB of 64"
 }
 
-install() {
+install() {   # sets `out` and `data` for the steps after it
     out=${OUT:-/tmp/device_out}
     mkdir -p "$out"
     [ -d .gpu ] || tar -xf .gpu.tar
@@ -70,12 +74,13 @@ smoke() {
 }
 
 evaluate() {   # the run folder, then a name for the report
-    timeout 150 python3 evaluate.py --ckpt_path "$1" --output_dir "$out/$2" > "$out/$2.log" 2>&1 || echo "evaluate: exit $?"
+    timeout 150 python3 evaluate.py --ckpt_path "$1" --output_dir "$out/$2" > "$out/$2.log" 2>&1 ||
+        echo "evaluate: exit $?"
     tail -25 "$out/$2.log"
 }
 
 run() {
-    local seconds=${TRAIN_SECONDS:-480} start
+    local seconds=${TRAIN_SECONDS:-330} start
     install
     smoke
     start=$(date +%s.%N)
