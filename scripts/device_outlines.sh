@@ -4,7 +4,7 @@
 # torch, lightning, timm and torchmetrics). Three verbs:
 #   scripts/device_outlines.sh pack [DATA]   here: the data into .gpu/ (figshare as is, the no-tumour folders
 #                                            at 256 px, gray, JPEG 80), gzipped into .gpu.tar (the device counts
-#                                            disk blocks: the 6800 small files take 82 MB of them, the tar 46),
+#                                            disk blocks: the 6800 small files take 66 MB of them, the tar 46),
 #                                            and the packages the device lacks, as wheels in .whl/ (all three
 #                                            ignored through .git/info/exclude)
 #   scripts/device_outlines.sh check         there: install, the CUDA tests, a smoke run, evaluate.py on it (2 min)
