@@ -10,6 +10,11 @@
 #   scripts/device_outlines.sh check         there: install, the CUDA tests, a smoke run, evaluate.py on it (2 min)
 #   scripts/device_outlines.sh run           there: install, a smoke run, the default (stopped by Ctrl-C at
 #                                            TRAIN_SECONDS, 330 by default, with a checkpoint), evaluated (7 min)
+#   scripts/device_outlines.sh resume        there, on the machine `run` left warm (it is given back 30 s after
+#                                            a call returns): that run resumed to its last epoch, evaluated
+# The default's 40 epochs (about 560 s on an H200) do not fit one command's 600 s with the install and the
+# evaluation: `TRAIN_SECONDS=450 ... run` (timeout_s=580), then `resume` at once (timeout_s=240). `train` and
+# `resume` have run on CPU on a 12-slice folder (two legs, one history), not yet on a device.
 # The tracked models/*.safetensors fill 60 of the 64 MiB, so move them out of the tree for the calls:
 #   mv models /tmp/models_aside   # then run(carry=[".gpu.tar", ".whl"], command="bash scripts/device_outlines.sh
 #   check", timeout_s=290), the same with run and timeout_s=560, then: mv /tmp/models_aside models
@@ -79,18 +84,31 @@ evaluate() {   # the run folder, then a name for the report
     tail -25 "$out/$2.log"
 }
 
-run() {
-    local seconds=${TRAIN_SECONDS:-330} start
-    install
-    smoke
+train() {   # train.py's extra arguments; stopped by Ctrl-C (a checkpoint kept) after TRAIN_SECONDS
+    local seconds=${TRAIN_SECONDS:-330} start log=$1
+    shift
     start=$(date +%s.%N)
+    mkdir -p /tmp/runs
+    [ -f /tmp/runs/started ] || echo "$start" > /tmp/runs/started   # the history's time zero: the first leg's start
     timeout -s INT -k 60 "$seconds" python3 train.py --config configs/seg.yaml "${data[@]}" \
-        --trainer.default_root_dir /tmp/runs > "$out/train.log" 2>&1 || echo "train: exit $? (124: stopped at ${seconds} s)"
-    echo "train: $(python3 -c "import time; print(round(time.time() - $start))") s"
-    python3 scripts/tb_history.py /tmp/runs/seg/version_0 --start "$start" val/dice_per_tumor_image val/iou_global \
-        val/loss > "$out/history.json" || true
+        --trainer.default_root_dir /tmp/runs "$@" > "$out/$log.log" 2>&1 || echo "$log: exit $? (124: stopped at ${seconds} s)"
+    echo "$log: $(python3 -c "import time; print(round(time.time() - $start))") s"
+    python3 scripts/tb_history.py /tmp/runs/seg/version_0 --start "$(cat /tmp/runs/started)" \
+        val/dice_per_tumor_image val/iou_global val/loss > "$out/history.json" || true
     tail -c 600 "$out/history.json"
     evaluate /tmp/runs/seg/version_0 report
+}
+
+run() {
+    install
+    smoke
+    train train
+}
+
+resume() {
+    [ -d /tmp/runs/seg/version_0 ] || { echo "resume: no run in /tmp/runs on this machine (it was not warm)" >&2; exit 1; }
+    install
+    TRAIN_SECONDS=${TRAIN_SECONDS:-500} train resume --ckpt_path /tmp/runs/seg/version_0
 }
 
 check() {   # what runs on a GPU only: the CUDA tests, then evaluate.py on the smoke run's checkpoint
@@ -103,6 +121,7 @@ check() {   # what runs on a GPU only: the CUDA tests, then evaluate.py on the s
 case ${1:-} in
     pack) shift; pack "$@" ;;
     run) run ;;
+    resume) resume ;;
     check) check ;;
-    *) echo "usage: $0 pack [DATA] | run | check" >&2; exit 2 ;;
+    *) echo "usage: $0 pack [DATA] | run | resume | check" >&2; exit 2 ;;
 esac
