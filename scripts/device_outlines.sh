@@ -14,8 +14,8 @@
 #                                            a call returns): that run resumed to its last epoch, evaluated
 # The default's 40 epochs (about 560 s on an H200) do not fit one command's 600 s with the install and the
 # evaluation: `TRAIN_SECONDS=450 ... run` (timeout_s=580), then `resume` at once (timeout_s=280): about 850 s
-# of the device's 900 with the machine's start. `train` and
-# `resume` have run on CPU on a 12-slice folder (two legs, one history), not yet on a device.
+# of the device's 900 with the machine's start. `train` and `resume` have run on CPU on a 12-slice folder (two
+# legs, one history), not yet on a device.
 # The tracked models/*.safetensors fill 60 of the 64 MiB, so move them out of the tree for the calls:
 #   mv models /tmp/models_aside   # then run(carry=[".gpu.tar", ".whl"], command="bash scripts/device_outlines.sh
 #   check", timeout_s=290), the same with run and timeout_s=560, then: mv /tmp/models_aside models
