@@ -63,7 +63,8 @@ install() {   # sets `out` and `data` for the steps after it
     out=${OUT:-/tmp/device_out}
     mkdir -p "$out"
     [ -d .gpu ] || tar -xf .gpu.tar
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    [ -d /tmp/site ] ||   # a warm machine (`resume`) has them from the call before
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
     python3 -c "import torch, lightning; print('torch', torch.__version__, 'lightning', lightning.__version__)" | tee -a "$out/machine.txt"
