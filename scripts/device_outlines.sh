@@ -86,7 +86,7 @@ evaluate() {   # the run folder, then a name for the report
     tail -25 "$out/$2.log"
 }
 
-train() {   # train.py's extra arguments; stopped by Ctrl-C (a checkpoint kept) after TRAIN_SECONDS
+train() {   # the log's name, then train.py's extra arguments; stopped by Ctrl-C (a checkpoint kept) after TRAIN_SECONDS
     local seconds=${TRAIN_SECONDS:-330} start log=$1
     shift
     start=$(date +%s.%N)
