@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
 from datamodules.errors import UserError
 from datamodules.fingerprints import Fingerprints
 from datamodules.images import load_image_file
+from datamodules.labels import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
+from evaluation.breakdown import parts_of
 from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure
 from evaluation.classification import (
     ClassPredictions,
@@ -93,11 +94,12 @@ def model_outputs(
 
 
 def folders_to_score(
-    trained: TrainedModel, roots: list[str], max_phash_distance: int | None
+    trained: TrainedModel, roots: list[str], max_phash_distance: int | None, sequences: list[str] | None = None
 ) -> tuple[list[Dataset], list[str | None] | None]:
-    """Each folder's images as the model's datamodule prepares them for evaluation, and which of
-    them copy an image the model has seen (None when it records none)."""
-    datamodule = trained.datamodule()
+    """Each folder's images as the model's datamodule prepares them for evaluation (of a multi-sequence
+    slice, `sequences`, else those the model trained with), and which of them copy an image the model has
+    seen (None when it records none)."""
+    datamodule = trained.datamodule(sequences=sequences)
     parts = [datamodule.evaluation_images(root) for root in roots]
     datasets, loaded = [part[0] for part in parts], [image for part in parts for image in part[1]]
     fingerprints = trained.training_fingerprints
@@ -120,7 +122,7 @@ def own_split(
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
     if args.data_root and not args.own_split:
         max_phash_distance = trained.data_hparams.get("max_phash_distance")
-        datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance)
+        datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance, args.data_sequences)
         if copies is None:
             raise UserError(
                 f"{trained.checkpoint}: records no training images (trained before fingerprints were "
@@ -168,24 +170,27 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     fingerprints = Fingerprints.concatenate([dataset.fingerprints for dataset in datasets])
     results["distinct_images"], distinct_text = distinct_images_result(trained, predictions, fingerprints, scored, args)
     text += distinct_text
-    if len(roots) > 1:  # one row per dataset: how the model does on each, on the images scored
-        # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
-        sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
-        results["per_source"] = {
-            str(root): report(predictions.subset(scored & (sources == r)))
-            for r, root in enumerate(roots)
-            if (scored & (sources == r)).any()
-        }
-        text += "\nper source:" + "".join(
-            f"\n  {root}: accuracy {interval_text(row['accuracy'])} on {row['num_images']} images"
-            for root, row in results["per_source"].items()
+    # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
+    sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
+    for key, parts in parts_of(predictions.files, sources, roots).items():  # the images scored, by source and sequence
+        results[key] = {name: report(predictions.subset(scored & mask)) for name, mask in parts.items()
+                        if (scored & mask).any()}  # fmt: skip
+        text += f"\n{key.replace('_', ' ')}:" + "".join(
+            f"\n  {name}: accuracy {interval_text(row['accuracy'])}, tumor sensitivity "
+            f"{interval_text(row['tumor_sensitivity'])}, specificity {interval_text(row['tumor_specificity'])} "
+            f"on {row['num_images']} images"
+            for name, row in results[key].items()
         )
     results["per_image"] = per_image
 
-    # Calibration and ranking, on the images scored last (the unseen ones when copies were left out).
+    # Calibration and ranking, on the images scored last (the unseen ones when copies were left out) whose
+    # label names one class.
     scored = torch.from_numpy(scored)
-    uncalibrated, calibrated, truth = logits[scored].softmax(dim=1), probabilities[scored], labels[scored]
-    results["calibration"], calibration_text = calibration_result(trained.module, uncalibrated, calibrated, truth)
+    known = scored & (labels < len(CLASS_NAMES))
+    uncalibrated, calibrated, truth = logits[known].softmax(dim=1), probabilities[known], labels[known]
+    calibration_text = ""
+    if known.any():
+        results["calibration"], calibration_text = calibration_result(trained.module, uncalibrated, calibrated, truth)
     flagged = trained.module.is_unfamiliar(pooled)
     for row, unfamiliar in zip(per_image, flagged.tolist()):
         row["unlike_training_data"] = unfamiliar
@@ -198,14 +203,19 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
         "(5% of the validation split by construction)"
     )
-    title = f"{source}: accuracy {shown['accuracy']['value']:.1%}" + (" (unseen images)" if copies is not None else "")
+    headline = "accuracy" if np.isfinite(shown["accuracy"]["value"]) else "tumor_sensitivity"
+    title = f"{source}: {headline.replace('_', ' ')} {shown[headline]['value']:.1%}" + (
+        " (unseen images)" if copies is not None else ""
+    )
     figures = classification_figures(shown, CLASS_NAMES, title)
     if errors := most_confident_errors(per_image, np.flatnonzero(scored.numpy())):
         images = [load_image_file(per_image[i]["file"], 1) for i in errors]
         figures["misclassified"] = errors_figure([per_image[i] for i in errors], images)
-    temperature = results["calibration"]["temperature"]
-    figures["reliability"] = reliability_diagram({"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}, truth)
-    figures["roc_pr"] = roc_and_pr_figure(calibrated, truth, CLASS_NAMES)
+    if known.any():
+        temperature = results["calibration"]["temperature"]
+        reliability = {"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}
+        figures["reliability"] = reliability_diagram(reliability, truth)
+        figures["roc_pr"] = roc_and_pr_figure(calibrated, truth, CLASS_NAMES)
     return results, figures, text
 
 
@@ -218,7 +228,7 @@ def distinct_images_result(
 ) -> tuple[dict, str]:
     """Accuracy over the scored images with copies among them (one slice in several datasets) counted once."""
     groups = fingerprints.duplicate_groups(trained.data_hparams.get("max_phash_distance"))
-    right = predictions.predicted == predictions.labels
+    right = predictions.correct
     distinct = distinct_image_accuracy(right[scored], groups[scored], args.bootstrap, args.seed)
     text = (
         f"\ndistinct images (copies among them counted once): accuracy {interval_text(distinct['accuracy'])} "
@@ -253,11 +263,11 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     copies = None
     if args.data_root and not args.own_split:
         max_phash_distance = trained.data_hparams.get("max_phash_distance", 2)
-        datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance)
-        source = ", ".join(args.data_root)
+        datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance, args.data_sequences)
+        source, roots = ", ".join(args.data_root), args.data_root
     else:
-        dataset, source, _ = own_split(trained, args, negatives=args.data_negatives)
-        datasets = [dataset]
+        dataset, source, roots = own_split(trained, args, negatives=args.data_negatives)
+        datasets, roots = [dataset], [source]
     module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
     run = partial(module.predict_logits, tta=args.tta)
     for dataset in datasets:
@@ -297,6 +307,12 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     for row, image in zip(report["per_image"], boxes):
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
     text = format_segmentation_report(report, f"All {len(files)} images of {source}")
+    sources = np.repeat(np.arange(len(datasets)), [len(dataset) for dataset in datasets])
+    for key, parts in parts_of(files, sources, roots).items():  # by source and by sequence
+        report[key] = {name: report_of(mask) for name, mask in parts.items()}
+        for name, part in report[key].items():
+            part.pop("per_image")
+            text += "\n\n" + format_segmentation_report(part, f"{key.removeprefix('per_')} {name}")
     if copies is not None:
         unseen = np.array([copy is None for copy in copies])
         report["copies_of_training_images"] = {kind: copies.count(kind) for kind in ("exact copy", "near copy")}
@@ -343,6 +359,13 @@ def main(argv: list[str] | None = None) -> None:
         dest="data_negatives",
         nargs="+",
         help="segmenter, with --own_split: where the healthy slices it was trained with are now",
+    )
+    parser.add_argument(
+        "--data.sequences",
+        dest="data_sequences",
+        nargs="+",
+        help="of a multi-sequence (LGG) slice, the sequences to score, each a grayscale slice (t1, flair, t1c; "
+        "default: those the model trained with)",
     )
     parser.add_argument("--output_dir", help="where metrics.json and the figures go (default: RUN/evaluation)")
     parser.add_argument("--batch_size", type=int, default=32)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.classification import CLASS_NAMES
+from datamodules.labels import CLASS_NAMES
 from datamodules.transforms import imagenet_normalization
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors

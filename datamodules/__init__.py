@@ -16,7 +16,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 __all__ = ["CLASS_NAMES", "ClassificationDataModule", "DatasetError", "SegmentationDataModule", "UserError"]
 
 _HOMES = {
-    "CLASS_NAMES": "datamodules.classification",
+    "CLASS_NAMES": "datamodules.labels",
     "ClassificationDataModule": "datamodules.classification",
     "SegmentationDataModule": "datamodules.segmentation",
     "DatasetError": "datamodules.errors",

@@ -1,10 +1,14 @@
-"""DataModule for the two Kaggle brain-tumor classification datasets.
+"""DataModule for brain-tumor classification, from every source that says what a slice holds.
 
-Both layouts are ROOT/Training/<class>/*.jpg plus an optional ROOT/Testing/<class>/*.jpg;
-they differ only in folder names, which map onto the same four canonical classes."""
+The two Kaggle datasets are ROOT/Training/<class>/*.jpg plus an optional ROOT/Testing/<class>/*.jpg;
+they differ only in folder names, which map onto the same four canonical classes. The figshare copy
+lists its slices in ROOT/metadata.csv. Segmentation sources say less, and their labels say no more
+(datamodules.labels): the LGG set's slices are gliomas or tumour-free slices of glioma patients,
+each of its sequences a slice of its own; VIA-outlined slices (Br35H) are tumours of unknown type."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,23 +21,11 @@ from datamodules.base import CachedDataModule, CachedDataset
 from datamodules.errors import DatasetError, check_range
 from datamodules.figshare import METADATA_FILE, read_metadata
 from datamodules.fingerprints import Fingerprints, find_duplicate_groups
-from datamodules.images import LoadedImage, list_images, load_images
+from datamodules.images import ImageSource, LoadedImage, list_images, load_images
+from datamodules.labels import CLASS_NAMES, FOLDER_TO_CLASS, LABELS
+from datamodules.mask_sources import LGG_SEQUENCES, find_layout, read_source
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
 from datamodules.transforms import build_transform, check_augment, training_augmentations
-
-CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
-NO_TUMOR_CLASS = CLASS_NAMES.index("no_tumor")
-NO_TUMOR = CLASS_NAMES[NO_TUMOR_CLASS]  # also the class of a healthy segmentation slice
-FOLDER_TO_CLASS = {
-    "glioma": 0,
-    "glioma_tumor": 0,
-    "meningioma": 1,
-    "meningioma_tumor": 1,
-    "notumor": 2,
-    "no_tumor": 2,
-    "pituitary": 3,
-    "pituitary_tumor": 3,
-}
 
 
 def find_split_folder(root: Path, name: str) -> Path | None:
@@ -49,8 +41,8 @@ class ClassFolders:
     root_index: int
     folder: Path
     is_test: bool
-    paths: list[Path]
-    labels: np.ndarray
+    paths: list[ImageSource]
+    labels: np.ndarray  # indices into datamodules.labels.LABELS
     patients: list[str | None] | None = None  # per image, where the dataset says
     every_class: bool = True  # a dataset of class folders has all four; a table may have only some
 
@@ -69,15 +61,36 @@ def read_metadata_table(root: Path, root_index: int = 0) -> ClassFolders:
     return ClassFolders(root_index, root, False, [root / row["image"] for row in rows], labels, patients, False)
 
 
-def find_class_folders(root: Path, root_index: int = 0) -> list[ClassFolders]:
-    """ROOT/Training (required) and ROOT/Testing (optional), scanned; or ROOT/metadata.csv."""
+LABELLED_MASK_LAYOUTS = ("LGG sequences", "VIA outlines")  # segmentation layouts whose slices say what they hold
+
+
+def read_labelled_masks(root: Path, root_index: int, sequences: Sequence[str]) -> ClassFolders:
+    """A segmentation source's slices with the labels it gives (LGG, VIA outlines), patients where known."""
+    items = read_source(root, sequences=sequences).images
+    labels = np.array([FOLDER_TO_CLASS[item.label] for item in items], dtype=np.int64)
+    return ClassFolders(root_index, root, False, [item.path for item in items], labels,
+                        [item.patient for item in items], False)  # fmt: skip
+
+
+def find_class_folders(root: Path, root_index: int = 0, sequences: Sequence[str] = LGG_SEQUENCES) -> list[ClassFolders]:
+    """ROOT/Training (required) and ROOT/Testing (optional), scanned; or ROOT/metadata.csv; or a
+    segmentation source whose slices say what they hold (`sequences`: those read of an LGG slice)."""
     if not root.is_dir():
         raise DatasetError(f"{root}: data root does not exist or is not a folder")
     if (root / METADATA_FILE).is_file() and find_split_folder(root, "Training") is None:
         return [read_metadata_table(root, root_index)]
     training_dir = find_split_folder(root, "Training")
     if training_dir is None:
-        raise DatasetError(f"{root}: no Training/ folder (expected ROOT/Training/<class>/*.jpg)")
+        try:
+            layout = find_layout(root)
+        except DatasetError:
+            layout = None
+        if layout in LABELLED_MASK_LAYOUTS:
+            return [read_labelled_masks(root, root_index, sequences)]
+        raise DatasetError(
+            f"{root}: no Training/ folder (expected ROOT/Training/<class>/*.jpg, ROOT/metadata.csv, "
+            "an LGG download or VIA-outlined slices)"
+        )
     splits = [(training_dir, False)]
     testing_dir = find_split_folder(root, "Testing")
     if testing_dir is not None:
@@ -156,6 +169,8 @@ class ClassificationDataModule(CachedDataModule):
             same image (re-encoded or re-saved copies); None checks exact bytes only.
         augment: the training images' augmentations: true (flips, affine jitter and brightness/contrast),
             false, or a recipe of datamodules.transforms.AUGMENTATIONS ("light" is true, "strong" nnU-Net's).
+        sequences: of a multi-sequence (LGG) slice, the sequences read, each as a grayscale slice of its own
+            (t1, flair, t1c): users hold one sequence per slice.
         **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
     """
 
@@ -170,6 +185,7 @@ class ClassificationDataModule(CachedDataModule):
         duplicates: Literal["remove", "keep"] = "remove",
         max_phash_distance: int | None = 2,
         augment: bool | str = True,
+        sequences: list[str] = list(LGG_SEQUENCES),
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -187,7 +203,7 @@ class ClassificationDataModule(CachedDataModule):
         # Every root's Training before any Testing: of two exact copies the first is kept, and when
         # a Testing image copies a Training image, the Testing one must be the one that goes.
         sources = sorted(
-            (s for index, root in enumerate(self.roots) for s in find_class_folders(root, index)),
+            (s for index, root in enumerate(self.roots) for s in find_class_folders(root, index, hp.sequences)),
             key=lambda source: source.is_test,
         )
         paths = [path for source in sources for path in source.paths]
@@ -243,17 +259,15 @@ class ClassificationDataModule(CachedDataModule):
                 f"{root}: {listed} images, {listed - int(mine.sum())} unreadable, {int((mine & ~keep).sum())} "
                 f"dropped as copies, {int(np.isin(groups[mine], groups[~mine]).sum())} with a copy in another root"
             )
-        counts = {
-            split: np.bincount(ds.labels, minlength=len(CLASS_NAMES)).tolist() for split, ds in self.datasets.items()
-        }
+        counts = {split: np.bincount(ds.labels, minlength=len(LABELS)).tolist() for split, ds in self.datasets.items()}
         rank_zero_info(
-            f"Classification data: per-class counts {dict(zip(CLASS_NAMES, zip(*counts.values())))} "
+            f"Classification data: per-class counts {dict(zip(LABELS, zip(*counts.values())))} "
             f"for splits {list(counts)}"
         )
 
     def evaluation_images(self, root: str | Path) -> tuple[ImageLabelDataset, list[LoadedImage]]:
         """Every labelled image under `root` (ROOT/<class>/, else ROOT/Testing/<class>/, else
-        ROOT/Training/<class>/), decoded and resized as for training, for evaluation; with the
+        ROOT/Training/<class>/, else ROOT/metadata.csv, an LGG download or VIA-outlined slices), decoded and resized as for training, for evaluation; with the
         loaded images, whose hashes tell copies of training images."""
         root = Path(root)
         if not root.is_dir():
@@ -262,13 +276,9 @@ class ClassificationDataModule(CachedDataModule):
         folder = (
             root if has_class_folders else find_split_folder(root, "Testing") or find_split_folder(root, "Training")
         )
-        if folder is None and (root / METADATA_FILE).is_file():
-            table = read_metadata_table(root)
+        if folder is None:  # a table of slices, or a segmentation source that says what its slices hold
+            table = find_class_folders(root, sequences=self.hparams.sequences)[0]
             folder, paths, labels = root, table.paths, table.labels
-        elif folder is None:
-            raise DatasetError(
-                f"{root}: no class folders, Testing/ or Training/ in it (expected e.g. ROOT/glioma/*.jpg)"
-            )
         else:
             paths, labels = scan_class_folders(folder, require_every_class=False)
         kept, kept_indices = load_images(paths, self.hparams.image_size, self.channels)

@@ -21,6 +21,36 @@ from datamodules.errors import InputImageError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
+# The MRI sequences a multi-sequence slice file stores as its R, G and B channels (the LGG set's order:
+# pre-contrast T1, FLAIR, post-contrast T1; where a sequence was missing, FLAIR stands in its channel).
+SEQUENCE_CHANNELS = {"t1": 0, "flair": 1, "t1c": 2}
+SEQUENCE_MARK = "#"
+
+
+@dataclass(frozen=True)
+class ChannelOf:
+    """One MRI sequence of a multi-sequence slice file (`SEQUENCE_CHANNELS`): read alone, it is a
+    grayscale slice of that sequence."""
+
+    path: Path
+    sequence: str  # a key of SEQUENCE_CHANNELS; reports name the slice FILE#SEQUENCE
+
+    @property
+    def channel(self) -> int:
+        return SEQUENCE_CHANNELS[self.sequence]
+
+    def __str__(self) -> str:
+        return f"{self.path}{SEQUENCE_MARK}{self.sequence}"
+
+
+ImageSource = Path | ChannelOf  # what an image is read from
+
+
+def file_of(source: ImageSource) -> Path:
+    """The file an image is read from."""
+    return source.path if isinstance(source, ChannelOf) else Path(source)
+
+
 def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
@@ -43,9 +73,38 @@ def read_image(path: Path, channels: int) -> np.ndarray | None:
     return decode_image(Path(path).read_bytes(), channels)
 
 
+def decode_source(source: ImageSource, channels: int) -> tuple[np.ndarray | None, bytes]:
+    """The image `source` holds (None if unreadable) and the bytes that identify it: the file's, or
+    for one channel of a file its pixels' (so that a sequence stored twice in a file is one image)."""
+    raw = file_of(source).read_bytes()
+    if not isinstance(source, ChannelOf):
+        return decode_image(raw, channels), raw
+    image = decode_image(raw, 3)
+    if image is None:
+        return None, raw
+    gray = np.ascontiguousarray(image[:, :, source.channel : source.channel + 1])
+    return (gray if channels == 1 else np.repeat(gray, 3, axis=2)), gray.tobytes()
+
+
+def parse_source(text: str | Path) -> ImageSource:
+    """The inverse of `str(source)`: FILE#SEQUENCE names one sequence of a multi-sequence file."""
+    path, _, sequence = str(text).rpartition(SEQUENCE_MARK)
+    if not path or sequence not in SEQUENCE_CHANNELS or Path(text).exists():
+        return Path(text)
+    return ChannelOf(Path(path), sequence)
+
+
 def load_image_file(path: str | Path, channels: int) -> np.ndarray:
     """Decode like training does (a DICOM slice rendered as a viewer shows it), with one clear
     error per kind of bad file."""
+    source = parse_source(path)
+    if isinstance(source, ChannelOf):
+        if not source.path.is_file():
+            raise InputImageError(f"{source.path}: file not found")
+        image, _ = decode_source(source, channels)
+        if image is None:
+            raise InputImageError(f"{source.path}: not an image, or a corrupt one (could not decode)")
+        return image
     path = Path(path)
     if not path.is_file():
         raise InputImageError(f"{path}: file not found")
@@ -69,10 +128,9 @@ class LoadedImage:
     phash: int
 
 
-def _load_one(path: Path, size: int, channels: int) -> LoadedImage | None:
-    raw = path.read_bytes()
-    image = decode_image(raw, channels)
-    return None if image is None else describe_image(image, raw, size, channels)
+def _load_one(source: ImageSource, size: int, channels: int) -> LoadedImage | None:
+    image, identity = decode_source(source, channels)
+    return None if image is None else describe_image(image, identity, size, channels)
 
 
 def describe_image(image: np.ndarray, raw: bytes, size: int, channels: int) -> LoadedImage:
@@ -88,7 +146,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return resized[:, :, None] if resized.ndim == 2 else resized
 
 
-def load_images(paths: Sequence[Path], size: int, channels: int) -> tuple[list[LoadedImage], np.ndarray]:
+def load_images(paths: Sequence[ImageSource], size: int, channels: int) -> tuple[list[LoadedImage], np.ndarray]:
     """Decode and resize every image once, in threads (OpenCV releases the GIL).
 
     Keeping the resized pixels in memory means each epoch costs no JPEG decoding,

@@ -4,7 +4,10 @@
   or one split folder of it;
 - image/mask folder pairs, ROOT/images/ + ROOT/masks/ with matching names (the common Kaggle copy of
   figshare), optionally ROOT/metadata.csv with `image,mask,label,patient_id`;
-- masks beside their images as NAME_mask.png (the LGG kaggle_3m layout, a folder per patient);
+- masks beside their images as NAME_mask.png, a folder per patient; the LGG set's download (kaggle_3m,
+  folders TCGA_*) stores three MRI sequences per slice as its channels, read as a grayscale slice each
+  (`sequences`);
+- VGG Image Annotator JSON files with their images beside them (Br35H's outlines; datamodules.via);
 - the original figshare download, a folder of MATLAB v7.3 `.mat` slices (datamodules.figshare);
 - healthy slices (`negatives`): a classification dataset root or class folder, whose no-tumour
   images get empty masks.
@@ -14,6 +17,7 @@ when known, and the source's own split when it has one."""
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,16 +26,27 @@ import cv2
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.classification import NO_TUMOR
 from datamodules.coco import ANNOTATION_FILE, read_coco_split
 from datamodules.errors import DatasetError, InputImageError
 from datamodules.figshare import METADATA_FILE, figshare_label_and_patient, read_figshare_slice, read_metadata
-from datamodules.images import IMAGE_SUFFIXES, LoadedImage, decode_image, describe_image, list_images
+from datamodules.images import (
+    IMAGE_SUFFIXES,
+    SEQUENCE_CHANNELS,
+    ChannelOf,
+    ImageSource,
+    LoadedImage,
+    decode_source,
+    describe_image,
+    list_images,
+)
+from datamodules.labels import NO_TUMOR, TUMOR
+from datamodules.via import ViaShapes, find_via_files, read_via_file
 
-TUMOR = "tumor"  # the class of a tumour slice whose type the source does not say
 COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 NO_TUMOR_FOLDERS = ("no_tumor", "notumor", "no", "healthy", "normal")
 MASK_SUFFIX = "_mask"
+LGG_FOLDER_PREFIX = "TCGA_"  # a patient folder of the LGG download: TCGA_<institution>_<patient>_<date>
+LGG_SEQUENCES = tuple(SEQUENCE_CHANNELS)  # each read as a slice of its own, with the slice's one mask
 # The mask value of a box-labelled source's boxes (`SegmentationDataModule(boxes=...)`): pixels whose
 # class a box does not tell (tumour or not); losses ignore them, and fit the box's rows and columns.
 BOX_INTERIOR = 255
@@ -41,8 +56,8 @@ BOX_INTERIOR = 255
 class MaskedImage:
     """One segmentation image and where its mask comes from."""
 
-    path: Path  # the image file, or the .mat file that holds image and mask
-    mask: np.ndarray | Path | None  # the full-size mask, a mask image file, or None: a healthy slice
+    path: ImageSource  # the image file (or one sequence of it), or the .mat file that holds image and mask
+    mask: np.ndarray | Path | ViaShapes | None  # full-size mask, mask file, shapes to draw, or None: healthy
     label: str = TUMOR  # the tumour class when known, TUMOR when not, NO_TUMOR for a healthy slice
     patient: str | None = None
     split: str | None = None  # the source's own split ("train", "val", "test"); None: the seeded split decides
@@ -68,8 +83,8 @@ def read_mask_file(path: Path) -> np.ndarray | None:
 def load_masked_image(item: MaskedImage, size: int, channels: int) -> tuple[LoadedImage, np.ndarray] | None:
     """The image resized for training with its hashes, and its mask at the same size; None when
     the image or its mask cannot be read, or their sizes differ."""
-    raw = item.path.read_bytes()
-    if item.path.suffix.lower() == ".mat":
+    if isinstance(item.path, Path) and item.path.suffix.lower() == ".mat":
+        raw = item.path.read_bytes()
         try:
             figshare = read_figshare_slice(item.path)
         except InputImageError:
@@ -78,10 +93,13 @@ def load_masked_image(item: MaskedImage, size: int, channels: int) -> tuple[Load
         if channels == 3:
             image = np.repeat(image, 3, axis=2)
     else:
-        image = decode_image(raw, channels)
+        image, raw = decode_source(item.path, channels)
         if image is None:
             return None
-        mask = read_mask_file(item.mask) if isinstance(item.mask, Path) else item.mask
+        if isinstance(item.mask, ViaShapes):
+            mask = item.mask.draw(*image.shape[:2])
+        else:
+            mask = read_mask_file(item.mask) if isinstance(item.mask, Path) else item.mask
         if mask is None and isinstance(item.mask, Path):
             return None
         mask = np.zeros(image.shape[:2], np.uint8) if mask is None else mask
@@ -103,13 +121,19 @@ def find_layout(root: Path) -> str:
         return "image/mask folders"
     if next(root.rglob("*.mat"), None) is not None:
         return "figshare .mat"
+    if find_via_files(root):
+        return "VIA outlines"
+    lgg_folders = [root, *(p for p in root.iterdir() if p.is_dir())]
+    if any(folder.name.startswith(LGG_FOLDER_PREFIX) and next(folder.glob(f"*{MASK_SUFFIX}.*"), None)
+           for folder in lgg_folders):  # fmt: skip
+        return "LGG sequences"
     if any(path.stem.endswith(MASK_SUFFIX) for path in root.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES):
         return "masks beside images"
     if no_tumor_folders(root):
         return "healthy slices"
     raise DatasetError(
         f"{root}: no segmentation data found (a COCO export, images/ + masks/, .mat slices, NAME{MASK_SUFFIX}.png "
-        "beside NAME.png, or a classification dataset's no-tumour images)"
+        "beside NAME.png, VIA annotation JSON, or a classification dataset's no-tumour images)"
     )
 
 
@@ -118,10 +142,12 @@ def read_source(
     for_evaluation: bool = False,
     category_names: list[str] | None = None,
     splits: Collection[str] | None = None,
+    sequences: Collection[str] = LGG_SEQUENCES,
 ) -> Source:
     """Every image of `root` with its mask. For evaluation, a COCO export gives its test/ (else
     valid/) split and a classification dataset its Testing/ (else Training/) no-tumour images.
-    `splits` ("train", "val", "test") reads only those of a COCO export's own splits."""
+    `splits` ("train", "val", "test") reads only those of a COCO export's own splits; `sequences`, those
+    of a multi-sequence (LGG) slice, each a grayscale slice of its own."""
     root = Path(root)
     layout = find_layout(root)
     if layout == "coco export":
@@ -146,6 +172,10 @@ def read_source(
             raise DatasetError(f"{root}: none of its .mat files is a figshare slice (struct cjdata)")
     elif layout == "masks beside images":
         images = masks_beside_images(root)
+    elif layout == "LGG sequences":
+        images = lgg_slices(root, sequences)
+    elif layout == "VIA outlines":
+        images = via_outlines(root)
     else:
         images = healthy_slices(root, for_evaluation)
     return Source(root, layout, images)
@@ -180,12 +210,42 @@ def image_mask_pairs(root: Path) -> list[MaskedImage]:
 def masks_beside_images(root: Path) -> list[MaskedImage]:
     """NAME.tif (or .png ...) with NAME_mask.tif beside it; the folder's name is the patient."""
     images = []
-    for mask in sorted(p for p in root.rglob(f"*{MASK_SUFFIX}.*") if p.suffix.lower() in IMAGE_SUFFIXES):
-        image = mask.with_name(mask.stem.removesuffix(MASK_SUFFIX) + mask.suffix)
-        if not image.is_file():
-            raise DatasetError(f"{mask}: no image beside it ({image.name})")
+    found = glob.glob(
+        str(root / "**" / f"*{MASK_SUFFIX}.*"), recursive=True
+    )  # follows linked folders, as rglob does not
+    for mask in sorted(Path(p) for p in found if Path(p).suffix.lower() in IMAGE_SUFFIXES):
+        stem = mask.stem.removesuffix(MASK_SUFFIX)  # the LGG copy here keeps images as .jpg, masks as .png
+        candidates = [mask.with_name(stem + suffix) for suffix in dict.fromkeys([mask.suffix, *IMAGE_SUFFIXES])]
+        image = next((path for path in candidates if path.is_file()), None)
+        if image is None:
+            raise DatasetError(f"{mask}: no image beside it ({stem}{mask.suffix} or another image type)")
         images.append(MaskedImage(image, mask, TUMOR, mask.parent.name if mask.parent != root else None))
+    if not images:
+        raise DatasetError(f"{root}: no NAME{MASK_SUFFIX}.png beside an image in it or its folders")
     return images
+
+
+def lgg_slices(root: Path, sequences: Collection[str]) -> list[MaskedImage]:
+    """The LGG download's slices, each of `sequences` as a grayscale slice with the slice's mask: a
+    glioma where the mask outlines one, else a tumour-free slice of a glioma patient."""
+    unknown = sorted(set(sequences) - set(LGG_SEQUENCES))
+    if unknown or not sequences:
+        raise DatasetError(f"sequences {unknown or '[]'}: use one or more of {', '.join(LGG_SEQUENCES)}")
+    images = []
+    for item in masks_beside_images(root):
+        mask = read_mask_file(item.mask)
+        label = "glioma" if mask is not None and mask.any() else NO_TUMOR
+        images += [MaskedImage(ChannelOf(item.path, name), item.mask, label, item.patient) for name in sequences]
+    return images
+
+
+def via_outlines(root: Path) -> list[MaskedImage]:
+    """Images outlined in VIA JSON files (in `root` or a folder below): tumours of a type not given."""
+    return [
+        MaskedImage(image, shapes, TUMOR if shapes.shapes else NO_TUMOR)
+        for path in find_via_files(root)
+        for image, shapes in read_via_file(path).items()
+    ]
 
 
 def no_tumor_folders(root: Path) -> list[Path]:

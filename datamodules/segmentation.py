@@ -20,9 +20,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.base import CachedDataModule, CachedDataset
 from datamodules.errors import ConfigError, DatasetError, check_range
 from datamodules.fingerprints import Fingerprints, find_duplicate_groups
-from datamodules.images import LoadedImage, load_in_threads
+from datamodules.images import LoadedImage, file_of, load_in_threads
 from datamodules.mask_sources import (
     BOX_INTERIOR,
+    LGG_SEQUENCES,
     NO_TUMOR,
     TUMOR,
     MaskedImage,
@@ -83,6 +84,8 @@ class SegmentationDataModule(CachedDataModule):
         val_fraction: share of the images of sources without a split of their own held out for validation.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the same image
             (grouped in the split); None checks exact bytes only.
+        sequences: of a multi-sequence (LGG) slice, the sequences read, each as a grayscale slice of its own with
+            the slice's mask (t1, flair, t1c): users hold one sequence per slice.
         **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
     """
 
@@ -99,6 +102,7 @@ class SegmentationDataModule(CachedDataModule):
         category_names: list[str] | None = None,
         val_fraction: float = 0.15,
         max_phash_distance: int | None = 2,
+        sequences: list[str] = list(LGG_SEQUENCES),
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -125,7 +129,7 @@ class SegmentationDataModule(CachedDataModule):
         if self.datasets:
             return
         hp = self.hparams
-        sources = [read_source(root, category_names=hp.category_names) for root in self.roots]
+        sources = [read_source(root, category_names=hp.category_names, sequences=hp.sequences) for root in self.roots]
         sources += [Source(root, "healthy slices", healthy_slices(root)) for root in self.negatives]
         sources += [self._box_source(root) for root in self.boxes]
         items, loaded, masks, source_of = self._load(sources)
@@ -183,7 +187,9 @@ class SegmentationDataModule(CachedDataModule):
         source_of = np.repeat(np.arange(len(sources)), [len(source.images) for source in sources])
         results, kept = load_in_threads(items, lambda item: load_masked_image(item, self.hparams.image_size,
                                                                                self.channels), lambda item: item.path)  # fmt: skip
-        folders = [(source, item.path.parent) for source, item in zip(source_of, items)]  # a COCO split: a folder
+        folders = [
+            (source, file_of(item.path).parent) for source, item in zip(source_of, items)
+        ]  # a COCO split: a folder
         readable = {folders[i] for i in kept}
         for folder in dict.fromkeys(folders):
             if folder not in readable:
@@ -220,6 +226,7 @@ class SegmentationDataModule(CachedDataModule):
         """Every image of `root` with its mask (a COCO export's test/, else valid/; a classification
         dataset's no-tumour Testing/, else Training/ images), prepared as for training, for
         evaluation; with the loaded images, whose hashes tell copies of training images."""
-        source = read_source(root, for_evaluation=True, category_names=self.hparams.category_names)
+        hp = self.hparams
+        source = read_source(root, for_evaluation=True, category_names=hp.category_names, sequences=hp.sequences)
         items, loaded, masks, _ = self._load([source])
         return self._dataset(items, loaded, masks, build_transform([], self.channels)), loaded

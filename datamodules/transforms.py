@@ -9,6 +9,7 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from datamodules.contrast import RandomIntensityCurve, RandomSkullStrip
 from datamodules.errors import ConfigError
 
 
@@ -56,9 +57,26 @@ def strong_augmentations() -> list[A.BasicTransform]:
     ]
 
 
+def sequence_augmentations() -> list[A.BasicTransform]:
+    """The light recipe, for models that must hold up on sequences, scanners and sources they never saw:
+    slices upside down or turned (Br35H holds such), random gamma and intensity curves that turn one
+    contrast into another (datamodules.contrast), and brain-only views as skull-stripped data ship."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.RandomRotate90(p=0.2),
+        A.VerticalFlip(p=0.1),
+        A.Affine(scale=(0.85, 1.15), translate_percent=(-0.06, 0.06), rotate=(-15, 15), p=0.7),
+        RandomSkullStrip(p=0.2),
+        RandomIntensityCurve(p=0.4),
+        A.RandomGamma(gamma_limit=(60, 170), p=0.3),
+        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+    ]
+
+
 AUGMENTATIONS: dict[str, Callable[[], list[A.BasicTransform]]] = {
     "light": light_augmentations,
     "strong": strong_augmentations,
+    "sequences": sequence_augmentations,
 }
 
 

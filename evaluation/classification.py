@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from datamodules.labels import LABELS, allowed_classes
 from evaluation.bootstrap import bootstrap_intervals, interval_text, with_interval
 from lightning_modules.visualization import confusion_matrix_figure
 
@@ -20,50 +21,65 @@ class ClassPredictions:
     """What a classifier said about each image of an evaluated set."""
 
     files: list[str]
-    labels: np.ndarray  # (N,) true class indices
+    labels: np.ndarray  # (N,) label indices (datamodules.labels.LABELS: a class, or a tumour of unknown type)
     probabilities: np.ndarray  # (N, C)
 
     @property
     def predicted(self) -> np.ndarray:
         return self.probabilities.argmax(axis=1)
 
+    @property
+    def correct(self) -> np.ndarray:
+        """Whether each prediction is one its label allows (any tumour type, for a tumour of unknown type)."""
+        return allowed_classes()[self.labels, self.predicted]
+
     def subset(self, keep: np.ndarray) -> ClassPredictions:
         return ClassPredictions([f for f, k in zip(self.files, keep) if k], self.labels[keep], self.probabilities[keep])
 
     def per_image(self, class_names: Sequence[str]) -> list[dict]:
         """JSON rows: file, truth, prediction and every class probability."""
+        label_names = [*class_names, *LABELS[len(class_names) :]]
         return [
             {
                 "file": file,
-                "label": class_names[label],
+                "label": label_names[label],
                 "predicted": class_names[int(np.argmax(row))],
+                "correct": bool(correct),
                 "probabilities": {name: round(float(p), 6) for name, p in zip(class_names, row)},
             }
-            for file, label, row in zip(self.files, self.labels, self.probabilities)
+            for file, label, row, correct in zip(self.files, self.labels, self.probabilities, self.correct)
         ]
 
 
-def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
-    """Counts, rows true classes, columns predicted ones."""
-    return np.bincount(labels * num_classes + predicted, minlength=num_classes**2).reshape(num_classes, num_classes)
+def confusion_matrix(
+    labels: np.ndarray, predicted: np.ndarray, num_classes: int, num_labels: int | None = None
+) -> np.ndarray:
+    """Counts, rows true labels (`num_labels`, the classes by default, then labels that allow several
+    classes), columns predicted classes."""
+    rows = num_classes if num_labels is None else num_labels
+    return np.bincount(labels * num_classes + predicted, minlength=rows * num_classes).reshape(rows, num_classes)
 
 
 def classification_metrics(confmat: np.ndarray, negative_class: int) -> dict[str, float | np.ndarray]:
-    """Point values from a confusion matrix. Tumor sensitivity counts every class but
-    `negative_class` as "tumor": a glioma called meningioma is still detected, which is what
-    a screening reader cares about. Undefined values (no support) are NaN."""
+    """Point values from a confusion matrix (rows: labels, the classes first; columns: classes). Tumor
+    sensitivity counts every class but `negative_class` as "tumor": a glioma called meningioma is still
+    detected, which is what a screening reader cares about; rows of a tumour of unknown type count there
+    only. Undefined values (no support) are NaN."""
+    num_classes = confmat.shape[1]
+    known = confmat[:num_classes]  # the rows whose label names one class
     with np.errstate(invalid="ignore", divide="ignore"):
-        support, predicted = confmat.sum(axis=1), confmat.sum(axis=0)
-        recall = np.diag(confmat) / support
-        precision = np.diag(confmat) / predicted
-        tumor = [c for c in range(len(confmat)) if c != negative_class]
+        support, predicted = known.sum(axis=1), known.sum(axis=0)
+        recall = np.diag(known) / support
+        precision = np.diag(known) / predicted
+        tumor_rows = [r for r in range(len(confmat)) if r != negative_class]
+        tumor_columns = [c for c in range(num_classes) if c != negative_class]
         return {
-            "accuracy": np.trace(confmat) / confmat.sum(),
+            "accuracy": np.trace(known) / known.sum(),
             "accuracy_macro": np.nanmean(recall) if np.isfinite(recall).any() else np.nan,
             "recall": recall,
             "precision": precision,
             "f1": 2 * precision * recall / (precision + recall),
-            "tumor_sensitivity": confmat[np.ix_(tumor, tumor)].sum() / support[tumor].sum(),
+            "tumor_sensitivity": confmat[np.ix_(tumor_rows, tumor_columns)].sum() / confmat[tumor_rows].sum(),
             "tumor_specificity": confmat[negative_class, negative_class] / support[negative_class],
         }
 
@@ -74,13 +90,14 @@ def classification_report(
     """JSON-ready numbers, every accuracy and recall with its 95% bootstrap interval."""
     num_classes = len(class_names)
     labels, predicted = predictions.labels, predictions.predicted
-    confmat = confusion_matrix(labels, predicted, num_classes)
+    num_labels = max(num_classes, int(labels.max()) + 1) if len(labels) else num_classes
+    confmat = confusion_matrix(labels, predicted, num_classes, num_labels)
     point = classification_metrics(confmat, negative_class)
 
     def metric(name: str, index: int | None = None):
         def statistic(indices: np.ndarray) -> float:
             values = classification_metrics(
-                confusion_matrix(labels[indices], predicted[indices], num_classes), negative_class
+                confusion_matrix(labels[indices], predicted[indices], num_classes, num_labels), negative_class
             )[name]
             return values if index is None else values[index]
 
@@ -144,14 +161,14 @@ def distinct_image_accuracy(right: np.ndarray, groups: np.ndarray, resamples: in
 
 
 def classification_figures(report: dict, class_names: Sequence[str], title: str) -> dict[str, Figure]:
-    confmat = torch.tensor(report["confusion_matrix"])
+    confmat = torch.tensor(report["confusion_matrix"])[: len(class_names)]  # the rows of one class each
     return {"confusion_matrix": confusion_matrix_figure(confmat, class_names, title)}
 
 
 def most_confident_errors(per_image: Sequence[dict], among: Sequence[int], count: int = 16) -> list[int]:
     """Indices (of `among`, indices into `per_image`) of the wrongly classified images, the most confidently
     wrong first: the ones worth a look, for a mislabelled image or a class the model confuses."""
-    wrong = [i for i in among if per_image[i]["predicted"] != per_image[i]["label"]]
+    wrong = [i for i in among if not per_image[i]["correct"]]
     return sorted(wrong, key=lambda i: -per_image[i]["probabilities"][per_image[i]["predicted"]])[:count]
 
 

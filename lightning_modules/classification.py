@@ -5,22 +5,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
+from torchmetrics import MeanMetric
 
-from datamodules.classification import CLASS_NAMES
 from datamodules.errors import check_range
+from datamodules.labels import CLASS_NAMES, NO_TUMOR_CLASS
 from lightning_modules.base import TaskModule
 from lightning_modules.calibration import fit_temperature
 from lightning_modules.distillation import Teachers, distillation_loss
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
+from lightning_modules.losses import mixed_partial_label_loss, partial_label_loss
 from lightning_modules.metrics import calibration_error, classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier, mean_of_logits
 from lightning_modules.pretrained import load_classifier_weights
 from lightning_modules.visualization import confusion_matrix_figure
 
 UNFAMILIAR_VALIDATION_SHARE = 0.05  # of validation images called unlike the training data
+
+
+class BlendShareMixup(Mixup):
+    """timm's Mixup (batch mode: image i blended with image N-1-i), returning the blend's share of each
+    image's own label instead of blended one-hot targets, which cannot hold a label that allows several
+    classes (datamodules.labels). timm has no public call that mixes the images alone, hence `_mix_batch`."""
+
+    def mix(self, images: torch.Tensor) -> float:
+        """Blend `images` in place; the share of each image that is its own."""
+        return float(self._mix_batch(images))
 
 
 class ClassificationModule(TaskModule):
@@ -43,7 +53,8 @@ class ClassificationModule(TaskModule):
         member_networks: for members of different architectures, each one's own `model` and `model_kwargs`
             (one mapping per member, in order; scripts/recalibrate.py records them); unset, every member is
             `model` with `model_kwargs`.
-        label_smoothing: cross-entropy label smoothing.
+        label_smoothing: cross-entropy label smoothing. Labels may allow several classes (a tumour of unknown
+            type, datamodules.labels); the loss is then the partial-label loss (lightning_modules.losses).
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
         cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.
         mix_prob: fraction of training batches that are mixed (mixup or cutmix, half each when both are on).
@@ -95,15 +106,15 @@ class ClassificationModule(TaskModule):
         self.net = mean_of_logits(networks)
         self.mixup = None
         if mixup_alpha > 0 or cutmix_alpha > 0:
-            self.mixup = Mixup(
+            self.mixup = BlendShareMixup(
                 mixup_alpha=mixup_alpha,
                 cutmix_alpha=cutmix_alpha,
                 prob=1.0,  # training_step draws which batches mix, so it knows which ones did
-                label_smoothing=label_smoothing,
                 num_classes=num_classes,
             )
-            self.soft_target_loss = SoftTargetCrossEntropy()
         self.val_metrics = classification_metrics(num_classes).clone(prefix="val/")
+        # Validation slices known to hold a tumour of unknown type: the share called any tumour.
+        self.val_tumor_found = MeanMetric()
         # Divides the logits before the softmax wherever probabilities are shown (predict.py, the web page,
         # evaluate.py); fitted on each epoch's validation logits, so every checkpoint has its own.
         self.register_buffer("temperature", torch.ones(()))
@@ -158,8 +169,8 @@ class ClassificationModule(TaskModule):
             self._teachers.check_same_split(self.trainer.datamodule)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of an unblended batch (label-smoothed cross-entropy)."""
-        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+        """The training loss of an unblended batch (label-smoothed cross-entropy, or its partial-label form)."""
+        return partial_label_loss(logits, labels, self.hparams.label_smoothing).mean()
 
     def _mixes(self, images: torch.Tensor) -> bool:
         # timm's Mixup pairs images, so an odd batch stays unmixed
@@ -167,17 +178,18 @@ class ClassificationModule(TaskModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        if self._mixes(images):  # Mixup returns soft targets with the label smoothing already applied
-            images, targets = self.mixup(images, labels)
+        if self._mixes(images):
+            share = self.mixup.mix(images)
             logits = self(images)
-            loss = self.soft_target_loss(logits, targets)
+            loss = mixed_partial_label_loss(logits, labels, labels.flip(0), share, self.hparams.label_smoothing)
         else:
             logits = self(images)
             loss = self.loss(logits, labels)
             # Only here: on a blended image, neither of the two labels is "the" right answer.
-            self.log(
-                "train/acc", (logits.argmax(dim=1) == labels).float().mean(), on_step=True, on_epoch=True, prog_bar=True
-            )
+            known = labels < len(CLASS_NAMES)
+            if known.any():
+                right = (logits[known].argmax(dim=1) == labels[known]).float().mean()
+                self.log("train/acc", right, on_step=True, on_epoch=True, prog_bar=True)
         if self._teachers is not None:  # the teachers see the same (mixed) images
             hp = self.hparams
             teacher_probabilities = self._teachers.probabilities(images, hp.distillation_temperature)
@@ -190,9 +202,13 @@ class ClassificationModule(TaskModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits, pooled = self.forward_with_features(images)
-        self.log("val/loss", F.cross_entropy(logits, labels), on_epoch=True, prog_bar=True)
-        self.val_metrics.update(logits, labels)
-        self._val_outputs.append((logits.detach().float(), labels, pooled.detach().float()))
+        self.log("val/loss", partial_label_loss(logits, labels).mean(), on_epoch=True, prog_bar=True)
+        known = labels < len(CLASS_NAMES)  # the metrics and calibration need the class; the rest, a tumour
+        if (~known).any():
+            self.val_tumor_found.update((logits[~known].argmax(dim=1) != NO_TUMOR_CLASS).float())
+        if known.any():
+            self.val_metrics.update(logits[known], labels[known])
+        self._val_outputs.append((logits[known].detach().float(), labels[known], pooled[known].detach().float()))
 
     def on_validation_epoch_end(self) -> None:
         values = {k.removeprefix("val/"): v for k, v in self.val_metrics.compute().items()}
@@ -201,6 +217,9 @@ class ClassificationModule(TaskModule):
         for name in ("precision", "recall", "f1"):
             for c, class_name in enumerate(CLASS_NAMES):
                 scalars[f"val/{name}_{class_name}"] = values[name][c]
+        if self.val_tumor_found.update_count:
+            scalars["val/tumor_found_unknown_type"] = self.val_tumor_found.compute()
+            self.val_tumor_found.reset()
         self.log_dict(scalars)
         if not self.trainer.sanity_checking:
             self.log_figure("val/confusion_matrix", confusion_matrix_figure(values["confmat"], CLASS_NAMES))
@@ -212,7 +231,7 @@ class ClassificationModule(TaskModule):
         """Calibrate on this epoch's validation outputs (of every process)."""
         logits, labels, pooled = (self.all_gather(torch.cat(parts)) for parts in zip(*self._val_outputs))
         logits, labels = logits.reshape(-1, len(CLASS_NAMES)), labels.reshape(-1)
-        self.calibrate(logits, labels, pooled.reshape(len(labels), -1))
+        self.calibrate(logits, labels, pooled.reshape(len(labels), pooled.shape[-1]))
         self.log_dict(
             {
                 "val/temperature": self.temperature,

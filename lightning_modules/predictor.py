@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.classification import CLASS_NAMES, NO_TUMOR
 from datamodules.errors import InputImageError, UserError
 from datamodules.images import load_image_file
+from datamodules.labels import CLASS_NAMES, NO_TUMOR
 from lightning_modules.bundled import BUNDLED_MODELS
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.gradcam import grad_cam

@@ -18,8 +18,8 @@ from tests.conftest import REPO
 CONFIGS = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
 BEFORE = REPO / "tests" / "data" / "configs_before_issue_18"  # `--print_config` of each config before the move
 CONFIGS_BEFORE = sorted(path.name for path in BEFORE.glob("*.yaml"))
-# Arguments added since (issue 19), at the defaults that keep the old behaviour: a COCO export has
-# its own split, so the seeded split's options do not apply to it.
+# Arguments added since (issues 19 and 45), at the defaults that keep the old behaviour: a COCO export has
+# its own split, so the seeded split's options do not apply to it; `sequences` reads only LGG slices.
 ADDED_SINCE = {
     "datamodules.SegmentationDataModule": {
         "negatives": None,
@@ -28,7 +28,9 @@ ADDED_SINCE = {
         "healthy_share": None,
         "val_fraction": 0.15,
         "max_phash_distance": 2,
+        "sequences": ["t1", "flair", "t1c"],
     },
+    "datamodules.ClassificationDataModule": {"sequences": ["t1", "flair", "t1c"]},
     "lightning_modules.SegmentationModule": {
         "arch": "unet",
         "weights_path": None,

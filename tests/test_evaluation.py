@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.classification import CLASS_NAMES, NO_TUMOR_CLASS
+from datamodules.labels import CLASS_NAMES, NO_TUMOR_CLASS
 from evaluation.bootstrap import bootstrap_intervals
 from evaluation.calibration import auroc_per_class, roc_and_pr_figure
 from evaluation.classification import (
@@ -242,6 +242,7 @@ def test_the_misclassified_images_are_shown_most_confidently_wrong_first_and_onl
             "file": f"x/{label}.png",
             "label": label,
             "predicted": predicted,
+            "correct": label == predicted,
             "probabilities": {**others, predicted: probability},
         }
 

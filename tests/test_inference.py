@@ -14,8 +14,8 @@ import pytest
 import timm
 import torch
 
-from datamodules.classification import CLASS_NAMES
 from datamodules.errors import ConfigError, UserError
+from datamodules.labels import CLASS_NAMES
 from lightning_modules.bundled import BUNDLED_MODELS, models_to_use
 from lightning_modules.calibration import fit_temperature
 from lightning_modules.checkpoints import CheckpointError, saved_arguments

@@ -178,17 +178,18 @@ def test_crops_train_on_part_of_each_slice_with_its_tumour_and_validate_on_whole
 
 
 def test_masks_beside_their_images(tmp_path):
+    # Any set laid out as LGG is (a folder per patient); the LGG download itself: tests/test_sources.py
     rng = np.random.default_rng(2)
-    for patient in ("TCGA_A", "TCGA_B", "TCGA_C", "TCGA_D"):
-        (tmp_path / "lgg" / patient).mkdir(parents=True)
+    for patient in ("case_A", "case_B", "case_C", "case_D"):
+        (tmp_path / "pairs" / patient).mkdir(parents=True)
         for index in range(3):
             image, mask = tumor_slice(rng)
-            cv2.imwrite(str(tmp_path / "lgg" / patient / f"{patient}_{index}.tif"), image)
-            cv2.imwrite(str(tmp_path / "lgg" / patient / f"{patient}_{index}_mask.tif"), mask * 255)
-    source = read_source(tmp_path / "lgg")
+            cv2.imwrite(str(tmp_path / "pairs" / patient / f"{patient}_{index}.tif"), image)
+            cv2.imwrite(str(tmp_path / "pairs" / patient / f"{patient}_{index}_mask.tif"), mask * 255)
+    source = read_source(tmp_path / "pairs")
     assert source.layout == "masks beside images" and len(source.images) == 12
-    assert {item.patient for item in source.images} == {"TCGA_A", "TCGA_B", "TCGA_C", "TCGA_D"}
-    dm = datamodule(str(tmp_path / "lgg"), val_fraction=0.25)
+    assert {item.patient for item in source.images} == {"case_A", "case_B", "case_C", "case_D"}
+    dm = datamodule(str(tmp_path / "pairs"), val_fraction=0.25)
     assert len(dm.datasets["val"]) == 3  # one whole patient
 
 

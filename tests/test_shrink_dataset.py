@@ -37,7 +37,7 @@ def test_image_mask_folders_keep_exact_masks_and_metadata(tmp_path):
 
 
 def test_masks_beside_images_stay_paired(tmp_path):
-    patient = tmp_path / "lgg" / "TCGA_CS_4941"
+    patient = tmp_path / "lgg" / "case_4941"
     patient.mkdir(parents=True)
     for k in range(2):
         image, mask = tumor_slice(np.random.default_rng(k))
@@ -47,7 +47,7 @@ def test_masks_beside_images_stay_paired(tmp_path):
     assert find_layout(tmp_path / "small") == "masks beside images"
     items = read_source(tmp_path / "small").images
     assert sorted(item.path.name for item in items) == ["slice_0.png", "slice_1.png"]
-    assert all(read_mask_file(item.mask).shape == (48, 48) and item.patient == "TCGA_CS_4941" for item in items)
+    assert all(read_mask_file(item.mask).shape == (48, 48) and item.patient == "case_4941" for item in items)
 
 
 def test_images_small_enough_are_copied_unchanged(tmp_path):
