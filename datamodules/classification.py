@@ -61,7 +61,11 @@ def read_metadata_table(root: Path, root_index: int = 0) -> ClassFolders:
     return ClassFolders(root_index, root, False, [root / row["image"] for row in rows], labels, patients, False)
 
 
-LABELLED_MASK_LAYOUTS = ("LGG sequences", "VIA outlines")  # segmentation layouts whose slices say what they hold
+LABELLED_MASK_LAYOUTS = (
+    "LGG sequences",
+    "VIA outlines",
+    "NIfTI volumes",
+)  # segmentation layouts whose slices say what they hold
 
 
 def read_labelled_masks(root: Path, root_index: int, sequences: Sequence[str]) -> ClassFolders:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from datamodules.dicom import DICOM_SUFFIXES, read_dicom
 from datamodules.errors import InputImageError
+from datamodules.nifti import VolumeSlice
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -25,6 +26,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # pre-contrast T1, FLAIR, post-contrast T1; where a sequence was missing, FLAIR stands in its channel).
 SEQUENCE_CHANNELS = {"t1": 0, "flair": 1, "t1c": 2}
 SEQUENCE_MARK = "#"
+SLICE_MARK = "@"  # FILE@INDEX: one display slice of a NIfTI volume
 
 
 @dataclass(frozen=True)
@@ -43,12 +45,12 @@ class ChannelOf:
         return f"{self.path}{SEQUENCE_MARK}{self.sequence}"
 
 
-ImageSource = Path | ChannelOf  # what an image is read from
+ImageSource = Path | ChannelOf | VolumeSlice  # what an image is read from
 
 
 def file_of(source: ImageSource) -> Path:
     """The file an image is read from."""
-    return source.path if isinstance(source, ChannelOf) else Path(source)
+    return source.path if isinstance(source, ChannelOf | VolumeSlice) else Path(source)
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -76,6 +78,9 @@ def read_image(path: Path, channels: int) -> np.ndarray | None:
 def decode_source(source: ImageSource, channels: int) -> tuple[np.ndarray | None, bytes]:
     """The image `source` holds (None if unreadable) and the bytes that identify it: the file's, or
     for one channel of a file its pixels' (so that a sequence stored twice in a file is one image)."""
+    if isinstance(source, VolumeSlice):
+        gray = source.pixels()[:, :, None]
+        return (gray if channels == 1 else np.repeat(gray, 3, axis=2)), gray.tobytes()
     raw = file_of(source).read_bytes()
     if not isinstance(source, ChannelOf):
         return decode_image(raw, channels), raw
@@ -87,7 +92,11 @@ def decode_source(source: ImageSource, channels: int) -> tuple[np.ndarray | None
 
 
 def parse_source(text: str | Path) -> ImageSource:
-    """The inverse of `str(source)`: FILE#SEQUENCE names one sequence of a multi-sequence file."""
+    """The inverse of `str(source)`: FILE#SEQUENCE names one sequence of a multi-sequence file, FILE@INDEX one
+    slice of a NIfTI volume."""
+    volume, _, index = str(text).rpartition(SLICE_MARK)
+    if volume and index.isdigit() and not Path(text).exists():
+        return VolumeSlice(Path(volume), int(index))
     path, _, sequence = str(text).rpartition(SEQUENCE_MARK)
     if not path or sequence not in SEQUENCE_CHANNELS or Path(text).exists():
         return Path(text)
@@ -98,7 +107,7 @@ def load_image_file(path: str | Path, channels: int) -> np.ndarray:
     """Decode like training does (a DICOM slice rendered as a viewer shows it), with one clear
     error per kind of bad file."""
     source = parse_source(path)
-    if isinstance(source, ChannelOf):
+    if isinstance(source, ChannelOf | VolumeSlice):
         if not source.path.is_file():
             raise InputImageError(f"{source.path}: file not found")
         image, _ = decode_source(source, channels)

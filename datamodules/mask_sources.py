@@ -8,6 +8,7 @@
   folders TCGA_*) stores three MRI sequences per slice as its channels, read as a grayscale slice each
   (`sequences`);
 - VGG Image Annotator JSON files with their images beside them (Br35H's outlines; datamodules.via);
+- NIfTI volumes with a label volume, a folder per case (BraTS), cut into axial slices (datamodules.nifti);
 - the original figshare download, a folder of MATLAB v7.3 `.mat` slices (datamodules.figshare);
 - healthy slices (`negatives`): a classification dataset root or class folder, whose no-tumour
   images get empty masks.
@@ -40,6 +41,7 @@ from datamodules.images import (
     list_images,
 )
 from datamodules.labels import NO_TUMOR, TUMOR
+from datamodules.nifti import LabelSlice, case_folders, volume_slices
 from datamodules.via import ViaShapes, find_via_files, read_via_file
 
 COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
@@ -57,7 +59,7 @@ class MaskedImage:
     """One segmentation image and where its mask comes from."""
 
     path: ImageSource  # the image file (or one sequence of it), or the .mat file that holds image and mask
-    mask: np.ndarray | Path | ViaShapes | None  # full-size mask, mask file, shapes to draw, or None: healthy
+    mask: np.ndarray | Path | ViaShapes | LabelSlice | None  # a mask, its file, what draws it; None: healthy
     label: str = TUMOR  # the tumour class when known, TUMOR when not, NO_TUMOR for a healthy slice
     patient: str | None = None
     split: str | None = None  # the source's own split ("train", "val", "test"); None: the seeded split decides
@@ -96,7 +98,7 @@ def load_masked_image(item: MaskedImage, size: int, channels: int) -> tuple[Load
         image, raw = decode_source(item.path, channels)
         if image is None:
             return None
-        if isinstance(item.mask, ViaShapes):
+        if isinstance(item.mask, ViaShapes | LabelSlice):
             mask = item.mask.draw(*image.shape[:2])
         else:
             mask = read_mask_file(item.mask) if isinstance(item.mask, Path) else item.mask
@@ -123,6 +125,8 @@ def find_layout(root: Path) -> str:
         return "figshare .mat"
     if find_via_files(root):
         return "VIA outlines"
+    if case_folders(root):
+        return "NIfTI volumes"
     lgg_folders = [root, *(p for p in root.iterdir() if p.is_dir())]
     if any(folder.name.startswith(LGG_FOLDER_PREFIX) and next(folder.glob(f"*{MASK_SUFFIX}.*"), None)
            for folder in lgg_folders):  # fmt: skip
@@ -133,7 +137,7 @@ def find_layout(root: Path) -> str:
         return "healthy slices"
     raise DatasetError(
         f"{root}: no segmentation data found (a COCO export, images/ + masks/, .mat slices, NAME{MASK_SUFFIX}.png "
-        "beside NAME.png, VIA annotation JSON, or a classification dataset's no-tumour images)"
+        "beside NAME.png, VIA annotation JSON, NIfTI volumes, or a classification dataset's no-tumour images)"
     )
 
 
@@ -176,6 +180,8 @@ def read_source(
         images = lgg_slices(root, sequences)
     elif layout == "VIA outlines":
         images = via_outlines(root)
+    elif layout == "NIfTI volumes":
+        images = nifti_slices(root)
     else:
         images = healthy_slices(root, for_evaluation)
     return Source(root, layout, images)
@@ -246,6 +252,18 @@ def via_outlines(root: Path) -> list[MaskedImage]:
         for path in find_via_files(root)
         for image, shapes in read_via_file(path).items()
     ]
+
+
+def nifti_slices(root: Path) -> list[MaskedImage]:
+    """The axial slices of a folder of cases (BraTS): gliomas where the label volume holds the tumour that
+    the slice's sequence shows, tumour-free slices of the same patients elsewhere. A case without a label
+    volume gives tumour-free slices only if no label volume is expected: it is an error."""
+    images = []
+    for image, tumour, _, case in volume_slices(root):
+        if tumour is None:
+            raise DatasetError(f"{image.path.parent}: no label volume (a NAME_seg.nii.gz or OT*.nii.gz beside it)")
+        images.append(MaskedImage(image, tumour, "glioma" if tumour.tumour().any() else NO_TUMOR, case))
+    return images
 
 
 def no_tumor_folders(root: Path) -> list[Path]:

@@ -212,3 +212,65 @@ def test_intensity_curves_and_skull_stripping_keep_the_air_black_and_change_the_
     assert any(image[32, 32, 0] > image[32, 8, 0] for image in curved)  # an inversion: brain above skull
     stripped = A.Compose([RandomSkullStrip(margin=(0.08, 0.08), p=1.0)], seed=0)(image=slice_)["image"]  # 5 px
     assert stripped[32, 32, 0] == slice_[32, 32, 0] and stripped[32, 7, 0] == 0  # brain kept, skull ring gone
+
+
+def write_case(folder, affine_flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """A BraTS-like case in RAS+ voxel order (a head, a tumour near the front on the patient's right), saved
+    as is or with its x and y axes stored reversed (LPS, as BraTS volumes are) and the affine saying so."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True)
+    shape = (48, 48, 12)  # x: left->right, y: posterior->anterior, z: inferior->superior
+    x, y, _ = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    head = np.hypot((x - 24) / 20, (y - 24) / 22) <= 1
+    head[:, :, :2] = False  # the volume's empty ends
+    volume = np.where(head, 100.0 + 5 * (x % 3), 0.0).astype(np.float32)
+    labels = np.zeros(shape, np.uint8)
+    labels[26:32, 34:40, 4:8] = 2  # oedema, on the patient's right (high x) and anterior (high y)
+    labels[28:30, 36:38, 5:7] = 4  # enhancing tumour inside it
+    volume[labels > 0] = 300
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    if affine_flip:
+        volume, labels = volume[::-1, ::-1], labels[::-1, ::-1]
+        affine = np.array([[-1.0, 0, 0, 47], [0, -1.0, 0, 47], [0, 0, 2.0, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(volume, affine), folder / "case_flair.nii.gz")
+    nib.save(nib.Nifti1Image(volume * 0.01 - 1, affine), folder / "case_t1ce.nii.gz")  # z-scored-like units
+    nib.save(nib.Nifti1Image(labels, affine), folder / "case_seg.nii.gz")
+    return volume, labels
+
+
+@pytest.mark.parametrize("affine_flip", [False, True])
+def test_nifti_cases_are_axial_slices_as_radiologists_see_them_with_each_sequence_s_tumour(tmp_path, affine_flip):
+    write_case(tmp_path / "case1", affine_flip)
+    assert find_layout(tmp_path) == "NIfTI volumes"
+    items = read_source(tmp_path).images
+    assert len(items) == 2 * 10  # two sequences, the 10 slices with a head
+    flair = [item for item in items if "flair" in item.path.path.name]
+    tumour_slices = [item.path.index for item in flair if item.label == "glioma"]
+    assert tumour_slices == [4, 5, 6, 7] and {item.patient for item in items} == {"case1"}
+    image, mask = load_masked_image(flair[4], 48, 1)
+    rows, columns = np.nonzero(mask)
+    # Display: anterior up, the patient's right on the left. The tumour is anterior (y 34-39 of 48) and on the
+    # right (x 26-31 of 48): rows 47-39..47-34 = 8..13, columns 47-31..47-26 = 16..21.
+    assert (rows.min(), rows.max(), columns.min(), columns.max()) == (8, 13, 16, 21)
+    t1c = next(item for item in items if "t1ce" in item.path.path.name and item.path.index == 5)
+    _, core = load_masked_image(t1c, 48, 1)
+    assert core.sum() == 4 and mask.sum() == 36  # T1c shows the core (labels 1, 3, 4), FLAIR the whole tumour
+    assert image.pixels.max() == 255 and image.pixels[0, 0, 0] == 0  # windowed inside the head, air black
+    z_scored = load_masked_image(t1c, 48, 1)[0].pixels
+    assert np.array_equal(z_scored, load_masked_image(flair[5], 48, 1)[0].pixels)  # units do not matter
+
+
+def test_a_truncated_or_4d_nifti_is_one_line(tmp_path):
+    import nibabel as nib
+
+    from datamodules.nifti import read_volume
+
+    write_case(tmp_path / "case1")
+    data = (tmp_path / "case1" / "case_flair.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception, match=r"cut.nii.gz: not a readable NIfTI volume"):
+        read_volume(tmp_path / "cut.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), tmp_path / "4d.nii.gz")
+    with pytest.raises(Exception, match=r"4d.nii.gz: a 4D image; expected a 3D volume"):
+        read_volume(tmp_path / "4d.nii.gz")

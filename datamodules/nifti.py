@@ -1,0 +1,164 @@
+"""NIfTI volumes as 2D slices: a volume read in its closest canonical (RAS+) axes, cut into axial slices
+shown as radiologists see them (anterior up, the patient's right on the left, as the 2D training slices
+are), and windowed to 8 bits by percentiles inside the head, so that float, z-scored or 16-bit volumes
+reach the models like the 8-bit training slices.
+
+A folder of cases (BraTS: `<case>/<sequence>.nii.gz` with a label volume beside them) is a segmentation
+and classification source: each sequence's slices with the tumour its sequence shows (labels > 0, the
+whole tumour, on FLAIR and T2; the tumour core, labels 1, 3 and 4, on T1 and post-contrast T1)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from datamodules.errors import DatasetError, InputImageError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+WINDOW_PERCENTILES = (0.5, 99.5)
+LABEL_NAME = re.compile(r"(^|[_\-.])(seg|label|labels|ot|otmulticlass|truth|gt)([_\-.]|$)", re.IGNORECASE)
+BRAIN_MASK_NAME = re.compile(r"brain_?mask", re.IGNORECASE)
+CORE_LABELS = (1, 3, 4)  # BraTS necrosis, non-enhancing and enhancing tumour: what T1 contrast shows
+MIN_HEAD_SHARE = 0.1  # of the largest slice's head area: slices with less are the volume's ends
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def sequence_of(path: Path) -> str:
+    """The MRI sequence a volume's file name says (flair, t2, t1c, t1), '' when it says none."""
+    name = nifti_stem(path).lower()
+    for sequence, pattern in (("flair", "flair"), ("t1c", r"t1[_\-]?(c|ce|gd|post)"), ("t2", "t2"), ("t1", "t1")):
+        if re.search(pattern, name):
+            return sequence
+    return ""
+
+
+def tumour_labels_of(sequence: str) -> tuple[int, ...] | None:
+    """The label values of the tumour a sequence shows; None: every nonzero label."""
+    return CORE_LABELS if sequence in ("t1", "t1c") else None
+
+
+@lru_cache(maxsize=4)  # a volume's slices are read one by one, in threads
+def read_volume(path: Path) -> np.ndarray:
+    """A 3D volume's voxels (float32) in its closest canonical axes (RAS+), as axial display slices:
+    (slices, rows, columns), rows anterior to posterior, columns patient right to left."""
+    try:
+        image = nib.as_closest_canonical(nib.load(str(path)))
+        data = np.asarray(image.dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel raises many kinds for a bad or truncated file
+        raise InputImageError(f"{path}: not a readable NIfTI volume ({error})") from None
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InputImageError(f"{path}: a {data.ndim}D image; expected a 3D volume")
+    # data[x, y, z] runs left->right, posterior->anterior: a display slice is data[::-1, ::-1, z].T
+    return np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))
+
+
+def window_to_uint8(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+    """Gray levels 0-255 from the volume's percentiles inside the head (`inside`, else all voxels), the air
+    black: the per-scan window that makes any scanner's units look like an 8-bit slice."""
+    region = volume[inside] if inside is not None and inside.any() else volume
+    low, high = np.percentile(region, WINDOW_PERCENTILES)
+    scaled = (volume - low) / max(float(high - low), 1e-6)
+    out = np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8)
+    if inside is not None:
+        out[~inside] = 0
+    return out
+
+
+@lru_cache(maxsize=4)
+def read_slices(path: Path, brain_mask: Path | None = None) -> np.ndarray:
+    """A volume as uint8 display slices (slices, rows, columns), windowed inside its brain mask or head."""
+    volume = read_volume(path)
+    inside = head_of(volume, brain_mask)
+    if inside.shape != volume.shape:
+        raise DatasetError(f"{brain_mask}: shape {inside.shape} differs from {path.name}'s {volume.shape}")
+    return window_to_uint8(volume, inside)
+
+
+def head_of(volume: np.ndarray, brain_mask: Path | None = None) -> np.ndarray:
+    """The voxels inside the head: the brain mask's where there is one, else those unlike the corner voxel
+    (air, or what a skull-stripped volume holds outside the brain: 0, or its minimum once z-scored)."""
+    return read_volume(brain_mask) > 0 if brain_mask else volume != volume.flat[0]
+
+
+@dataclass(frozen=True)
+class VolumeSlice:
+    """One axial display slice of a NIfTI volume (`read_slices`); reports name it FILE@INDEX."""
+
+    path: Path
+    index: int
+    brain_mask: Path | None = None
+
+    def pixels(self) -> np.ndarray:
+        return read_slices(self.path, self.brain_mask)[self.index]
+
+    def __str__(self) -> str:
+        return f"{self.path}@{self.index}"
+
+
+@dataclass(frozen=True)
+class LabelSlice:
+    """The tumour of one display slice of a label volume: the labels in `labels` (None: any nonzero)."""
+
+    path: Path
+    index: int
+    labels: tuple[int, ...] | None = None
+
+    def tumour(self) -> np.ndarray:
+        values = read_volume(self.path)[self.index]
+        return values > 0 if self.labels is None else np.isin(np.rint(values), self.labels)
+
+    def draw(self, height: int, width: int) -> np.ndarray:
+        values = read_volume(self.path)[self.index]
+        if values.shape != (height, width):
+            raise DatasetError(f"{self.path}: slice {self.index} is {values.shape}, its image {(height, width)}")
+        return self.tumour().astype(np.uint8)
+
+
+def case_volumes(folder: Path) -> tuple[list[Path], Path | None, Path | None]:
+    """A case folder's image volumes, its label volume and its brain mask (None where it has none)."""
+    volumes = sorted(path for path in folder.iterdir() if path.is_file() and is_nifti(path))
+    labels = [path for path in volumes if LABEL_NAME.search(nifti_stem(path))]
+    masks = [path for path in volumes if BRAIN_MASK_NAME.search(nifti_stem(path))]
+    if len(labels) > 1:
+        raise DatasetError(f"{folder}: several label volumes ({', '.join(path.name for path in labels)})")
+    images = [path for path in volumes if path not in labels and path not in masks]
+    return images, (labels[0] if labels else None), (masks[0] if masks else None)
+
+
+def case_folders(root: Path) -> list[Path]:
+    """`root` itself when it holds NIfTI volumes, else its sub-folders that do."""
+    folders = [root, *sorted(path for path in root.iterdir() if path.is_dir())]
+    return [folder for folder in folders if any(is_nifti(path) for path in folder.iterdir() if path.is_file())]
+
+
+def volume_slices(root: Path) -> list[tuple[VolumeSlice, LabelSlice | None, str, str]]:
+    """Every image volume's slices with brain in them (not the volume's empty ends), with the tumour its
+    sequence shows where the case has a label volume: (slice, tumour, sequence, case)."""
+    slices = []
+    for folder in case_folders(root):
+        images, label, brain_mask = case_volumes(folder)
+        for path in images:
+            volume = read_volume(path)
+            if label is not None and read_volume(label).shape != volume.shape:
+                raise DatasetError(f"{label}: shape differs from {path.name}'s {volume.shape}")
+            areas = head_of(volume, brain_mask).sum(axis=(1, 2))
+            sequence = sequence_of(path)
+            for index in np.flatnonzero(areas >= MIN_HEAD_SHARE * max(int(areas.max()), 1)):
+                tumour = None if label is None else LabelSlice(label, int(index), tumour_labels_of(sequence))
+                slices.append((VolumeSlice(path, int(index), brain_mask), tumour, sequence, folder.name))
+    return slices
