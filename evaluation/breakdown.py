@@ -1,5 +1,5 @@
 """Which part of an evaluated set each image belongs to: its source (one of several data roots) and,
-for a slice read from a multi-sequence file (FILE#SEQUENCE), its MRI sequence. Every report gives its
+for a slice read from a multi-sequence file (FILE#SEQUENCE) or a NIfTI volume (FILE@INDEX), its MRI sequence. Every report gives its
 numbers for each part as well as pooled: a model that holds up on one source or sequence may fail another."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from datamodules.images import ChannelOf, parse_source
+from datamodules.images import ChannelOf, ImageSource, parse_source
+from datamodules.nifti import VolumeSlice, sequence_of
 
 
 def parts_of(
@@ -19,8 +20,14 @@ def parts_of(
     parts: dict[str, dict[str, np.ndarray]] = {}
     if len(set(source_of.tolist())) > 1:
         parts["per_source"] = {str(name): source_of == index for index, name in enumerate(source_names)}
-    sources = [parse_source(file) for file in files]
-    sequences = np.array([source.sequence if isinstance(source, ChannelOf) else "" for source in sources])
+    sequences = np.array([sequence_named(parse_source(file)) for file in files])
     if (sequences != "").any():
         parts["per_sequence"] = {name: sequences == name for name in sorted(set(sequences)) if name}
     return {key: {name: mask for name, mask in masks.items() if mask.any()} for key, masks in parts.items()}
+
+
+def sequence_named(source: ImageSource) -> str:
+    """The MRI sequence an image source names: an LGG slice's channel, a NIfTI volume's file name; else ''."""
+    if isinstance(source, ChannelOf):
+        return source.sequence
+    return sequence_of(source.path) if isinstance(source, VolumeSlice) else ""

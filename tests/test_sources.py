@@ -184,15 +184,16 @@ def test_reports_count_a_tumour_of_unknown_type_found_when_any_type_is_given():
 
 
 def test_reports_are_broken_down_by_source_and_sequence():
-    files = ["a/1.png", "a/2.png#flair", "b/3.png#t1", "b/4.png#flair"]
-    parts = parts_of(files, np.array([0, 0, 1, 1]), ["a", "b"])
+    files = ["a/1.png", "a/2.png#flair", "b/3.png#t1", "b/4.png#flair", "b/case_t1ce.nii.gz@7"]
+    parts = parts_of(files, np.array([0, 0, 1, 1, 1]), ["a", "b"])
     assert {name: mask.tolist() for name, mask in parts["per_source"].items()} == {
-        "a": [True, True, False, False],
-        "b": [False, False, True, True],
+        "a": [True, True, False, False, False],
+        "b": [False, False, True, True, True],
     }
     assert {name: mask.tolist() for name, mask in parts["per_sequence"].items()} == {
-        "flair": [False, True, False, True],
-        "t1": [False, False, True, False],
+        "flair": [False, True, False, True, False],
+        "t1": [False, False, True, False, False],
+        "t1c": [False, False, False, False, True],
     }
     assert parts_of(files[:1], np.array([0]), ["a"]) == {}
 
