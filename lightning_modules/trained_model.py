@@ -59,7 +59,7 @@ class TrainedModel:
 
     def __post_init__(self) -> None:
         # The layout training runs in (TaskModule.setup): on CPU a UNet's forward pass is then about 1.3x
-        # faster, a classifier's a little (BENCHMARKS.md, "Inference latency").
+        # faster, a classifier's a little (docs/studies/inference_latency.md).
         self.module.to(memory_format=torch.channels_last)
 
     @classmethod
