@@ -46,6 +46,7 @@ class GracefulInterrupt(L.Callback):
         if self._requested:
             # Lightning logs a step's metrics after this hook: log them first, or the last step
             # trained would be missing from TensorBoard (a resumed run goes on with the next one).
+            # Lightning has no public call that flushes a step's logged metrics early; its loop calls these.
             trainer._logger_connector.on_batch_end()
             trainer._logger_connector.update_train_step_metrics()
         self._stop_if_requested()

@@ -5,6 +5,7 @@ overridden on the command line, and `--print_config` shows the resolved result."
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import warnings
@@ -12,7 +13,6 @@ from argparse import ArgumentError
 from collections.abc import Callable
 
 import lightning as L
-from jsonargparse._util import import_object
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -55,6 +55,12 @@ TRAINER_DEFAULTS = {
 }
 
 
+def class_at(class_path: str) -> type:
+    """The class a config's `class_path` names (jsonargparse resolves it so, but only through a private module)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 class BrainTumorCLI(LightningCLI):
     """LightningCLI without subcommands (`python train.py --config cfg.yaml`)."""
 
@@ -87,7 +93,7 @@ class BrainTumorCLI(LightningCLI):
         trainer = self.config.trainer
         logger_args = getattr(trainer.logger, "init_args", None)
         if logger_args is not None and "name" in logger_args and logger_args.name is None:
-            model_class = import_object(self.config.model.class_path)
+            model_class = class_at(self.config.model.class_path)
             logger_args.name = getattr(model_class, "run_name", "lightning_logs")
         for name in ("max_epochs", "min_epochs"):
             check_range(f"trainer.{name}", trainer.get(name), 1)

@@ -26,6 +26,8 @@ class Hardware:
     @classmethod
     def detect(cls) -> Hardware:
         capability = torch.cuda.get_device_capability(0) if torch.cuda.is_available() else None
+        # torch has no public query for these (torch.backends.cpu.get_cpu_capability() says AVX512 with or
+        # without bf16); these private ones are what its own oneDNN dispatch checks.
         cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
         return cls(capability, cpu_bf16)
 

@@ -116,6 +116,7 @@ def cpu_peak_flops(precision: str) -> tuple[float, str]:
     except OSError:
         lines = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("cpu MHz")]
         ghz = float(lines[0].split(":")[1]) / 1000
+    # torch has no public query of these units (lightning_modules/precision.py says why it uses the same ones)
     if precision == "bf16-mixed" and torch.cpu._is_amx_tile_supported():
         per_cycle, unit = 1024, "AMX bf16 tile multiply: 16x16x32 multiply-adds per 16 cycles"
     elif precision == "bf16-mixed" and torch.cpu._is_avx512_bf16_supported():

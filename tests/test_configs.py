@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from jsonargparse._util import import_object
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 import train
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
+from lightning_modules.cli import class_at
 from tests.conftest import REPO
 
 CONFIGS = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))
@@ -77,7 +77,7 @@ def test_printed_config_is_a_complete_config_of_the_same_run(config, capsys, tmp
 def test_each_config_resolves_to_what_it_did_before_the_defaults_moved_into_code(config, capsys):
     now = yaml.safe_load(printed_config(capsys, "--config", str(REPO / "configs" / config)))
     before = yaml.safe_load((BEFORE / config).read_text())
-    module_class = import_object(now["model"]["class_path"])
+    module_class = class_at(now["model"]["class_path"])
 
     # The run folder's name: the config's, else the task's.
     assert (now["trainer"]["logger"]["init_args"]["name"] or module_class.run_name) == before["trainer"]["logger"][
