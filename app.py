@@ -16,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from datamodules.dicom import DICOM_SUFFIXES
+from datamodules.labels import NO_TUMOR
 from lightning_modules.bundled import models_to_use
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.predictor import Prediction, TumorPredictor
@@ -28,8 +29,21 @@ DISCLAIMER = (
 )
 
 
+UNLIKE_TRAINING_DATA = (
+    "### ⚠️ This slice is unlike the images the models learned from\n"
+    "Another scanner, sequence or preprocessing (a skull-stripped slice, say): the answers below may be wrong."
+)
+NO_TUMOR_UNLIKE_TRAINING_DATA = (
+    ' **A "no tumor" answer means little here**: on slices unlike their training data, the models miss many '
+    "tumours, large ones too. Look at the image yourself."
+)
+
+
 def describe(prediction: Prediction) -> str:
     lines = []
+    if prediction.unlike_training_data:  # first, and above all a "no tumor": it must not be missed
+        says_no_tumor = prediction.probabilities and prediction.predicted_class == NO_TUMOR
+        lines.append(UNLIKE_TRAINING_DATA + (NO_TUMOR_UNLIKE_TRAINING_DATA if says_no_tumor else ""))
     if prediction.probabilities:
         lines.append(
             f"**Predicted class:** {prediction.predicted_class.replace('_', ' ')} "

@@ -654,6 +654,19 @@ def test_disagreement_of_the_two_models_is_said_in_the_table_and_on_the_page(pre
     assert ("**The two models disagree:**" in app.describe(prediction)) == (not agree)
 
 
+@pytest.mark.parametrize("predicted", ["no_tumor", "glioma"])
+@pytest.mark.parametrize("unlike", [True, False])
+def test_the_page_puts_unlike_the_training_data_first_and_says_what_it_means_for_no_tumor(predicted, unlike):
+    import app
+
+    probabilities = {name: 0.9 if name == predicted else 0.1 / 3 for name in CLASS_NAMES}
+    prediction = Prediction("slice.png", probabilities=probabilities, unlike_training_data=unlike)
+    message = app.describe(prediction)
+    assert message.startswith("### ⚠️ This slice is unlike") == unlike
+    assert ('A "no tumor" answer means little here' in message) == (unlike and predicted == "no_tumor")
+    assert message.index("**Predicted class:**") > (message.find("unlike") if unlike else -1)
+
+
 def test_one_model_alone_has_nothing_to_disagree_with():
     prediction = Prediction("slice.png", probabilities={name: 0.25 for name in CLASS_NAMES})
     assert prediction.models_agree is None and "models_agree" not in prediction.row()
