@@ -17,9 +17,9 @@ import gradio as gr
 
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.labels import NO_TUMOR
-from lightning_modules.bundled import models_to_use
+from inference.bundled import models_to_use
+from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.predictor import Prediction, TumorPredictor
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 MAX_UPLOAD_MB = 20

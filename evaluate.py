@@ -60,7 +60,7 @@ from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.trained_model import TrainedModel, resolve_device
-from lightning_modules.tta import TTA_VIEWS, classify
+from lightning_modules.tta import TTA_VIEWS
 
 
 def default_output_dir(checkpoint: Path) -> Path:
@@ -133,7 +133,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
         dataset, source, roots = own_split(trained, args)
         datasets, copies = [dataset], None
     # logits and, for the familiarity score, pooled features
-    run = partial(classify, trained.module, tta=args.tta or "none")
+    run = partial(trained.module.classify, tta=args.tta or "none")
     outputs = [
         output
         for dataset in datasets

@@ -28,9 +28,9 @@ from tqdm import tqdm
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.errors import UserError
 from datamodules.images import IMAGE_SUFFIXES
-from lightning_modules.bundled import models_to_use
+from inference.bundled import models_to_use
+from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.predictor import Prediction, TumorPredictor
 from lightning_modules.tta import TTA_VIEWS
 from lightning_modules.visualization import heatmap_overlay, mask_overlay
 

@@ -5,7 +5,6 @@ several), exact resume, image logging."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import lightning as L
 import torch
@@ -21,9 +20,7 @@ from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
 from lightning_modules.checkpoints import member_reference, run_folder_checkpoints
 from lightning_modules.models import MeanOfLogits
 from lightning_modules.optim import DecayName, OptimizerName, create_optimizer, create_warmup_decay_schedule
-
-if TYPE_CHECKING:  # trained_model imports the task modules, which import this one
-    from lightning_modules.trained_model import TrainedModel
+from lightning_modules.trained_model import TrainedModel
 
 
 class TaskModule(L.LightningModule):
@@ -136,8 +133,6 @@ class TaskModule(L.LightningModule):
         PATH), if it is the network `arguments` build here and, with a `datamodule`, it was trained on
         that data and split or on none of its images (else its validation images could be among this
         run's training images, or the reverse)."""
-        from lightning_modules.trained_model import TrainedModel  # imported here: see TYPE_CHECKING
-
         path, index = member_reference(path)
         source = loaded.get(path) or TrainedModel.load(path, type(self), torch.device("cpu"))
         network = source.module.net

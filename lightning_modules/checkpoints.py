@@ -12,6 +12,7 @@ so loading a checkpoint from elsewhere cannot run code hidden in it."""
 
 from __future__ import annotations
 
+import importlib
 import pickle
 import re
 import zipfile
@@ -41,6 +42,16 @@ def run_folder_checkpoints(monitor: str, mode: str = "max") -> list[ModelCheckpo
 
 class CheckpointError(UserError):
     """A checkpoint path that is missing, unreadable, unsafe or of the wrong kind."""
+
+
+def class_at(class_path: str) -> type:
+    """The class a config's or checkpoint's `class_path` names (jsonargparse resolves it so, but only
+    through a private module)."""
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise CheckpointError(f"{class_path}: no such class in this project") from None
 
 
 def saved_class_name(hparams: dict, default: str = "") -> str:

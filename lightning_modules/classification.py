@@ -18,6 +18,7 @@ from lightning_modules.losses import mixed_partial_label_loss, partial_label_los
 from lightning_modules.metrics import calibration_error, classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier, mean_of_logits
 from lightning_modules.pretrained import load_classifier_weights
+from lightning_modules.tta import run_with_tta
 from lightning_modules.visualization import confusion_matrix_figure
 
 UNFAMILIAR_VALIDATION_SHARE = 0.05  # of validation images called unlike the training data
@@ -135,6 +136,12 @@ class ClassificationModule(TaskModule):
         """Calibrated class probabilities: the softmax of the logits over the fitted temperature."""
         return (logits.float() / self.fitted("temperature", logits)).softmax(dim=1)
 
+    def classify(self, images: torch.Tensor, tta: str = "none") -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits averaged over the views of `tta` (lightning_modules.tta), and the pooled features of the
+        image as it is (what the familiarity score reads): the unflipped view's pass gives both."""
+        logits, pooled = self.forward_with_features(images)
+        return run_with_tta(self, images, tta, unflipped=logits), pooled
+
     def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the pooled features the head classifies (timm's pre-logits)."""
         features = self.net.forward_features(images)
@@ -165,7 +172,7 @@ class ClassificationModule(TaskModule):
     def on_fit_start(self) -> None:
         super().on_fit_start()
         if self.hparams.teachers:
-            self._teachers = Teachers.load(self.hparams.teachers, self.device, self.hparams.in_channels)
+            self._teachers = Teachers.load(self.hparams.teachers, type(self), self.device, self.hparams.in_channels)
             self._teachers.check_same_split(self.trainer.datamodule)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

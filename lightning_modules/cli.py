@@ -5,7 +5,6 @@ overridden on the command line, and `--print_config` shows the resolved result."
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import warnings
@@ -17,6 +16,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.errors import UserError, check_range
+from lightning_modules.checkpoints import class_at
 from lightning_modules.precision import Hardware, fastest_precision
 
 # A mistake in a file or option the user gave; anything else is a bug and keeps its traceback.
@@ -53,12 +53,6 @@ TRAINER_DEFAULTS = {
         },  # None: the task's run name (TaskModule.run_name); save_dir follows default_root_dir
     },
 }
-
-
-def class_at(class_path: str) -> type:
-    """The class a config's `class_path` names (jsonargparse resolves it so, but only through a private module)."""
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 
 class BrainTumorCLI(LightningCLI):

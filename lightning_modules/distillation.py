@@ -5,16 +5,13 @@ that an ensemble can be distilled into one network."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from datamodules.base import CachedDataModule
 from datamodules.errors import ConfigError
-
-if TYPE_CHECKING:  # trained_model imports the classifier, which imports this module
-    from lightning_modules.trained_model import TrainedModel
+from lightning_modules.trained_model import TrainedModel
 
 
 def distillation_loss(logits: torch.Tensor, teacher_probabilities: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -32,13 +29,10 @@ class Teachers:
     models: list[TrainedModel]
 
     @classmethod
-    def load(cls, paths: list[str], device: torch.device, channels: int) -> Teachers:
-        """Classifier checkpoints, run folders or model files that read images of `channels` channels."""
-        # Imported here, not above: see TYPE_CHECKING.
-        from lightning_modules.classification import ClassificationModule
-        from lightning_modules.trained_model import TrainedModel
-
-        models = [TrainedModel.load(path, ClassificationModule, device) for path in paths]
+    def load(cls, paths: list[str], module_class: type, device: torch.device, channels: int) -> Teachers:
+        """Checkpoints, run folders or model files of `module_class` (the student's) that read images of
+        `channels` channels."""
+        models = [TrainedModel.load(path, module_class, device) for path in paths]
         for path, model in zip(paths, models):
             if model.channels != channels:
                 raise ConfigError(f"{path}: a teacher of {model.channels}-channel images; this run reads {channels}")

@@ -10,26 +10,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
 from datamodules.base import CachedDataModule
-from datamodules.classification import ClassificationDataModule
 from datamodules.fingerprints import Fingerprints
 from datamodules.images import resize_square
-from datamodules.segmentation import SegmentationDataModule
 from datamodules.transforms import build_transform
-from lightning_modules.base import TaskModule
 from lightning_modules.checkpoints import (
     CheckpointError,
+    class_at,
     find_checkpoint,
     read_checkpoint,
     saved_arguments,
     saved_class_name,
 )
-from lightning_modules.classification import ClassificationModule
 from lightning_modules.model_file import is_model_file, read_model_file
-from lightning_modules.segmentation import SegmentationModule
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -42,15 +39,28 @@ def resolve_device(device: str = "auto") -> torch.device:
 # Datamodule settings that, with the same images, fix the validation split.
 SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance")
 
-TASK_MODULES = {cls.__name__: cls for cls in (ClassificationModule, SegmentationModule)}
-DATAMODULES = {cls.__name__: cls for cls in (ClassificationDataModule, SegmentationDataModule)}
+# What a saved `_class_path` may name: the project's task modules and datamodules, found by their class path
+# as the CLI finds them, so that loading knows no task by name.
+PROJECT_PACKAGES = {L.LightningModule: "lightning_modules", L.LightningDataModule: "datamodules"}
+
+
+def saved_class(hparams: dict, kind: type, source: str | Path) -> type | None:
+    """The project class (of `kind`) that saved hyperparameters name; None when they name none."""
+    class_path = hparams.get("_class_path")
+    if not class_path:
+        return None
+    package = PROJECT_PACKAGES[kind]
+    found = class_at(class_path) if class_path.split(".")[0] == package else None
+    if not (isinstance(found, type) and issubclass(found, kind)):
+        raise CheckpointError(f"{source}: not a checkpoint of this project's models (class '{class_path}')")
+    return found
 
 
 @dataclass
 class TrainedModel:
     """A task module in eval mode with the preprocessing and data settings it was trained with."""
 
-    module: TaskModule
+    module: L.LightningModule  # a lightning_modules.base.TaskModule
     image_size: int
     channels: int
     checkpoint: str
@@ -63,19 +73,20 @@ class TrainedModel:
         self.module.to(memory_format=torch.channels_last)
 
     @classmethod
-    def load(cls, path: str | Path, module_class: type[TaskModule] | None, device: torch.device) -> TrainedModel:
+    def load(cls, path: str | Path, module_class: type[L.LightningModule] | None, device: torch.device) -> TrainedModel:
         """A checkpoint file, the best checkpoint of a run folder, or a model file (export.py) of
         `module_class` (None: of either task). Loading reads only the file: no pretrained weights, no network
         (see TaskModule.load_pretrained_weights)."""
         slim = is_model_file(path)
         path = Path(path) if slim else find_checkpoint(path)
         checkpoint = read_model_file(path) if slim else read_checkpoint(path)
-        saved_class = saved_class_name(checkpoint.get("hyper_parameters", {}))
-        if module_class is None and saved_class not in TASK_MODULES:
-            raise CheckpointError(f"{path}: not a checkpoint of this project's models (class '{saved_class}')")
-        module_class = module_class or TASK_MODULES[saved_class]
-        if saved_class and saved_class != module_class.__name__:
-            raise CheckpointError(f"{path}: a {saved_class} checkpoint, expected {module_class.__name__}")
+        hparams = checkpoint.get("hyper_parameters", {})
+        saved = saved_class(hparams, L.LightningModule, path)
+        if module_class is None and saved is None:
+            raise CheckpointError(f"{path}: not a checkpoint of this project's models (no saved class)")
+        if saved is not None and module_class is not None and saved.__name__ != module_class.__name__:
+            raise CheckpointError(f"{path}: a {saved.__name__} checkpoint, expected {module_class.__name__}")
+        module_class = module_class or saved
         data = checkpoint.get("datamodule_hyper_parameters")
         if not data or "image_size" not in data:
             raise CheckpointError(
@@ -99,12 +110,16 @@ class TrainedModel:
     def datamodule(self, root: str | list[str] | None = None, **moved: str | list[str] | None) -> CachedDataModule:
         """The datamodule the model was trained with, with its arguments, on `root` if given (and other
         data folders that have moved, e.g. `negatives`)."""
-        class_name = saved_class_name(self.data_hparams)
-        if class_name not in DATAMODULES:
+        try:
+            datamodule_class = saved_class(self.data_hparams, L.LightningDataModule, self.checkpoint)
+        except CheckpointError:
+            datamodule_class = None
+        if datamodule_class is None:
+            class_name = saved_class_name(self.data_hparams)
             raise CheckpointError(f"{self.checkpoint}: trained with an unknown datamodule '{class_name}'")
         arguments = saved_arguments(self.data_hparams)
         moved = {key: value for key, value in {"root": root, **moved}.items() if value}
-        return DATAMODULES[class_name](**{**arguments, **moved})
+        return datamodule_class(**{**arguments, **moved})
 
     @property
     def training_fingerprints(self) -> Fingerprints | None:

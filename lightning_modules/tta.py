@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.classification import ClassificationModule
-
 # Test-time augmentation: the views a model is run on, each a flip of the image's (height, width)
 # axes; outputs with a spatial layout (segmentation logits) are flipped back before the mean.
 TTA_VIEWS: dict[str, list[tuple[int, ...]]] = {
@@ -28,12 +26,3 @@ def run_with_tta(
         output = module(images.flip(dims) if dims else images)
         outputs.append(output.flip(dims) if dims and output.ndim == 4 else output)
     return torch.stack(outputs).mean(dim=0)
-
-
-def classify(
-    module: ClassificationModule, images: torch.Tensor, tta: str = "none"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits averaged over the views of `tta`, and the pooled features of the image as it is (what
-    the familiarity score reads): the unflipped view's pass gives both."""
-    logits, pooled = module.forward_with_features(images)
-    return run_with_tta(module, images, tta, unflipped=logits), pooled

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.images import IMAGE_SUFFIXES  # noqa: E402
-from lightning_modules.predictor import TumorPredictor  # noqa: E402
+from inference.predictor import TumorPredictor  # noqa: E402
 
 
 def noise(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -17,8 +17,8 @@ from playwright.sync_api import sync_playwright
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from app import build_app  # noqa: E402
-from lightning_modules.bundled import models_to_use  # noqa: E402
-from lightning_modules.predictor import TumorPredictor  # noqa: E402
+from inference.bundled import models_to_use  # noqa: E402
+from inference.predictor import TumorPredictor  # noqa: E402
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 

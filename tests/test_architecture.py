@@ -1,5 +1,5 @@
 """The layout is the architecture: imports between the packages run one way,
-datamodules <- lightning_modules <- evaluation <- the scripts."""
+datamodules <- lightning_modules <- inference <- evaluation <- the scripts, and inside a package in no circle."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import REPO
 
-LAYERS = ["datamodules", "lightning_modules", "evaluation"]  # each may import only those before it
+LAYERS = ["datamodules", "lightning_modules", "inference", "evaluation"]  # each may import only those before it
 
 
 def imported_packages(path) -> set[str]:
@@ -33,6 +33,53 @@ def test_a_package_imports_no_package_above_it(package):
         str(path.relative_to(REPO)): sorted(imported_packages(path) & above) for path in (REPO / package).glob("*.py")
     }
     assert {path: names for path, names in offences.items() if names} == {}
+
+
+def imported_modules(path, package: str) -> set[str]:
+    """The modules of `package` a module imports, anywhere in its code (in functions and under TYPE_CHECKING too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+    return {name for name in names if name.startswith(f"{package}.")}
+
+
+def import_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the import graph (as its modules, the first repeated last), or None."""
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> list[str] | None:
+        state[module] = "open"
+        for imported in sorted(graph.get(module, ())):
+            if state.get(imported) == "open":
+                return path[path.index(imported) :] + [imported]
+            if imported not in state and (cycle := visit(imported, [*path, imported])):
+                return cycle
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state and (cycle := visit(module, [module])):
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_the_modules_of_a_package_import_each_other_in_no_circle(package):
+    graph = {f"{package}.{path.stem}": imported_modules(path, package) for path in (REPO / package).glob("*.py")}
+    assert import_cycle(graph) is None
+
+
+def test_an_import_circle_is_caught():
+    assert import_cycle({"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.a"}, "p.d": {"p.a"}}) == [
+        "p.a",
+        "p.b",
+        "p.c",
+        "p.a",
+    ]
+    assert import_cycle({"p.a": {"p.b"}, "p.b": set(), "p.c": {"p.a", "p.b"}}) is None
 
 
 def test_a_package_importing_one_above_it_is_caught(tmp_path):

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 import train
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
-from lightning_modules.cli import class_at
+from lightning_modules.checkpoints import class_at
 from tests.conftest import REPO
 
 CONFIGS = sorted(path.name for path in (REPO / "configs").glob("*.yaml"))

@@ -91,7 +91,7 @@ def test_a_teacher_of_another_split_or_other_images_is_refused_in_one_line(train
 
 def test_a_teacher_of_other_channels_names_the_file(trained_classifier):
     with pytest.raises(ConfigError, match=f"{trained_classifier}: a teacher of 1-channel images; this run reads 3"):
-        Teachers.load([str(trained_classifier)], torch.device("cpu"), channels=3)
+        Teachers.load([str(trained_classifier)], ClassificationModule, torch.device("cpu"), channels=3)
 
 
 def test_a_fit_loads_its_teachers_and_learns_from_them(trained_classifier, tmp_path):

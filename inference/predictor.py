@@ -13,12 +13,11 @@ import torch.nn.functional as F
 from datamodules.errors import InputImageError, UserError
 from datamodules.images import load_image_file
 from datamodules.labels import CLASS_NAMES, NO_TUMOR
-from lightning_modules.bundled import BUNDLED_MODELS
+from inference.bundled import BUNDLED_MODELS
+from inference.gradcam import grad_cam
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.gradcam import grad_cam
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel, resolve_device
-from lightning_modules.tta import classify
 
 # An input whose shorter side is below this share of the model's input size is blown up so much
 # that the model sees mostly interpolation: it is still predicted, with a warning.
@@ -151,7 +150,7 @@ class TumorPredictor:
                 self.gradcam_unavailable = (
                     f"Grad-CAM is not available for model '{module.hparams.model}': its features have no spatial layout"
                 )
-        logits, pooled = classify(module, inputs, tta or "none")
+        logits, pooled = module.classify(inputs, tta or "none")
         probabilities, unfamiliar = module.probabilities(logits), module.is_unfamiliar(pooled)
         for i, prediction in enumerate(valid):
             prediction.probabilities = dict(zip(CLASS_NAMES, probabilities[i].tolist()))
