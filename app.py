@@ -1,6 +1,6 @@
 """A local web page: upload an MRI slice, see the class probabilities, the tumor overlay and a Grad-CAM map.
 
-    python app.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] [--port 7860]
+    python app.py [--cls_ckpt runs/cls/version_0] [--seg_ckpt runs/seg/version_0] [--port 7860]
 
 A model is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); give
 either or both, or neither to use the models bundled in models/ (their cards: models/*.md).
@@ -17,6 +17,7 @@ import gradio as gr
 
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.labels import NO_TUMOR
+from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.cli import run_with_clean_errors
@@ -108,19 +109,19 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
                 probabilities = gr.Label(
                     label="Class probabilities"
                     if predictor.classifier
-                    else "Class probabilities (no --cls-ckpt given)",
+                    else "Class probabilities (no --cls_ckpt given)",
                     num_top_classes=4,
                     elem_id="probabilities",
                 )
         with gr.Row():
             tumor = gr.Image(
-                label="Segmented tumor" if predictor.segmenter else "Segmented tumor (no --seg-ckpt given)",
+                label="Segmented tumor" if predictor.segmenter else "Segmented tumor (no --seg_ckpt given)",
                 elem_id="tumor",
             )
             gradcam = gr.Image(
                 label="Grad-CAM: where the classifier looked"
                 if predictor.classifier
-                else "Grad-CAM (no --cls-ckpt given)",
+                else "Grad-CAM (no --cls_ckpt given)",
                 elem_id="gradcam",
             )
         outputs = [probabilities, tumor, gradcam, message]
@@ -131,14 +132,10 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)"
-    )
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint, run folder or model file")
-    parser.add_argument("--device", default="auto")
+    add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     parser.add_argument("--port", type=int, default=7860)
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     build_app(predictor).launch(
         server_name=args.host, server_port=args.port, max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=True

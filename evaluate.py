@@ -1,16 +1,16 @@
 """Evaluate a trained model, from its checkpoint alone, with 95% bootstrap intervals.
 
     python evaluate.py --ckpt_path runs/cls/version_0                       # its own data: test split, else validation
-    python evaluate.py --ckpt_path runs/cls/version_0 --data.root FOLDER    # any labelled folder(s)
-    python evaluate.py --ckpt_path models/classifier.safetensors --data.root DATASET --own_split
-    python evaluate.py --ckpt_path runs/seg/version_0 [--data.root FOLDER ...] [--output_dir DIR]
+    python evaluate.py --ckpt_path runs/cls/version_0 --data_root FOLDER    # any labelled folder(s)
+    python evaluate.py --ckpt_path models/classifier.safetensors --data_root DATASET --own_split
+    python evaluate.py --ckpt_path runs/seg/version_0 [--data_root FOLDER ...] [--output_dir DIR]
 
 --ckpt_path is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); the task,
-the image size, the channels and the data settings come from it. A classifier's --data.root is a folder with class
+the image size, the channels and the data settings come from it. A classifier's --data_root is a folder with class
 sub-folders, or a dataset root (its Testing/, else its Training/): images that copy one the model
 trained or was validated on (exact, or near by perceptual hash) are counted and left out of a second
 set of results, so that a model is never scored on what it has seen; several roots (or a split drawn from
-several) are also scored one by one. A segmenter's --data.root is any segmentation source or a mix
+several) are also scored one by one. A segmenter's --data_root is any segmentation source or a mix
 (a COCO export's test/, else valid/; image/mask folders; figshare .mat files; healthy slices), its seen
 images scored apart likewise. Writes DIR/metrics.json (every number, its interval, every
 image's prediction) and figures, and prints a table; DIR defaults to the run folder's evaluation/.
@@ -54,6 +54,7 @@ from evaluation.segmentation import (
     segmentation_report,
     worst_and_best,
 )
+from inference.arguments import parse_arguments
 from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
@@ -111,7 +112,7 @@ def own_split(
     trained: TrainedModel, args: argparse.Namespace, **moved: str | list[str] | None
 ) -> tuple[Dataset, str, list[Path]]:
     """The split of the model's own data it is scored on (its official test split, else its
-    validation split), rebuilt as in training from `--data.root` or the roots it recorded; with a
+    validation split), rebuilt as in training from `--data_root` or the roots it recorded; with a
     description of it and its roots."""
     datamodule = trained.datamodule(args.data_root, **moved)
     datamodule.setup("test")
@@ -170,7 +171,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     fingerprints = Fingerprints.concatenate([dataset.fingerprints for dataset in datasets])
     results["distinct_images"], distinct_text = distinct_images_result(trained, predictions, fingerprints, scored, args)
     text += distinct_text
-    # A split drawn from several roots knows each image's root; else each --data.root is a dataset of its own.
+    # A split drawn from several roots knows each image's root; else each --data_root is a dataset of its own.
     sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
     for key, parts in parts_of(predictions.files, sources, roots).items():  # the images scored, by source and sequence
         results[key] = {name: report(predictions.subset(scored & mask)) for name, mask in parts.items()
@@ -345,24 +346,20 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, help="a .ckpt file or a run folder (its checkpoints/best.ckpt)")
-    parser.add_argument(
-        "--data.root", dest="data_root", nargs="+", help="what to evaluate (default: the model's own data)"
-    )
+    parser.add_argument("--data_root", nargs="+", help="what to evaluate (default: the model's own data)")
     parser.add_argument(
         "--own_split",
         action="store_true",
-        help="score the model's own test (else validation) split of --data.root, the training data's root "
+        help="score the model's own test (else validation) split of --data_root, the training data's root "
         "moved elsewhere; the split is recomputed from the files, as in training",
     )
     parser.add_argument(
-        "--data.negatives",
-        dest="data_negatives",
+        "--data_negatives",
         nargs="+",
         help="segmenter, with --own_split: where the healthy slices it was trained with are now",
     )
     parser.add_argument(
-        "--data.sequences",
-        dest="data_sequences",
+        "--data_sequences",
         nargs="+",
         help="of a multi-sequence (LGG) slice, the sequences to score, each a grayscale slice (t1, flair, t1c; "
         "default: those the model trained with)",
@@ -387,7 +384,7 @@ def main(argv: list[str] | None = None) -> None:
         help="segmentation: drop predicted tumours of fewer pixels, at the "
         "model's input size (default: the model's min_tumor_area)",
     )
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
 
     trained = TrainedModel.load(args.ckpt_path, None, resolve_device(args.device))
     evaluate = evaluate_classifier if isinstance(trained.module, ClassificationModule) else evaluate_segmenter

@@ -1,6 +1,6 @@
 """Export trained checkpoints as slim model files (default) or to ONNX.
 
-    python export.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] [--output-dir exports] \\
+    python export.py [--cls_ckpt runs/cls/version_0] [--seg_ckpt runs/seg/version_0] [--output_dir exports] \\
         [--format safetensors|onnx] [--dtype float16|float32]
 
 A checkpoint is a .ckpt file or a run folder (its checkpoints/best.ckpt).
@@ -28,6 +28,7 @@ import torch
 
 from datamodules.labels import CLASS_NAMES
 from datamodules.transforms import imagenet_normalization
+from inference.arguments import parse_arguments
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.model_file import write_model_file
@@ -137,9 +138,9 @@ def export_checkpoints(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", help="classifier checkpoint or run folder")
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint or run folder")
-    parser.add_argument("--output-dir", default="exports", help="default: %(default)s")
+    parser.add_argument("--cls_ckpt", help="classifier: a checkpoint or run folder")
+    parser.add_argument("--seg_ckpt", help="segmenter: a checkpoint or run folder")
+    parser.add_argument("--output_dir", default="exports", help="default: %(default)s")
     parser.add_argument(
         "--format",
         choices=["safetensors", "onnx"],
@@ -150,11 +151,11 @@ def main(argv: list[str] | None = None) -> None:
         "--dtype",
         choices=["float16", "float32"],
         default="float16",
-        help="of the weights in a model file (default: %(default)s; BENCHMARKS.md measures the difference)",
+        help="of the weights in a model file (default: %(default)s; docs/studies/slim_model_files.md measures the difference)",
     )
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     if not (args.cls_ckpt or args.seg_ckpt):
-        parser.error("give --cls-ckpt, --seg-ckpt or both")
+        parser.error("give --cls_ckpt, --seg_ckpt or both")
     for path in export_checkpoints(
         args.cls_ckpt, args.seg_ckpt, Path(args.output_dir), args.format, args.dtype == "float16"
     ):

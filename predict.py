@@ -1,6 +1,6 @@
 """Classify MRI slices and/or segment their tumors with trained checkpoints.
 
-    python predict.py [--cls-ckpt runs/cls/version_0] [--seg-ckpt runs/seg/version_0] \\
+    python predict.py [--cls_ckpt runs/cls/version_0] [--seg_ckpt runs/seg/version_0] \\
         [--output predictions] IMAGE_OR_FOLDER...
 
 A model is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); give
@@ -28,6 +28,7 @@ from tqdm import tqdm
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.errors import UserError
 from datamodules.images import IMAGE_SUFFIXES
+from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.cli import run_with_clean_errors
@@ -76,27 +77,22 @@ def write_tables(rows: list[dict], output_dir: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("inputs", nargs="+", help="image files (JPEG, PNG, ..., DICOM .dcm) and/or folders of them")
+    add_model_arguments(parser)
     parser.add_argument(
-        "--cls-ckpt", help="classifier checkpoint, run folder or model file (default: the bundled models)"
-    )
-    parser.add_argument("--seg-ckpt", help="segmenter checkpoint, run folder or model file")
-    parser.add_argument(
+        "--output_dir",
         "--output",
-        "--output-dir",
-        dest="output_dir",
         default="predictions",
         help="the folder for the tables and images (default: %(default)s)",
     )
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--no-gradcam", action="store_true", help="skip the Grad-CAM heat maps")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--no_gradcam", action="store_true", help="skip the Grad-CAM heat maps")
     parser.add_argument(
         "--tta",
         choices=list(TTA_VIEWS),
         help="test-time augmentation: average both models over flipped views (default: the segmenter's own "
         "views, stored in it; the classifier's image as it is)",
     )
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
 
     paths = expand_inputs(args.inputs)
     if not paths:

@@ -21,6 +21,6 @@ def models_to_use(cls_ckpt: str | None, seg_ckpt: str | None) -> tuple[str | Non
     if not any(path.is_file() for path in bundled):
         raise UserError(
             f"{BUNDLED_MODELS}: no bundled models there (an install that is not a clone does not carry models/); "
-            "give a model with --cls-ckpt / --seg-ckpt, or set BRAIN_TUMOR_MODELS to a folder holding them"
+            "give a model with --cls_ckpt / --seg_ckpt, or set BRAIN_TUMOR_MODELS to a folder holding them"
         )
     return tuple(str(path) if path.is_file() else None for path in bundled)

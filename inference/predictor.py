@@ -84,8 +84,8 @@ class TumorPredictor:
     ) -> None:
         if cls_ckpt is None and seg_ckpt is None:
             raise UserError(
-                f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls-ckpt), "
-                "a segmenter (--seg-ckpt) or both"
+                f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls_ckpt), "
+                "a segmenter (--seg_ckpt) or both"
             )
         self.device = resolve_device(device)
         self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device) if cls_ckpt else None

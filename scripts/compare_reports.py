@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.compare import compare_reports, format_comparison  # noqa: E402
-from lightning_modules.cli import run_with_clean_errors  # noqa: E402
+from evaluation.compare import compare_reports, format_comparison
+from lightning_modules.cli import run_with_clean_errors
 
 
 def main(argv: list[str] | None = None) -> None:

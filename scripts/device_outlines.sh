@@ -31,10 +31,10 @@ pack() {
         grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
     done
     rm -rf .gpu .gpu.tar .whl
-    python scripts/shrink_dataset.py "$data/brain-tumor-figshare" .gpu/brain-tumor-figshare --max-side 256
+    python scripts/shrink_dataset.py "$data/brain-tumor-figshare" .gpu/brain-tumor-figshare --max_side 256
     for folder in brain-tumor-classification-mri/Training/no_tumor brain-tumor-mri-dataset/Training/notumor; do
         python scripts/shrink_dataset.py "$data/$folder" ".gpu/$folder" \
-            --max-side 256 --quality 80 --grayscale   # healthy slices: JPEG at 80 fits the 64 MiB
+            --max_side 256 --quality 80 --grayscale   # healthy slices: JPEG at 80 fits the 64 MiB
     done
     # the project's requirements (pyproject.toml) and their own that the device's image lacks (KINDS.md's list),
     # at the versions of this environment, which the tests ran with; not pydicom, which only DICOM input imports

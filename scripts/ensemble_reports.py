@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluation.bootstrap import interval_text  # noqa: E402
-from evaluation.ensemble import ensemble_reports  # noqa: E402
-from lightning_modules.cli import run_with_clean_errors  # noqa: E402
+from evaluation.bootstrap import interval_text
+from evaluation.ensemble import ensemble_reports
+from lightning_modules.cli import run_with_clean_errors
 
 
 def main(argv: list[str] | None = None) -> None:

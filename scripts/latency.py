@@ -1,7 +1,9 @@
 """Single-image inference latency of a config's model or a trained one, in PyTorch and in onnxruntime.
 
-    python scripts/latency.py --config configs/cls.yaml [--config configs/seg.yaml] [--runs 100] [--threads N]
-    python scripts/latency.py --model models/classifier.safetensors --model models/segmenter.safetensors
+Run from the repository root with `python -m`: it imports a script of the root (export.py, app.py).
+
+    python -m scripts.latency --config configs/cls.yaml [--config configs/seg.yaml] [--runs 100] [--threads N]
+    python -m scripts.latency --model models/classifier.safetensors --model models/segmenter.safetensors
 
 A config's model is built exactly as train.py builds it (weights do not change the cost, so none
 are loaded); a --model (checkpoint, run folder or model file) is loaded as the tools load it. Each
@@ -15,7 +17,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,11 +26,9 @@ import onnxruntime
 import torch
 
 # The scripts at the top of the checkout are not installed: import them from there.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from export import export_model  # noqa: E402
-from lightning_modules.cli import BrainTumorCLI  # noqa: E402
-from lightning_modules.trained_model import TrainedModel  # noqa: E402
+from export import export_model
+from lightning_modules.cli import BrainTumorCLI
+from lightning_modules.trained_model import TrainedModel
 
 
 def median_ms(call: Callable[[], object], runs: int, warmup: int) -> float:

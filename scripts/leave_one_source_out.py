@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(f"error: {Path(args.root_dir) / name}: no run to evaluate")
         for source, root in [(held_out, everything[held_out]), *args.evaluate_also]:
             output = trained / f"evaluation_{source}"
-            run([sys.executable, "evaluate.py", "--ckpt_path", str(trained), "--data.root", root,
+            run([sys.executable, "evaluate.py", "--ckpt_path", str(trained), "--data_root", root,
                  "--output_dir", str(output)])  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """How often a classifier calls inputs "unlike the training data": brain MRI slices it was not
 trained on against inputs that are clearly not brain MRI slices, generated here (no downloads).
 
-    python scripts/ood_check.py --cls-ckpt runs/cls/version_0 [--mri FOLDER ...] [--count 50]
+    python scripts/ood_check.py --cls_ckpt runs/cls/version_0 [--mri FOLDER ...] [--count 50]
 
 --mri folders hold in-distribution images (e.g. the segmentation dataset's valid/: brain MRI
 slices from another source); the generated kinds are uniform noise, blank (black, white, gray),
@@ -13,17 +13,15 @@ construction of the threshold.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.images import IMAGE_SUFFIXES  # noqa: E402
-from inference.predictor import TumorPredictor  # noqa: E402
+from datamodules.images import IMAGE_SUFFIXES
+from inference.arguments import parse_arguments
+from inference.predictor import TumorPredictor
 
 
 def noise(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -68,11 +66,11 @@ GENERATED = {"noise": noise, "blank": blank, "photo-like": photo_like, "chest X-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt", required=True, help="classifier checkpoint or run folder")
+    parser.add_argument("--cls_ckpt", required=True, help="classifier checkpoint or run folder")
     parser.add_argument("--mri", nargs="*", default=[], help="folders of in-distribution MRI slices")
     parser.add_argument("--count", type=int, default=50, help="generated images per kind (default: %(default)s)")
     parser.add_argument("--size", type=int, default=256)
-    args = parser.parse_args()
+    args = parse_arguments(parser)
     predictor = TumorPredictor(args.cls_ckpt)
     rng = np.random.default_rng(0)
     kinds: dict[str, list[Path]] = {}

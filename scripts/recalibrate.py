@@ -3,7 +3,7 @@ every validation epoch: a classifier's temperature and "unlike the training data
 segmenter's mask threshold and tumour decision. For checkpoints trained before these existed (or
 changed); the weights are untouched.
 
-    python scripts/recalibrate.py --ckpt_path runs/cls/version_0 --output recalibrated.ckpt [--data.root DATASET]
+    python scripts/recalibrate.py --ckpt_path runs/cls/version_0 --output recalibrated.ckpt [--data_root DATASET]
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--tta hflip]
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 runs/seg/version_1 --output ensemble.ckpt
 
@@ -12,7 +12,7 @@ logits are the mean of theirs (the task module's `members`), its post-processing
 (export.py writes it as one model file). An ensemble among them takes part as its members (`FILE#K`
 names member K), so a model joins an ensemble as one more member.
 
---data.root, --data.negatives: where the training data lives now, if it moved (the split is recomputed
+--data_root, --data_negatives: where the training data lives now, if it moved (the split is recomputed
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
 and tumour decision are fitted on their mean).
 """
@@ -20,28 +20,26 @@ and tumour decision are fitted on their mean).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import lightning as L
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.errors import UserError  # noqa: E402
-from lightning_modules.base import member_network  # noqa: E402
-from lightning_modules.checkpoints import (  # noqa: E402
+from datamodules.errors import UserError
+from inference.arguments import parse_arguments
+from lightning_modules.base import member_network
+from lightning_modules.checkpoints import (
     member_reference,
     read_checkpoint,
     saved_arguments,
     saved_class_name,
 )
-from lightning_modules.classification import ClassificationModule  # noqa: E402
-from lightning_modules.cli import run_with_clean_errors  # noqa: E402
-from lightning_modules.precision import Hardware, fastest_precision  # noqa: E402
-from lightning_modules.segmentation import SegmentationModule  # noqa: E402
-from lightning_modules.trained_model import TrainedModel  # noqa: E402
-from lightning_modules.tta import TTA_VIEWS  # noqa: E402
+from lightning_modules.classification import ClassificationModule
+from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.precision import Hardware, fastest_precision
+from lightning_modules.segmentation import SegmentationModule
+from lightning_modules.trained_model import TrainedModel
+from lightning_modules.tta import TTA_VIEWS
 
 
 def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: str) -> str:
@@ -124,11 +122,11 @@ def main(argv: list[str] | None = None) -> None:
         help="a classification or segmentation .ckpt file or run folder; several of one task (also model files): their ensemble",
     )
     parser.add_argument("--output", required=True, help="the recalibrated checkpoint to write")
-    parser.add_argument("--data.root", dest="data_root", nargs="+", help="the training data, if it moved")
-    parser.add_argument("--data.negatives", dest="data_negatives", nargs="+", help="a segmenter's healthy slices")
+    parser.add_argument("--data_root", nargs="+", help="the training data, if it moved")
+    parser.add_argument("--data_negatives", nargs="+", help="a segmenter's healthy slices")
     parser.add_argument("--precision", help="default: what training picks on this machine")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     first_file, first_member = member_reference(args.ckpt_path[0])
     trained = TrainedModel.load(first_file, None, torch.device("cpu"))
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)

@@ -1,6 +1,8 @@
 """Screenshot of the web page after an upload, for the README (needs Chromium and playwright).
 
-    python scripts/screenshot_app.py [--cls-ckpt CLS.ckpt] [--seg-ckpt SEG.ckpt] --image SLICE.jpg --output docs/app.png
+Run from the repository root with `python -m`: it imports a script of the root (export.py, app.py).
+
+    python -m scripts.screenshot_app [--cls_ckpt CLS.ckpt] [--seg_ckpt SEG.ckpt] --image SLICE.jpg --output docs/app.png
 
 Without models, the bundled ones (models/).
 """
@@ -8,29 +10,26 @@ Without models, the bundled ones (models/).
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 # The scripts at the top of the checkout are not installed: import them from there.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from app import build_app  # noqa: E402
-from inference.bundled import models_to_use  # noqa: E402
-from inference.predictor import TumorPredictor  # noqa: E402
+from app import build_app
+from inference.arguments import parse_arguments
+from inference.bundled import models_to_use
+from inference.predictor import TumorPredictor
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cls-ckpt")
-    parser.add_argument("--seg-ckpt")
+    parser.add_argument("--cls_ckpt")
+    parser.add_argument("--seg_ckpt")
     parser.add_argument("--image", required=True)
     parser.add_argument("--output", default="docs/app.png")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
-    args = parser.parse_args()
+    args = parse_arguments(parser)
 
     app = build_app(TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), "cpu"))
     app.launch(prevent_thread_lock=True, server_port=None)

@@ -1,17 +1,17 @@
 """Write a smaller copy of a Kaggle dataset (either task's layout), for moving it to a remote GPU.
 
-    python scripts/shrink_dataset.py SRC DST --max-side 256    # classification folders
-    python scripts/shrink_dataset.py SRC DST --max-side 320    # COCO export: annotations are scaled too
-    python scripts/shrink_dataset.py SRC DST --max-side 128 --grayscale   # RGB-stored slices: a third of the bytes
+    python scripts/shrink_dataset.py SRC DST --max_side 256    # classification folders
+    python scripts/shrink_dataset.py SRC DST --max_side 320    # COCO export: annotations are scaled too
+    python scripts/shrink_dataset.py SRC DST --max_side 128 --grayscale   # RGB-stored slices: a third of the bytes
 
-Every image whose longer side exceeds --max-side is scaled down (aspect kept, INTER_AREA) and
+Every image whose longer side exceeds --max_side is scaled down (aspect kept, INTER_AREA) and
 re-encoded as JPEG; COCO polygons, boxes, areas and image sizes are scaled by the same factor.
 Masks (ROOT/masks/*, NAME_mask.*) are scaled by nearest neighbour and kept lossless as PNG, and so
 are the images beside NAME_mask files (that layout pairs names with one suffix); metadata.csv's
 paths follow the new names; other files are copied, and so are images already small enough and in
 the format they would be written in (without --grayscale).
 Byte-identical source images stay byte-identical (the encoder is deterministic), so the
-duplicate checks still find them. Training resizes to image_size anyway: keep --max-side
+duplicate checks still find them. Training resizes to image_size anyway: keep --max_side
 at or above it. BENCHMARKS.md says which runs used such a copy.
 """
 
@@ -30,6 +30,7 @@ from datamodules.coco import ANNOTATION_FILE
 from datamodules.figshare import METADATA_FILE
 from datamodules.images import IMAGE_SUFFIXES
 from datamodules.mask_sources import MASK_SUFFIX
+from inference.arguments import parse_arguments
 
 
 def shrink_image(
@@ -104,12 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", type=Path)
     parser.add_argument("target", type=Path)
-    parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--max_side", type=int, default=256)
     parser.add_argument("--quality", type=int, default=92)
     parser.add_argument(
         "--grayscale", action="store_true", help="store one channel (read back as RGB, it is gray-as-RGB)"
     )
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
     renamed = {}  # source file -> file written
     for folder in sorted({p.parent for p in args.source.rglob("*") if p.is_file()}):
         out = args.target / folder.relative_to(args.source)

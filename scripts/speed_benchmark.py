@@ -10,7 +10,7 @@ runs the module's own `training_step` (so mixup and losses are the same work) wi
 `Trainer.fit` with the config's callbacks and logger, validation off. Each is timed over
 `--steps` steps after `--warmup` steps. The training step's FLOPs are counted with
 torch.utils.flop_counter (convolutions and matrix products) and set against an estimate of the
-machine's peak (printed with its formula; CPU only, or --peak-tflops).
+machine's peak (printed with its formula; CPU only, or --peak_tflops).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -28,10 +27,8 @@ import lightning as L
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lightning_modules.cli import BrainTumorCLI  # noqa: E402
-from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule  # noqa: E402
+from lightning_modules.cli import BrainTumorCLI
+from lightning_modules.optim import create_optimizer, create_warmup_decay_schedule
 
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -133,7 +130,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=50, help="timed steps (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: %(default)s)")
-    parser.add_argument("--peak-tflops", type=float, help="the machine's peak, where the CPU estimate does not apply")
+    parser.add_argument("--peak_tflops", type=float, help="the machine's peak, where the CPU estimate does not apply")
     parser.add_argument("--output", type=Path, help="also write the results here as JSON")
     args, cli_args = parser.parse_known_args()
     total = args.warmup + args.steps
@@ -175,11 +172,11 @@ def main() -> None:
     hand_s = (hand_before_s + hand_after_s) / 2
     flops = step_flops(hand_module, next(iter(datamodule.train_dataloader())), device)
     if args.peak_tflops:
-        peak, peak_how = args.peak_tflops * 1e12, "given with --peak-tflops"
+        peak, peak_how = args.peak_tflops * 1e12, "given with --peak_tflops"
     elif device.type == "cpu":
         peak, peak_how = cpu_peak_flops(precision)
     else:
-        peak, peak_how = None, "not estimated for GPUs: pass --peak-tflops"
+        peak, peak_how = None, "not estimated for GPUs: pass --peak_tflops"
 
     results = {
         "config": cli_args,

@@ -78,7 +78,7 @@ def test_evaluating_a_folder_leaves_out_copies_of_training_images(trained_classi
     shutil.copy(seen[0], external / "glioma" / "exact.png")
     cv2.imwrite(str(external / "glioma" / "reencoded.jpg"), cv2.imread(str(seen[1])), [cv2.IMWRITE_JPEG_QUALITY, 85])
 
-    metrics = evaluate_report(trained_classifier, tmp_path, "--data.root", str(external))
+    metrics = evaluate_report(trained_classifier, tmp_path, "--data_root", str(external))
     assert metrics["copies_of_training_images"] == {"exact copy": 1, "near copy": 1}
     assert metrics["all_images"]["num_images"] == 14 and metrics["unseen_images"]["num_images"] == 12
     flags = {row["file"].rsplit("/", 1)[-1]: row["copy_of_training_image"] for row in metrics["per_image"]}
@@ -94,7 +94,7 @@ def test_several_folders_are_also_scored_one_by_one(trained_classifier, tmp_path
             for i in range(per_class):
                 cv2.imwrite(str(tmp_path / name / folder / f"{i}.png"), synthetic_slice(rng, label))
     roots = [str(tmp_path / "first"), str(tmp_path / "second")]
-    metrics = evaluate_report(trained_classifier, tmp_path, "--data.root", *roots)
+    metrics = evaluate_report(trained_classifier, tmp_path, "--data_root", *roots)
     assert {root: row["num_images"] for root, row in metrics["per_source"].items()} == {roots[0]: 12, roots[1]: 8}
     for root, row in metrics["per_source"].items():  # each row: the accuracy of its own images alone
         mine = [image for image in metrics["per_image"] if image["file"].startswith(root + "/")]

@@ -44,11 +44,11 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
     out = tmp_path / "out"
     result = run_script(
         "predict.py",
-        "--cls-ckpt",
+        "--cls_ckpt",
         str(trained_classifier),
-        "--seg-ckpt",
+        "--seg_ckpt",
         str(trained_segmenter),
-        "--output-dir",
+        "--output_dir",
         str(out),
         str(images),
         cwd=tmp_path,
@@ -81,7 +81,7 @@ def test_predict_writes_tables_masks_and_overlays(trained_classifier, trained_se
 
 def test_predict_with_the_segmenter_alone(trained_segmenter, images, tmp_path):
     result = run_script(
-        "predict.py", "--seg-ckpt", str(trained_segmenter), "--output", "out", str(images), cwd=tmp_path
+        "predict.py", "--seg_ckpt", str(trained_segmenter), "--output", "out", str(images), cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
@@ -95,8 +95,16 @@ def test_without_a_model_the_bundled_ones_are_used():
     assert models_to_use("cls.ckpt", None) == ("cls.ckpt", None)
     bundled = [BUNDLED_MODELS / f"{name}.safetensors" for name in ("classifier", "segmenter")]
     assert models_to_use(None, None) == tuple(str(path) if path.is_file() else None for path in bundled)
-    with pytest.raises(UserError, match=r"no model given and none bundled in .*: pass a classifier \(--cls-ckpt\)"):
+    with pytest.raises(UserError, match=r"no model given and none bundled in .*: pass a classifier \(--cls_ckpt\)"):
         TumorPredictor(None, None)
+
+
+def test_no_bundled_models_where_an_install_has_none_is_one_line(tmp_path, monkeypatch):
+    import inference.bundled
+
+    monkeypatch.setattr(inference.bundled, "BUNDLED_MODELS", tmp_path)
+    with pytest.raises(UserError, match=f"^{tmp_path}: no bundled models there"):
+        models_to_use(None, None)
 
 
 def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifier, images, tmp_path):
@@ -107,9 +115,9 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_processed(trained_classifi
     cv2.imwrite(str(images / "dot.png"), np.full((1, 1), 200, np.uint8))
     result = run_script(
         "predict.py",
-        "--cls-ckpt",
+        "--cls_ckpt",
         str(trained_classifier.parents[1]),  # a run folder
-        "--output-dir",
+        "--output_dir",
         str(tmp_path / "out"),
         str(images),
         str(tmp_path / "missing.png"),
@@ -210,7 +218,7 @@ def test_not_a_checkpoint_is_one_line(script, images, tmp_path):
     bad = tmp_path / "notes.ckpt"
     bad.write_text("not a checkpoint")
     result = run_script(
-        script, "--cls-ckpt", str(bad), *([str(images)] if script == "predict.py" else []), cwd=tmp_path
+        script, "--cls_ckpt", str(bad), *([str(images)] if script == "predict.py" else []), cwd=tmp_path
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
@@ -239,18 +247,18 @@ def test_checkpoints_need_no_pretrained_weights_file(trained_classifier, images,
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_script(
         "predict.py",
-        "--cls-ckpt",
+        "--cls_ckpt",
         str(trained_classifier),
-        "--seg-ckpt",
+        "--seg_ckpt",
         str(run),
-        "--output-dir",
+        "--output_dir",
         "out",
         str(images),
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     result = run_script(
-        "export.py", "--seg-ckpt", str(run), "--output-dir", "exports", "--format", "onnx", cwd=tmp_path
+        "export.py", "--seg_ckpt", str(run), "--output_dir", "exports", "--format", "onnx", cwd=tmp_path
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "exports" / "segmenter.onnx").is_file()
@@ -324,11 +332,11 @@ def test_tta_reuses_the_unflipped_output_it_is_given():
 def test_model_files_predict_like_their_checkpoints(trained_classifier, trained_segmenter, images, tmp_path, dtype):
     result = run_script(
         "export.py",
-        "--cls-ckpt",
+        "--cls_ckpt",
         str(trained_classifier),
-        "--seg-ckpt",
+        "--seg_ckpt",
         str(trained_segmenter),
-        "--output-dir",
+        "--output_dir",
         "models",
         "--dtype",
         dtype,
@@ -360,9 +368,9 @@ def test_model_files_predict_like_their_checkpoints(trained_classifier, trained_
     assert np.array_equal(classifier.training_fingerprints.sha1, expected.sha1) and len(expected) > 0
     result = run_script(
         "predict.py",
-        "--cls-ckpt",
+        "--cls_ckpt",
         "models/classifier.safetensors",
-        "--seg-ckpt",
+        "--seg_ckpt",
         "models/segmenter.safetensors",
         "--output",
         "out",
@@ -383,7 +391,7 @@ def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
     from safetensors.torch import save_file
 
     save_file({"weight": torch.zeros(2)}, str(tmp_path / "other.safetensors"))
-    result = run_script("predict.py", "--cls-ckpt", "other.safetensors", str(images), cwd=tmp_path)
+    result = run_script("predict.py", "--cls_ckpt", "other.safetensors", str(images), cwd=tmp_path)
     assert result.returncode == 2
     assert (
         result.stderr.strip()
@@ -418,7 +426,7 @@ def test_a_segmenter_refitted_on_its_mirrored_views_keeps_them(trained_segmenter
     for images, masks in datamodule.val_dataloader():  # the threshold of the best IoU of both views' mean
         curve.update(trained.module.predict_logits(images).sigmoid(), masks.int())
     assert float(trained.module.threshold) == pytest.approx(best_threshold(curve)[0])
-    result = run_script("export.py", "--seg-ckpt", "re.ckpt", "--output-dir", "models", cwd=tmp_path)
+    result = run_script("export.py", "--seg_ckpt", "re.ckpt", "--output_dir", "models", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     exported = TrainedModel.load(tmp_path / "models" / "segmenter.safetensors", SegmentationModule, torch.device("cpu"))
     assert exported.module.hparams.tta == "hflip"
@@ -447,7 +455,7 @@ def ensemble_of_two(trained: Path, module_class: type, tmp_path: Path) -> tuple[
     assert result.returncode == 0, result.stderr[-3000:]
     task = "seg" if module_class is SegmentationModule else "cls"
     exported = run_script(
-        "export.py", f"--{task}-ckpt", "ensemble.ckpt", "--output-dir", ".", "--dtype", "float32", cwd=tmp_path
+        "export.py", f"--{task}_ckpt", "ensemble.ckpt", "--output_dir", ".", "--dtype", "float32", cwd=tmp_path
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
 
@@ -539,7 +547,7 @@ def test_classifiers_of_different_architectures_make_one_ensemble(trained_classi
     result = run_script("scripts/recalibrate.py", *arguments, "--precision", "32-true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     exported = run_script(
-        "export.py", "--cls-ckpt", "ensemble.ckpt", "--output-dir", ".", "--dtype", "float32", cwd=tmp_path
+        "export.py", "--cls_ckpt", "ensemble.ckpt", "--output_dir", ".", "--dtype", "float32", cwd=tmp_path
     )
     assert exported.returncode == 0, exported.stderr[-3000:]
 
@@ -670,3 +678,25 @@ def test_the_page_puts_unlike_the_training_data_first_and_says_what_it_means_for
 def test_one_model_alone_has_nothing_to_disagree_with():
     prediction = Prediction("slice.png", probabilities={name: 0.25 for name in CLASS_NAMES})
     assert prediction.models_agree is None and "models_agree" not in prediction.row()
+
+
+def test_options_are_snake_case_and_old_spellings_still_work_with_a_warning(capsys):
+    import argparse
+
+    from inference.arguments import add_model_arguments, parse_arguments
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    parser.add_argument("--data_root", nargs="+")
+    parser.add_argument("--output_dir")
+    args = parse_arguments(
+        parser, ["--cls-ckpt", "a.ckpt", "--data.root", "x", "y", "--output-dir=out", "--seg_ckpt", "b"]
+    )
+    assert (args.cls_ckpt, args.seg_ckpt, args.data_root, args.output_dir) == ("a.ckpt", "b", ["x", "y"], "out")
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        f"warning: {old} is deprecated; use {new} (the old spelling goes in the next release)"
+        for old, new in (("--cls-ckpt", "--cls_ckpt"), ("--data.root", "--data_root"), ("--output-dir", "--output_dir"))
+    ]
+    with pytest.raises(SystemExit):  # an option no spelling of which exists is still an error
+        parse_arguments(parser, ["--no-such-option", "1"])

@@ -24,7 +24,7 @@ CARDS = {  # card -> (data under ../shared/data, extra evaluate.py arguments, ca
     ),
     "segmenter": (  # its own validation split, grouped by patient: real outlines and healthy slices
         ["brain-tumor-figshare"],
-        ["--own_split", "--data.negatives", "{data}/brain-tumor-classification-mri", "{data}/brain-tumor-mri-dataset"],
+        ["--own_split", "--data_negatives", "{data}/brain-tumor-classification-mri", "{data}/brain-tumor-mri-dataset"],
         "Dice (mean per tumour slice)",
         "dice_per_tumor_image",
     ),
@@ -56,7 +56,7 @@ def test_the_bundled_model_scores_what_its_card_states(name, tmp_path):
         "evaluate.py",
         "--ckpt_path",
         str(MODELS / f"{name}.safetensors"),
-        "--data.root",
+        "--data_root",
         *map(str, roots),
         *arguments,
         "--bootstrap",

@@ -14,7 +14,7 @@ from datamodules.mask_sources import find_layout, read_mask_file, read_source
 
 
 def shrink(source: Path, target: Path, max_side: int) -> None:
-    script_module("scripts/shrink_dataset.py").main([str(source), str(target), "--max-side", str(max_side)])
+    script_module("scripts/shrink_dataset.py").main([str(source), str(target), "--max_side", str(max_side)])
 
 
 def test_image_mask_folders_keep_exact_masks_and_metadata(tmp_path):
