@@ -15,13 +15,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from common.labels import NO_TUMOR
+from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom import DICOM_SUFFIXES
-from datamodules.labels import NO_TUMOR
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 MAX_UPLOAD_MB = 20
 DISCLAIMER = (

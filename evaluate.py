@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.errors import UserError
+from common.errors import UserError
+from common.labels import CLASS_NAMES, NO_TUMOR_CLASS
+from common.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from datamodules.fingerprints import Fingerprints
-from datamodules.images import load_image_file
-from datamodules.labels import CLASS_NAMES, NO_TUMOR_CLASS
+from datamodules.images import load_image_file, sequence_named
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import box_report, format_box_report, image_boxes
 from evaluation.breakdown import parts_of
@@ -58,7 +59,6 @@ from inference.arguments import parse_arguments
 from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.trained_model import TrainedModel, resolve_device
 from lightning_modules.tta import TTA_VIEWS
@@ -173,7 +173,8 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     text += distinct_text
     # A split drawn from several roots knows each image's root; else each --data_root is a dataset of its own.
     sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
-    for key, parts in parts_of(predictions.files, sources, roots).items():  # the images scored, by source and sequence
+    sequences = [sequence_named(file) for file in predictions.files]
+    for key, parts in parts_of(sources, roots, sequences).items():  # the images scored, by source and sequence
         results[key] = {name: report(predictions.subset(scored & mask)) for name, mask in parts.items()
                         if (scored & mask).any()}  # fmt: skip
         text += f"\n{key.replace('_', ' ')}:" + "".join(
@@ -309,7 +310,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
     text = format_segmentation_report(report, f"All {len(files)} images of {source}")
     sources = np.repeat(np.arange(len(datasets)), [len(dataset) for dataset in datasets])
-    for key, parts in parts_of(files, sources, roots).items():  # by source and by sequence
+    for key, parts in parts_of(sources, roots, [sequence_named(file) for file in files]).items():
         report[key] = {name: report_of(mask) for name, mask in parts.items()}
         for name, part in report[key].items():
             part.pop("per_image")

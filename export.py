@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from datamodules.labels import CLASS_NAMES
+from common.labels import CLASS_NAMES
 from datamodules.transforms import imagenet_normalization
 from inference.arguments import parse_arguments
 from lightning_modules.classification import ClassificationModule

@@ -25,15 +25,15 @@ from pathlib import Path
 import cv2
 from tqdm import tqdm
 
+from common.errors import UserError
+from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom import DICOM_SUFFIXES
-from datamodules.errors import UserError
 from datamodules.images import IMAGE_SUFFIXES
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
-from lightning_modules.visualization import heatmap_overlay, mask_overlay
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from datamodules.errors import check_range
+from common.errors import check_range
 from datamodules.fingerprints import Fingerprints
 
 

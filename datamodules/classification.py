@@ -3,7 +3,7 @@
 The two Kaggle datasets are ROOT/Training/<class>/*.jpg plus an optional ROOT/Testing/<class>/*.jpg;
 they differ only in folder names, which map onto the same four canonical classes. The figshare copy
 lists its slices in ROOT/metadata.csv. Segmentation sources say less, and their labels say no more
-(datamodules.labels): the LGG set's slices are gliomas or tumour-free slices of glioma patients,
+(common.labels): the LGG set's slices are gliomas or tumour-free slices of glioma patients,
 each of its sequences a slice of its own; VIA-outlined slices (Br35H) are tumours of unknown type."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.errors import DatasetError, check_range
+from common.labels import CLASS_NAMES, FOLDER_TO_CLASS, LABELS
 from datamodules.base import CachedDataModule, CachedDataset
-from datamodules.errors import DatasetError, check_range
 from datamodules.figshare import METADATA_FILE, read_metadata
 from datamodules.fingerprints import Fingerprints, find_duplicate_groups
 from datamodules.images import ImageSource, LoadedImage, list_images, load_images
-from datamodules.labels import CLASS_NAMES, FOLDER_TO_CLASS, LABELS
 from datamodules.mask_sources import LGG_SEQUENCES, find_layout, read_source
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
 from datamodules.transforms import build_transform, check_augment, training_augmentations
@@ -42,7 +42,7 @@ class ClassFolders:
     folder: Path
     is_test: bool
     paths: list[ImageSource]
-    labels: np.ndarray  # indices into datamodules.labels.LABELS
+    labels: np.ndarray  # indices into common.labels.LABELS
     patients: list[str | None] | None = None  # per image, where the dataset says
     every_class: bool = True  # a dataset of class folders has all four; a table may have only some
 

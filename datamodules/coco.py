@@ -15,7 +15,7 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from pycocotools.coco import COCO
 
-from datamodules.errors import DatasetError
+from common.errors import DatasetError
 from datamodules.images import list_images
 
 ANNOTATION_FILE = "_annotations.coco.json"

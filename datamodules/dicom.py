@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import InputImageError
+from common.errors import InputImageError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 PERCENTILE_WINDOW = (1.0, 99.0)  # of the slice's values, when the file has no display window

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from datamodules.errors import DatasetError, InputImageError
+from common.errors import DatasetError, InputImageError
 
 FIGSHARE_LABELS = {1: "meningioma", 2: "glioma", 3: "pituitary"}
 METADATA_FILE = "metadata.csv"  # the table of the dataset's copies: image,mask,label,patient_id

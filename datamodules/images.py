@@ -15,9 +15,9 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 
+from common.errors import InputImageError
 from datamodules.dicom import DICOM_SUFFIXES, read_dicom
-from datamodules.errors import InputImageError
-from datamodules.nifti import VolumeSlice
+from datamodules.nifti import VolumeSlice, sequence_of
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -174,3 +174,12 @@ def load_in_threads(items: Sequence, load: Callable, path_of: Callable) -> tuple
             rank_zero_warn(f"{path_of(item)}: unreadable or corrupt image, skipped")
     kept = np.array([i for i, result in enumerate(loaded) if result is not None], dtype=np.int64)
     return [loaded[i] for i in kept], kept
+
+
+def sequence_named(file: str | Path) -> str:
+    """The MRI sequence an image's name says (FILE#SEQUENCE of a multi-sequence slice, a NIfTI volume's file
+    name for FILE@INDEX); '' where it says none."""
+    source = parse_source(file)
+    if isinstance(source, ChannelOf):
+        return source.sequence
+    return sequence_of(source.path) if isinstance(source, VolumeSlice) else ""

@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.errors import DatasetError, InputImageError
+from common.labels import NO_TUMOR, TUMOR
 from datamodules.coco import ANNOTATION_FILE, read_coco_split
-from datamodules.errors import DatasetError, InputImageError
 from datamodules.figshare import METADATA_FILE, figshare_label_and_patient, read_figshare_slice, read_metadata
 from datamodules.images import (
     IMAGE_SUFFIXES,
@@ -40,7 +41,6 @@ from datamodules.images import (
     describe_image,
     list_images,
 )
-from datamodules.labels import NO_TUMOR, TUMOR
 from datamodules.nifti import LabelSlice, case_folders, volume_slices
 from datamodules.via import ViaShapes, find_via_files, read_via_file
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from datamodules.errors import DatasetError, InputImageError
+from common.errors import DatasetError, InputImageError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 WINDOW_PERCENTILES = (0.5, 99.5)

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from common.errors import ConfigError, DatasetError, check_range
 from datamodules.base import CachedDataModule, CachedDataset
-from datamodules.errors import ConfigError, DatasetError, check_range
 from datamodules.fingerprints import Fingerprints, find_duplicate_groups
 from datamodules.images import LoadedImage, file_of, load_in_threads
 from datamodules.mask_sources import (

@@ -9,8 +9,8 @@ import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
+from common.errors import ConfigError
 from datamodules.contrast import RandomIntensityCurve, RandomSkullStrip
-from datamodules.errors import ConfigError
 
 
 def imagenet_normalization(channels: int) -> A.Normalize:

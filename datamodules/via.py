@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datamodules.errors import DatasetError
+from common.errors import DatasetError
 
 PROJECT_KEY = "_via_img_metadata"  # where a VIA project file (not an annotation export) keeps the same dict
 SUBPIXEL_BITS = 4  # cv2 draws at 1/16 px, so coordinates need not be whole pixels

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
+from common.postprocessing import connected_components
 from evaluation.bootstrap import bootstrap_intervals, interval_text, ratio_of_sums, with_interval
-from lightning_modules.postprocessing import connected_components
 
 MATCH_IOU = 0.5
 

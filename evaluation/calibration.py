@@ -15,7 +15,7 @@ from torchmetrics.functional.classification import (
     multiclass_roc,
 )
 
-from lightning_modules.metrics import ECE_BINS, calibration_error
+from common.metrics import ECE_BINS, calibration_error
 
 
 def reliability_diagram(curves: dict[str, torch.Tensor], labels: torch.Tensor, title: str = "") -> Figure:

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from datamodules.labels import LABELS, allowed_classes
+from common.labels import LABELS, allowed_classes
+from common.visualization import confusion_matrix_figure
 from evaluation.bootstrap import bootstrap_intervals, interval_text, with_interval
-from lightning_modules.visualization import confusion_matrix_figure
 
 
 @dataclass
@@ -21,7 +21,7 @@ class ClassPredictions:
     """What a classifier said about each image of an evaluated set."""
 
     files: list[str]
-    labels: np.ndarray  # (N,) label indices (datamodules.labels.LABELS: a class, or a tumour of unknown type)
+    labels: np.ndarray  # (N,) label indices (common.labels.LABELS: a class, or a tumour of unknown type)
     probabilities: np.ndarray  # (N, C)
 
     @property

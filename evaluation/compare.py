@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import UserError
+from common.errors import UserError
+from common.metrics import segmentation_scores
 from evaluation.bootstrap import Statistic, bootstrap_intervals, ratio_of_sums, with_interval
 from evaluation.segmentation import PIXEL_COUNTS, detection_statistics, pixel_statistics, stats_of_rows
-from lightning_modules.metrics import segmentation_scores
 
 SEGMENTATION_SCORES = (
     "iou_global",

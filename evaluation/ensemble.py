@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from evaluation.bootstrap import bootstrap_intervals, with_interval
 from evaluation.compare import read_report, rows_in_order, scores_of_rows
 

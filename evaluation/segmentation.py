@@ -1,5 +1,5 @@
 """Segmentation results: IoU and Dice pooled over all pixels and per image, each with a
-bootstrap interval, from per-image pixel counts (lightning_modules.metrics.segmentation_stats)."""
+bootstrap interval, from per-image pixel counts (common.metrics.segmentation_stats)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from common.metrics import per_image_scores, segmentation_scores
+from common.visualization import segmentation_figure
 from evaluation.bootstrap import Statistic, bootstrap_intervals, interval_text, ratio_of_sums, with_interval
-from lightning_modules.metrics import per_image_scores, segmentation_scores
-from lightning_modules.visualization import segmentation_figure
 
 IOU_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 PIXEL_COUNTS = ("tp", "fp", "tn", "fn")  # the columns of segmentation_stats, kept per image so reports can be compared

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from datamodules.errors import UserError
+from common.errors import UserError
 
 # models/ of the checkout this package runs from (an editable install, or the scripts run from a clone);
 # BRAIN_TUMOR_MODELS points elsewhere, e.g. after a non-editable install, which does not carry models/.

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from datamodules.errors import InputImageError, UserError
+from common.errors import InputImageError, UserError
+from common.labels import CLASS_NAMES, NO_TUMOR
 from datamodules.images import load_image_file
-from datamodules.labels import CLASS_NAMES, NO_TUMOR
 from inference.bundled import BUNDLED_MODELS
 from inference.gradcam import grad_cam
 from lightning_modules.classification import ClassificationModule

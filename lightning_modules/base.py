@@ -13,8 +13,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 from matplotlib.figure import Figure
 
+from common.errors import ConfigError, check_range
 from datamodules.base import CachedDataModule
-from datamodules.errors import ConfigError, check_range
 from datamodules.fingerprints import Fingerprints
 from lightning_modules.callbacks import GracefulInterrupt, RandomStateCheckpoint
 from lightning_modules.checkpoints import member_reference, run_folder_checkpoints

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from datamodules.errors import UserError
+from common.errors import UserError
 
 BEST = "best.ckpt"
 LAST = "last.ckpt"

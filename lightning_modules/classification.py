@@ -8,18 +8,18 @@ import torch
 from timm.data import Mixup
 from torchmetrics import MeanMetric
 
-from datamodules.errors import check_range
-from datamodules.labels import CLASS_NAMES, NO_TUMOR_CLASS
+from common.errors import check_range
+from common.labels import CLASS_NAMES, NO_TUMOR_CLASS
+from common.metrics import calibration_error, classification_metrics
+from common.visualization import confusion_matrix_figure
 from lightning_modules.base import TaskModule
 from lightning_modules.calibration import fit_temperature
 from lightning_modules.distillation import Teachers, distillation_loss
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
 from lightning_modules.losses import mixed_partial_label_loss, partial_label_loss
-from lightning_modules.metrics import calibration_error, classification_metrics
 from lightning_modules.models import check_pretrained_source, create_classifier, mean_of_logits
 from lightning_modules.pretrained import load_classifier_weights
 from lightning_modules.tta import run_with_tta
-from lightning_modules.visualization import confusion_matrix_figure
 
 UNFAMILIAR_VALIDATION_SHARE = 0.05  # of validation images called unlike the training data
 
@@ -27,7 +27,7 @@ UNFAMILIAR_VALIDATION_SHARE = 0.05  # of validation images called unlike the tra
 class BlendShareMixup(Mixup):
     """timm's Mixup (batch mode: image i blended with image N-1-i), returning the blend's share of each
     image's own label instead of blended one-hot targets, which cannot hold a label that allows several
-    classes (datamodules.labels). timm has no public call that mixes the images alone, hence `_mix_batch`."""
+    classes (common.labels). timm has no public call that mixes the images alone, hence `_mix_batch`."""
 
     def mix(self, images: torch.Tensor) -> float:
         """Blend `images` in place; the share of each image that is its own."""
@@ -55,7 +55,7 @@ class ClassificationModule(TaskModule):
             (one mapping per member, in order; scripts/recalibrate.py records them); unset, every member is
             `model` with `model_kwargs`.
         label_smoothing: cross-entropy label smoothing. Labels may allow several classes (a tumour of unknown
-            type, datamodules.labels); the loss is then the partial-label loss (lightning_modules.losses).
+            type, common.labels); the loss is then the partial-label loss (lightning_modules.losses).
         mixup_alpha: Beta(alpha, alpha) mixing of image pairs and their labels (timm's Mixup); 0 turns it off.
         cutmix_alpha: the same for pasting a box of one image into another; 0 turns it off.
         mix_prob: fraction of training batches that are mixed (mixup or cutmix, half each when both are on).

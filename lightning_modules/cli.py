@@ -15,7 +15,7 @@ import lightning as L
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.errors import UserError, check_range
+from common.errors import UserError, check_range
 from lightning_modules.checkpoints import class_at
 from lightning_modules.precision import Hardware, fastest_precision
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from common.errors import ConfigError
 from datamodules.base import CachedDataModule
-from datamodules.errors import ConfigError
 from lightning_modules.trained_model import TrainedModel
 
 

@@ -1,4 +1,4 @@
-"""The classifier's loss for labels that allow several classes (datamodules.labels).
+"""The classifier's loss for labels that allow several classes (common.labels).
 
 For a slice known to hold "a tumour of unknown type", the likelihood is the summed probability of the
 classes its label allows: -log(sum_{c in allowed} softmax(z)_c) = logsumexp(z[allowed]) taken from
@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import torch
 
-from datamodules.labels import allowed_classes
+from common.labels import allowed_classes
 
 ALLOWED = torch.from_numpy(allowed_classes())  # (labels, classes)
 
 
 def partial_label_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
-    """Per-image loss (N,) of logits (N, C) against label indices (N,) of datamodules.labels.LABELS."""
+    """Per-image loss (N,) of logits (N, C) against label indices (N,) of common.labels.LABELS."""
     logits = logits.float()
     allowed = ALLOWED.to(logits.device)[labels]
     log_total = logits.logsumexp(dim=1)

@@ -7,7 +7,7 @@ import timm
 import torch
 from torch import nn
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from lightning_modules.pretrained import load_classifier_weights, load_encoder_weights
 
 

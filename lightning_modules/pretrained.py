@@ -18,7 +18,7 @@ import torch
 from timm.models import adapt_input_conv
 from torch import nn
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from lightning_modules.checkpoints import find_checkpoint, read_checkpoint, saved_class_name
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.")

@@ -9,21 +9,21 @@ import segmentation_models_pytorch as smp
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.errors import ConfigError, check_range
-from datamodules.mask_sources import BOX_INTERIOR
-from lightning_modules.base import TaskModule
-from lightning_modules.metrics import (
+from common.errors import ConfigError, check_range
+from common.metrics import (
     THRESHOLD_GRID,
     best_threshold,
     segmentation_scores,
     segmentation_stats,
     threshold_curve,
 )
+from common.postprocessing import remove_small_components
+from common.visualization import segmentation_figure
+from datamodules.mask_sources import BOX_INTERIOR
+from lightning_modules.base import TaskModule
 from lightning_modules.models import create_segmenter, mean_of_logits
-from lightning_modules.postprocessing import remove_small_components
 from lightning_modules.pretrained import load_encoder_weights, pretraining_fingerprints
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
-from lightning_modules.visualization import segmentation_figure
 
 HEALTHY_FALSE_POSITIVE_SHARE = 0.02  # of healthy validation slices that the fitted decision may give a tumour
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from inference.arguments import parse_arguments
 from lightning_modules.base import member_network
 from lightning_modules.checkpoints import (

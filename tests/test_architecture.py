@@ -1,5 +1,6 @@
 """The layout is the architecture: imports between the packages run one way,
-datamodules <- lightning_modules <- inference <- evaluation <- the scripts, and inside a package in no circle."""
+common <- datamodules <- lightning_modules <- inference <- evaluation <- the scripts, inside a package in no
+circle, and evaluation (reporting on computed results) needs nothing of the project but common."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 
 from tests.conftest import REPO
 
-LAYERS = ["datamodules", "lightning_modules", "inference", "evaluation"]  # each may import only those before it
+LAYERS = ["common", "datamodules", "lightning_modules", "inference", "evaluation"]  # each imports only those before it
 
 
 def imported_packages(path) -> set[str]:
@@ -33,6 +34,12 @@ def test_a_package_imports_no_package_above_it(package):
         str(path.relative_to(REPO)): sorted(imported_packages(path) & above) for path in (REPO / package).glob("*.py")
     }
     assert {path: names for path, names in offences.items() if names} == {}
+
+
+def test_evaluation_needs_nothing_of_the_project_but_common():
+    project = set(LAYERS) | {"train", "evaluate", "predict", "export", "app", "scripts"}
+    imported = set().union(*(imported_packages(path) for path in (REPO / "evaluation").glob("*.py")))
+    assert imported & project == {"common", "evaluation"}
 
 
 def imported_modules(path, package: str) -> set[str]:

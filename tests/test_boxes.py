@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from common.metrics import THRESHOLD_GRID, best_threshold, threshold_curve
+from common.postprocessing import remove_small_components
 from evaluation.boxes import box_report, component_boxes, image_boxes
 from lightning_modules import SegmentationModule
-from lightning_modules.metrics import THRESHOLD_GRID, best_threshold, threshold_curve
-from lightning_modules.postprocessing import remove_small_components
 
 
 def mask_with(*boxes: tuple[int, int, int, int], size: int = 40) -> np.ndarray:

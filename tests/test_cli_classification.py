@@ -17,7 +17,7 @@ import torch
 import yaml
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.optim import warmup_decay_factor
 from lightning_modules.precision import Hardware, fastest_precision

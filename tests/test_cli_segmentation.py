@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.metrics import THRESHOLD_GRID, segmentation_scores
 from evaluation.segmentation import stats_of_rows
-from lightning_modules.metrics import THRESHOLD_GRID, segmentation_scores
 from tests.conftest import EMPTY_IMAGE, evaluate_report, run_folder, run_script
 from tests.conftest import SEG_CONFIG as CONFIG
 from tests.conftest import TINY_SEG as TINY

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from evaluation.compare import compare_reports, paired_differences
 from evaluation.ensemble import averaged_report, ensemble_reports
 from evaluation.segmentation import segmentation_report, stats_of_rows

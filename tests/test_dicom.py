@@ -10,8 +10,8 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from common.errors import InputImageError
 from datamodules.dicom import read_dicom
-from datamodules.errors import InputImageError
 from tests.conftest import run_script
 
 

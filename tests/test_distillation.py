@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import ConfigError
 from datamodules.classification import ClassificationDataModule
-from datamodules.errors import ConfigError
 from lightning_modules.checkpoints import saved_arguments
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.distillation import Teachers, distillation_loss

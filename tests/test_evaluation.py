@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from datamodules.labels import CLASS_NAMES, NO_TUMOR_CLASS
+from common.labels import CLASS_NAMES, NO_TUMOR_CLASS
+from common.metrics import calibration_error
 from evaluation.bootstrap import bootstrap_intervals
 from evaluation.calibration import auroc_per_class, roc_and_pr_figure
 from evaluation.classification import (
@@ -25,7 +26,6 @@ from evaluation.classification import (
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.calibration import TEMPERATURE_RANGE, fit_temperature
 from lightning_modules.familiarity import fit_class_gaussians, mahalanobis_to_nearest_class
-from lightning_modules.metrics import calibration_error
 from tests.conftest import evaluate_report, synthetic_slice
 
 

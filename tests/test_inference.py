@@ -14,15 +14,15 @@ import pytest
 import timm
 import torch
 
-from datamodules.errors import ConfigError, UserError
-from datamodules.labels import CLASS_NAMES
+from common.errors import ConfigError, UserError
+from common.labels import CLASS_NAMES
+from common.metrics import best_threshold, threshold_curve
 from inference.bundled import BUNDLED_MODELS, models_to_use
 from inference.gradcam import grad_cam
 from inference.predictor import Prediction, TumorPredictor
 from lightning_modules.calibration import fit_temperature
 from lightning_modules.checkpoints import CheckpointError, saved_arguments
 from lightning_modules.classification import ClassificationModule
-from lightning_modules.metrics import best_threshold, threshold_curve
 from lightning_modules.models import MeanOfLogits, create_segmenter
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel

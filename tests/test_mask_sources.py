@@ -13,7 +13,7 @@ import pytest
 import scipy.io
 import torch
 
-from datamodules.errors import ConfigError, DatasetError
+from common.errors import ConfigError, DatasetError
 from datamodules.figshare import read_figshare_slice
 from datamodules.mask_sources import BOX_INTERIOR, NO_TUMOR, find_layout, read_source
 from datamodules.segmentation import SegmentationDataModule

@@ -12,7 +12,7 @@ import timm
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from datamodules.errors import UserError
+from common.errors import UserError
 from lightning_modules.callbacks import GracefulInterrupt
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.models import ResidualCNN, create_classifier

@@ -13,15 +13,15 @@ import pytest
 import segmentation_models_pytorch as smp
 import torch
 
+from common.errors import ConfigError, UserError
+from common.metrics import segmentation_scores, segmentation_stats
 from datamodules import DatasetError, SegmentationDataModule
 from datamodules.coco import read_coco_split
-from datamodules.errors import ConfigError, UserError
 from datamodules.fingerprints import Fingerprints
 from datamodules.mask_sources import BOX_INTERIOR
 from datamodules.transforms import AUGMENTATIONS, training_augmentations
 from lightning_modules import ClassificationModule, SegmentationModule
 from lightning_modules.checkpoints import saved_arguments
-from lightning_modules.metrics import segmentation_scores, segmentation_stats
 from lightning_modules.models import create_segmenter
 from lightning_modules.pretrained import PretrainedWeightsError
 from lightning_modules.segmentation import fit_tumor_decision, tumor_area_threshold

@@ -13,11 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.errors import DatasetError
+from common.labels import CLASS_NAMES, LABELS, NO_TUMOR_CLASS, TUMOR_UNKNOWN_TYPE
 from datamodules.classification import ClassificationDataModule
 from datamodules.contrast import RandomIntensityCurve, RandomSkullStrip, head_mask
-from datamodules.errors import DatasetError
-from datamodules.images import ChannelOf, load_image_file, parse_source
-from datamodules.labels import CLASS_NAMES, LABELS, NO_TUMOR_CLASS, TUMOR_UNKNOWN_TYPE
+from datamodules.images import ChannelOf, load_image_file, parse_source, sequence_named
 from datamodules.mask_sources import find_layout, load_masked_image, read_source
 from datamodules.via import ViaShapes, read_via_file
 from evaluation.breakdown import parts_of
@@ -185,7 +185,9 @@ def test_reports_count_a_tumour_of_unknown_type_found_when_any_type_is_given():
 
 def test_reports_are_broken_down_by_source_and_sequence():
     files = ["a/1.png", "a/2.png#flair", "b/3.png#t1", "b/4.png#flair", "b/case_t1ce.nii.gz@7"]
-    parts = parts_of(files, np.array([0, 0, 1, 1, 1]), ["a", "b"])
+    sequences = [sequence_named(file) for file in files]
+    assert sequences == ["", "flair", "t1", "flair", "t1c"]
+    parts = parts_of(np.array([0, 0, 1, 1, 1]), ["a", "b"], sequences)
     assert {name: mask.tolist() for name, mask in parts["per_source"].items()} == {
         "a": [True, True, False, False, False],
         "b": [False, False, True, True, True],
@@ -195,7 +197,7 @@ def test_reports_are_broken_down_by_source_and_sequence():
         "t1": [False, False, True, False, False],
         "t1c": [False, False, False, False, True],
     }
-    assert parts_of(files[:1], np.array([0]), ["a"]) == {}
+    assert parts_of(np.array([0]), ["a"], [""]) == {}
 
 
 def test_intensity_curves_and_skull_stripping_keep_the_air_black_and_change_the_head():
