@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The ResNet50-UNet default (configs/seg.yaml, 256 px) on the tumour outlines and healthy slices, on a lent
-# GPU (the `device` tool: 15 minutes in all, 10 a command, 64 MiB of working tree, Python 3.12 with its own
-# torch, lightning, timm and torchmetrics). Three verbs:
+# On any CUDA machine with the project installed, scripts/gpu_recipe.sh runs a recipe (smoke step, training,
+# history, evaluation). This script packs the ResNet50-UNet default (configs/seg.yaml, 256 px) on the tumour
+# outlines and healthy slices for a machine that takes little: a lent GPU with 15 minutes in all, 10 a command,
+# 64 MiB of working tree and Python 3.12 with its own torch, lightning, timm and torchmetrics. Four verbs:
 #   scripts/device_outlines.sh pack [DATA]   here: the data into .gpu/ (figshare as is, the no-tumour folders
 #                                            at 256 px, gray, JPEG 80), gzipped into .gpu.tar (the device counts
 #                                            disk blocks: the 6800 small files take 66 MB of them, the tar 46),
