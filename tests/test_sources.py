@@ -277,3 +277,30 @@ def test_a_truncated_or_4d_nifti_is_one_line(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 2), np.float32), np.eye(4)), tmp_path / "4d.nii.gz")
     with pytest.raises(Exception, match=r"4d.nii.gz: a 4D image; expected a 3D volume"):
         read_volume(tmp_path / "4d.nii.gz")
+
+
+@pytest.mark.slow  # trains and evaluates in processes of their own, as the protocol does
+def test_leave_one_source_out_never_trains_on_the_held_out_source(tmp_path):
+    import yaml
+
+    from tests.conftest import CLS_CONFIG, TINY_CLS, script_module
+
+    make_classification_dataset(tmp_path / "kaggle", MRI_DATASET_FOLDERS, per_class=8, with_testing=False)
+    for i, patient in enumerate(["TCGA_A_1_1", "TCGA_B_2_2"]):
+        write_lgg_patient(tmp_path / "lgg", patient, seed=i)
+    write_via(
+        tmp_path / "br35h",
+        {f"y{i}.png": [{"name": "rect", "x": 9, "y": 9, "width": 20, "height": 9}] for i in range(6)},
+    )
+    roots = {name: str(tmp_path / name) for name in ("kaggle", "lgg", "br35h")}
+    script_module("scripts/leave_one_source_out.py").main(
+        ["--config", CLS_CONFIG, *(f"--source={name}={root}" for name, root in roots.items()), "--hold_out", "lgg"]
+        + ["--root_dir", str(tmp_path / "loso"), "--", *TINY_CLS, "--trainer.max_epochs", "1"]
+    )
+    run = tmp_path / "loso" / "cls_without_lgg" / "version_0"
+    trained_on = yaml.safe_load((run / "config.yaml").read_text())["data"]["init_args"]["root"]
+    assert trained_on == [roots["kaggle"], roots["br35h"]]
+    report = json.loads((run / "evaluation_lgg" / "metrics.json").read_text())
+    assert report["data"] == roots["lgg"] and report["all_images"]["num_images"] == 2 * 4 * 3
+    assert report["copies_of_training_images"] == {"exact copy": 0, "near copy": 0}  # it saw none of them
+    assert set(report["per_sequence"]) == {"t1", "flair", "t1c"}
