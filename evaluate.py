@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
-from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from common.errors import UserError
 from common.labels import CLASS_NAMES, NO_TUMOR_CLASS
@@ -56,10 +54,10 @@ from evaluation.segmentation import (
     worst_and_best,
 )
 from inference.arguments import parse_arguments
+from inference.batches import model_outputs
 from lightning_modules.checkpoints import run_folder_of
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
-from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.trained_model import TrainedModel, resolve_device
 from lightning_modules.tta import TTA_VIEWS
 
@@ -67,31 +65,6 @@ from lightning_modules.tta import TTA_VIEWS
 def default_output_dir(checkpoint: Path) -> Path:
     run = run_folder_of(checkpoint)
     return run / "evaluation" if run else checkpoint.with_name(f"{checkpoint.stem}-evaluation")
-
-
-def autocast(device: torch.device):
-    """Inference in the precision training would pick on this device."""
-    precision, _ = fastest_precision(device.type, Hardware.detect())
-    return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
-
-
-@torch.no_grad()
-def model_outputs(
-    trained: TrainedModel,
-    dataset: Dataset,
-    batch_size: int,
-    num_workers: int,
-    run: Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]],
-):
-    """(`run`'s outputs on the batch, as float tensors on the CPU, target) per batch, in dataset order."""
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    for images, targets in loader:
-        with autocast(trained.device):
-            outputs = run(images.to(trained.device))
-        outputs = (
-            tuple(output.float().cpu() for output in outputs) if isinstance(outputs, tuple) else outputs.float().cpu()
-        )
-        yield outputs, targets
 
 
 def folders_to_score(
@@ -138,7 +111,7 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     outputs = [
         output
         for dataset in datasets
-        for output in model_outputs(trained, dataset, args.batch_size, args.num_workers, run)
+        for output in model_outputs(trained.device, dataset, args.batch_size, args.num_workers, run)
     ]
     logits, pooled = (torch.cat([output[i] for output, _ in outputs]) for i in (0, 1))
     labels = torch.cat([labels for _, labels in outputs])
@@ -273,7 +246,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
     run = partial(module.predict_logits, tta=args.tta)
     for dataset in datasets:
-        for logits, masks in model_outputs(trained, dataset, args.batch_size, args.num_workers, run):
+        for logits, masks in model_outputs(trained.device, dataset, args.batch_size, args.num_workers, run):
             curve.update(logits.sigmoid(), masks.int())
             predicted = module.tumor_masks(logits, args.min_area)
             stats.update(predicted.float(), masks.int())
@@ -333,7 +306,9 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     for name, indices in worst_and_best(report).items():
         images, masks = map(torch.stack, zip(*(dataset[i] for i in indices)))
         subset = torch.utils.data.Subset(dataset, indices)
-        predicted = module.tumor_masks(next(model_outputs(trained, subset, len(indices), 0, run))[0], args.min_area)
+        predicted = module.tumor_masks(
+            next(model_outputs(trained.device, subset, len(indices), 0, run))[0], args.min_area
+        )
         figures[name] = case_figure(report, indices, images, masks, predicted)
     text += (
         f"\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, stored with it), tumours under "

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from common.errors import InputImageError, UserError
 from common.labels import CLASS_NAMES, NO_TUMOR
 from datamodules.images import load_image_file
+from inference.batches import inference_precision
 from inference.bundled import BUNDLED_MODELS
 from inference.gradcam import grad_cam
 from lightning_modules.classification import ClassificationModule
@@ -131,6 +132,10 @@ class TumorPredictor:
 
     @torch.no_grad()
     def _predict(self, batch: list[Prediction], gradcam: bool, tta: str | None) -> list[Prediction]:
+        with inference_precision(self.device):
+            return self._predict_in_precision(batch, gradcam, tta)
+
+    def _predict_in_precision(self, batch: list[Prediction], gradcam: bool, tta: str | None) -> list[Prediction]:
         valid = [p for p in batch if p.error is None]
         if valid and self.classifier is not None:
             self._classify(valid, gradcam, tta)

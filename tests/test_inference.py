@@ -700,3 +700,13 @@ def test_options_are_snake_case_and_old_spellings_still_work_with_a_warning(caps
     ]
     with pytest.raises(SystemExit):  # an option no spelling of which exists is still an error
         parse_arguments(parser, ["--no-such-option", "1"])
+
+
+def test_the_tools_run_models_in_float32_on_any_cpu(monkeypatch):
+    from inference import batches
+
+    # Even where the CPU computes bf16 natively (training's choice there), inference stays float32.
+    monkeypatch.setattr(batches.Hardware, "detect", classmethod(lambda cls: batches.Hardware(None, True)))
+    with batches.inference_precision(torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
