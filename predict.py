@@ -6,6 +6,11 @@
 A model is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); give
 either or both, or neither to use the models bundled in models/ (their cards: models/*.md).
 
+A NIfTI volume (.nii, .nii.gz) is predicted slice by slice (its axial slices, anterior up, windowed per scan):
+its slices get a row each (FILE@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8, 1 = tumour,
+the input's shape and affine) and a row in scans.csv and scans.json (slices, tumour slices, tumour volume in mL,
+the largest cross-section in mm^2 and its slice).
+
 Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
 four calibrated probabilities and whether the image is unlike the training data; with a
 segmenter, the tumor area in pixels and as a fraction of the image and the mask file. Per image
@@ -32,6 +37,7 @@ from datamodules.images import IMAGE_SUFFIXES
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
+from inference.scans import is_scan, mask_volume, scan_name, scan_slices, scan_summary
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
@@ -41,10 +47,42 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES + DICOM_SUFFIXES)
+            wanted = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES)
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in wanted or is_scan(p))
         else:
             paths.append(item)
     return paths
+
+
+def expand_scans(paths: list[Path]) -> tuple[list[str | Path], dict[str, list[str]], list[str]]:
+    """Every scan replaced by its slices: the inputs to predict, each readable scan's slices, and one error
+    line per scan that cannot be read (the other inputs are still predicted)."""
+    inputs, scans, errors = [], {}, []
+    for path in paths:
+        if not is_scan(path):
+            inputs.append(path)
+            continue
+        try:
+            scans[str(path)] = scan_slices(path)
+        except UserError as error:
+            errors.append(str(error))
+            continue
+        inputs += scans[str(path)]
+    return inputs, scans, errors
+
+
+def write_scans(scans: dict[str, list[str]], masks: dict[str, object], output_dir: Path) -> list[dict]:
+    """Each scan's mask volume, SCAN_mask.nii.gz, and its row of numbers (scans.csv, scans.json)."""
+    rows = []
+    for scan, slices in scans.items():
+        if not all(masks.get(name) is not None for name in slices):
+            continue  # no segmenter, or a slice failed: no volume to write
+        slice_masks = [masks[name] for name in slices]
+        mask_volume(scan, slice_masks).to_filename(output_dir / f"{scan_name(scan)}_mask.nii.gz")
+        rows.append({**scan_summary(scan, slice_masks), "mask_file": f"{scan_name(scan)}_mask.nii.gz"})
+    if rows:
+        write_tables(rows, output_dir, "scans")
+    return rows
 
 
 def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str, str]:
@@ -65,10 +103,10 @@ def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str
     return {"mask_file": write("masks", prediction.tumor_mask * 255)}
 
 
-def write_tables(rows: list[dict], output_dir: Path) -> None:
-    (output_dir / "predictions.json").write_text(json.dumps(rows, indent=2))
+def write_tables(rows: list[dict], output_dir: Path, name: str = "predictions") -> None:
+    (output_dir / f"{name}.json").write_text(json.dumps(rows, indent=2))
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with open(output_dir / "predictions.csv", "w", newline="") as handle:
+    with open(output_dir / f"{name}.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -94,13 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_arguments(parser, argv)
 
-    paths = expand_inputs(args.inputs)
+    paths, scans, scan_errors = expand_scans(expand_inputs(args.inputs))
+    for error in scan_errors:
+        print(f"error: {error}", file=sys.stderr)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")
     predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows, failures = [], 0
+    rows, failures, scan_masks = [], len(scan_errors), {}
+    in_scans = {name for slices in scans.values() for name in slices}
     predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam, tta=args.tta)
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
         for warning in prediction.warnings:
@@ -111,13 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         if prediction.error:
             failures += 1
             tqdm.write(f"error: {prediction.error}", file=sys.stderr)
+        elif prediction.path in in_scans:  # a scan's slice: its mask goes into the scan's volume
+            scan_masks[prediction.path] = prediction.tumor_mask
         else:
             row |= save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
         rows.append(row)
     write_tables(rows, output_dir)
+    scan_rows = write_scans(scans, scan_masks, output_dir)
     if predictor.gradcam_unavailable:
         print(f"warning: {predictor.gradcam_unavailable}; no heat maps written", file=sys.stderr)
     print(f"{len(rows) - failures} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")
+    if scan_rows:
+        print(f"{len(scan_rows)} scans: their masks and {output_dir}/scans.csv")
     return 1 if failures else 0
 
 

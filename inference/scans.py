@@ -1,0 +1,63 @@
+"""Scans in, a mask volume and a row of numbers per scan out: a NIfTI volume is predicted slice by slice
+(its axial display slices, datamodules.nifti), and the slices' tumour masks go back into a volume with
+exactly the input's shape and affine."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from datamodules.images import SLICE_MARK
+from datamodules.nifti import is_nifti, nifti_stem, read_volume
+
+is_scan = is_nifti
+
+
+def scan_slices(path: str | Path) -> list[str]:
+    """The scan's axial display slices, named as the tools read them (FILE@INDEX), first to last."""
+    return [f"{path}{SLICE_MARK}{index}" for index in range(len(read_volume(Path(path))))]
+
+
+def scan_name(path: str | Path) -> str:
+    return nifti_stem(Path(path))
+
+
+def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray]) -> nib.Nifti1Image:
+    """The display slices' masks (each rows x columns, in scan_slices' order) as a uint8 volume in the input
+    scan's own voxel order, shape and affine: the inverse of read_volume's reorientation."""
+    original = nib.load(str(path))
+    stacked = np.stack([np.asarray(mask, np.uint8) for mask in slice_masks])  # (z, rows, columns)
+    canonical = stacked.transpose(2, 1, 0)[::-1, ::-1, :]  # display -> RAS+ (x, y, z)
+    from_canonical = nib.orientations.ornt_transform(
+        nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.io_orientation(original.affine)
+    )
+    voxels = nib.orientations.apply_orientation(canonical, from_canonical).astype(np.uint8)
+    if voxels.shape != original.shape[:3]:
+        raise ValueError(f"{path}: the mask came back {voxels.shape}, the scan is {original.shape[:3]}")
+    image = nib.Nifti1Image(voxels, original.affine)
+    image.set_qform(original.affine, code=1)
+    image.set_sform(original.affine, code=1)
+    return image
+
+
+def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray]) -> dict:
+    """scan, slices, tumor_slices, tumor_volume_ml (from the voxel size), the largest tumour cross-section in
+    mm^2 and its slice (display order, 0 first)."""
+    zooms = nib.load(str(path)).header.get_zooms()[:3]
+    voxel_mm3 = float(np.prod(zooms))
+    # a display slice's pixel is the canonical x by y voxel face: the two smallest-index axes after reorientation
+    canonical_zooms = nib.as_closest_canonical(nib.load(str(path))).header.get_zooms()[:3]
+    pixel_mm2 = float(canonical_zooms[0] * canonical_zooms[1])
+    areas = np.array([int(np.count_nonzero(mask)) for mask in slice_masks])
+    largest = int(np.argmax(areas)) if areas.any() else None
+    return {
+        "scan": str(path),
+        "slices": len(areas),
+        "tumor_slices": int(np.count_nonzero(areas)),
+        "tumor_volume_ml": round(float(areas.sum()) * voxel_mm3 / 1000, 3),
+        "largest_cross_section_mm2": round(float(areas.max()) * pixel_mm2, 1) if largest is not None else 0.0,
+        "largest_cross_section_slice": largest,
+    }

@@ -1,0 +1,76 @@
+"""Scans: a NIfTI volume predicted slice by slice gets its mask back voxel-exact, in the input's own voxel
+order, shape and affine, whatever its orientation; predict.py writes the mask volume and a row per scan."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from datamodules.nifti import read_volume
+from inference.scans import mask_volume, scan_slices, scan_summary
+
+
+def synthetic_scan(path, permutation: tuple[int, int, int], flips: tuple[bool, bool, bool]) -> np.ndarray:
+    """A head with a bright off-centre tumour, built in RAS+ voxel order (2 x 1 x 3 mm voxels), then stored with
+    its axes permuted and flipped and the affine saying so. Returns the tumour in the stored voxel order."""
+    shape = (20, 24, 10)
+    x, y, z = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    head = np.hypot((x - 10) / 9, (y - 12) / 11) <= 1
+    tumour = (x >= 12) & (x < 16) & (y >= 15) & (y < 19) & (z >= 3) & (z < 6)
+    volume = np.where(head, 100.0, 0.0) + 200.0 * tumour
+    affine = np.diag([2.0, 1.0, 3.0, 1.0])
+    # Stored axis k is RAS axis permutation[k], reversed where flips[k]: the affine maps stored voxels to RAS mm.
+    stored = volume.transpose(permutation)
+    stored_tumour = tumour.transpose(permutation)
+    new_affine = np.zeros((4, 4))
+    new_affine[3, 3] = 1
+    for k, (axis, flip) in enumerate(zip(permutation, flips)):
+        length = stored.shape[k]
+        if flip:
+            stored, stored_tumour = np.flip(stored, k), np.flip(stored_tumour, k)
+        new_affine[axis, k] = -affine[axis, axis] if flip else affine[axis, axis]
+        new_affine[axis, 3] = affine[axis, axis] * (length - 1) if flip else 0.0
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(stored, np.float32), new_affine), path)
+    return np.ascontiguousarray(stored_tumour)
+
+
+@pytest.mark.parametrize(
+    ("permutation", "flips"),
+    list(itertools.product(itertools.permutations(range(3)), [(False, False, False), (True, False, True)])),
+)
+def test_a_mask_predicted_on_display_slices_lands_on_the_tumour_in_the_input_s_own_voxels(tmp_path, permutation, flips):
+    path = tmp_path / "scan.nii.gz"
+    truth = synthetic_scan(path, permutation, flips)
+    slices = read_volume(path)  # what the models see: axial display slices
+    assert slices.shape == (10, 24, 20)  # (z, y rows, x columns) whatever the stored order
+    predicted = [display > 150 for display in slices]  # a perfect "segmenter" of the bright tumour
+    image = mask_volume(path, predicted)
+    assert image.shape == truth.shape and np.array_equal(image.affine, nib.load(path).affine)
+    assert image.get_data_dtype() == np.uint8 and np.array_equal(np.asarray(image.dataobj), truth)
+    summary = scan_summary(path, predicted)
+    assert summary["slices"] == 10 and summary["tumor_slices"] == 3
+    assert summary["tumor_volume_ml"] == pytest.approx(4 * 4 * 3 * 2 * 1 * 3 / 1000)  # voxels x 6 mm^3
+    assert summary["largest_cross_section_mm2"] == 4 * 4 * 2 * 1 and summary["largest_cross_section_slice"] == 3
+    assert scan_slices(path)[3] == f"{path}@3"
+
+
+@pytest.mark.slow  # predict.py in a process of its own, with a trained segmenter
+def test_predict_writes_a_scan_s_mask_volume_and_its_row(trained_segmenter, tmp_path):
+    from tests.conftest import run_script
+
+    path = tmp_path / "scan.nii.gz"
+    truth = synthetic_scan(path, (1, 2, 0), (True, False, False))
+    result = run_script(
+        "predict.py", "--seg_ckpt", str(trained_segmenter), "--output_dir", "out", str(path), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    mask = nib.load(tmp_path / "out" / "scan_mask.nii.gz")
+    assert mask.shape == truth.shape and np.array_equal(mask.affine, nib.load(path).affine)
+    with open(tmp_path / "out" / "scans.csv") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["scan"] == str(path) and row["slices"] == "10"
+    assert int(row["tumor_slices"]) == int(np.count_nonzero(np.asarray(mask.dataobj).sum(axis=(0, 2))))
