@@ -8,8 +8,8 @@ either or both, or neither to use the models bundled in models/ (their cards: mo
 
 A NIfTI volume (.nii, .nii.gz) is predicted slice by slice (its axial slices, anterior up, windowed per scan):
 its slices get a row each (FILE@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8, 1 = tumour,
-the input's shape and affine) and a row in scans.csv and scans.json (slices, tumour slices, tumour volume in mL,
-the largest cross-section in mm^2 and its slice).
+the input's shape and affine), SCAN_montage.png (its slices with tumour, outlined) and a row in scans.csv and
+scans.json (slices, tumour slices, tumour volume in mL, the largest cross-section in mm^2 and its slice).
 
 Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
 four calibrated probabilities and whether the image is unlike the training data; with a
@@ -37,7 +37,7 @@ from datamodules.images import IMAGE_SUFFIXES
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import is_scan, mask_volume, scan_name, scan_slices, scan_summary
+from inference.scans import is_scan, mask_volume, montage, scan_name, scan_slices, scan_summary
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
@@ -71,15 +71,21 @@ def expand_scans(paths: list[Path]) -> tuple[list[str | Path], dict[str, list[st
     return inputs, scans, errors
 
 
-def write_scans(scans: dict[str, list[str]], masks: dict[str, object], output_dir: Path) -> list[dict]:
-    """Each scan's mask volume, SCAN_mask.nii.gz, and its row of numbers (scans.csv, scans.json)."""
+def write_scans(
+    scans: dict[str, list[str]], masks: dict[str, object], images: dict[str, object], output_dir: Path
+) -> list[dict]:
+    """Each scan's mask volume, SCAN_mask.nii.gz, its montage of the slices with tumour, SCAN_montage.png, and
+    its row of numbers (scans.csv, scans.json)."""
     rows = []
     for scan, slices in scans.items():
         if not all(masks.get(name) is not None for name in slices):
             continue  # no segmenter, or a slice failed: no volume to write
         slice_masks = [masks[name] for name in slices]
         mask_volume(scan, slice_masks).to_filename(output_dir / f"{scan_name(scan)}_mask.nii.gz")
-        rows.append({**scan_summary(scan, slice_masks), "mask_file": f"{scan_name(scan)}_mask.nii.gz"})
+        picture = montage([images[name] for name in slices], slice_masks)
+        cv2.imwrite(str(output_dir / f"{scan_name(scan)}_montage.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        files = {"mask_file": f"{scan_name(scan)}_mask.nii.gz", "montage_file": f"{scan_name(scan)}_montage.png"}
+        rows.append(scan_summary(scan, slice_masks) | files)
     if rows:
         write_tables(rows, output_dir, "scans")
     return rows
@@ -140,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows, failures, scan_masks = [], len(scan_errors), {}
+    rows, failures, scan_masks, scan_images = [], len(scan_errors), {}, {}
     in_scans = {name for slices in scans.values() for name in slices}
     predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam, tta=args.tta)
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
@@ -153,12 +159,12 @@ def main(argv: list[str] | None = None) -> int:
             failures += 1
             tqdm.write(f"error: {prediction.error}", file=sys.stderr)
         elif prediction.path in in_scans:  # a scan's slice: its mask goes into the scan's volume
-            scan_masks[prediction.path] = prediction.tumor_mask
+            scan_masks[prediction.path], scan_images[prediction.path] = prediction.tumor_mask, prediction.image
         else:
             row |= save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
         rows.append(row)
     write_tables(rows, output_dir)
-    scan_rows = write_scans(scans, scan_masks, output_dir)
+    scan_rows = write_scans(scans, scan_masks, scan_images, output_dir)
     if predictor.gradcam_unavailable:
         print(f"warning: {predictor.gradcam_unavailable}; no heat maps written", file=sys.stderr)
     print(f"{len(rows) - failures} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")

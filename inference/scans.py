@@ -7,9 +7,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import nibabel as nib
 import numpy as np
 
+from common.visualization import mask_overlay
 from datamodules.images import SLICE_MARK
 from datamodules.nifti import is_nifti, nifti_stem, read_volume
 
@@ -61,3 +63,26 @@ def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray]) -> dict:
         "largest_cross_section_mm2": round(float(areas.max()) * pixel_mm2, 1) if largest is not None else 0.0,
         "largest_cross_section_slice": largest,
     }
+
+
+def montage(
+    slices: Sequence[np.ndarray], slice_masks: Sequence[np.ndarray], count: int = 12, columns: int = 4
+) -> np.ndarray:
+    """The scan's slices with tumour (up to `count`, spread from first to last), each outlined and numbered, in a
+    grid: what a person reads in seconds. RGB uint8; the scan's middle slice alone when no slice has a tumour."""
+    with_tumour = [index for index, mask in enumerate(slice_masks) if np.any(mask)]
+    chosen = with_tumour or [len(slices) // 2]
+    chosen = [
+        chosen[i] for i in np.unique(np.linspace(0, len(chosen) - 1, min(count, len(chosen))).round().astype(int))
+    ]
+    tiles = []
+    for index in chosen:
+        gray = np.asarray(slices[index])
+        rgb = np.repeat(gray[:, :, None], 3, axis=2) if gray.ndim == 2 else gray
+        tile = mask_overlay(rgb, np.asarray(slice_masks[index], np.uint8))
+        cv2.putText(tile, str(index), (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 0), 1, cv2.LINE_AA)
+        tiles.append(tile)
+    columns = min(columns, len(tiles))
+    tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
+    rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
+    return np.vstack(rows)

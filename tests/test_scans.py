@@ -74,3 +74,17 @@ def test_predict_writes_a_scan_s_mask_volume_and_its_row(trained_segmenter, tmp_
         (row,) = list(csv.DictReader(handle))
     assert row["scan"] == str(path) and row["slices"] == "10"
     assert int(row["tumor_slices"]) == int(np.count_nonzero(np.asarray(mask.dataobj).sum(axis=(0, 2))))
+    assert (tmp_path / "out" / row["montage_file"]).is_file()
+
+
+def test_a_montage_shows_the_slices_with_tumour_outlined():
+    from inference.scans import montage
+
+    slices = [np.full((8, 10), 50, np.uint8) for _ in range(6)]
+    masks = [np.zeros((8, 10), np.uint8) for _ in range(6)]
+    for index in (1, 2, 4):
+        masks[index][2:6, 3:7] = 1
+    picture = montage(slices, masks, columns=2)
+    assert picture.shape == (2 * 8, 2 * 10, 3)  # three tiles and a blank one, two a row
+    assert (picture[8:, 10:] == 0).all() and (picture[:8, :10, 0] > picture[:8, :10, 2]).any()  # red outline
+    assert montage(slices, [np.zeros((8, 10), np.uint8)] * 6).shape == (8, 10, 3)  # no tumour: the middle slice
