@@ -33,8 +33,7 @@ from common.labels import CLASS_NAMES, NO_TUMOR_CLASS
 from common.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from datamodules.fingerprints import Fingerprints
 from datamodules.images import load_image_file, sequence_named
-from evaluation.bootstrap import interval_text
-from evaluation.boxes import box_report, format_box_report, image_boxes
+from evaluation.boxes import box_report, image_boxes
 from evaluation.breakdown import parts_of
 from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure
 from evaluation.classification import (
@@ -43,13 +42,12 @@ from evaluation.classification import (
     classification_report,
     distinct_image_accuracy,
     errors_figure,
-    format_classification_report,
     most_confident_errors,
 )
+from evaluation.reports import ClassifierReport, SegmenterReport
 from evaluation.segmentation import (
     boundary_distances,
     case_figure,
-    format_segmentation_report,
     segmentation_report,
     worst_and_best,
 )
@@ -93,7 +91,7 @@ def own_split(
     return datamodule.datasets[split], f"{', '.join(map(str, datamodule.roots))}, {split} split", datamodule.roots
 
 
-def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
+def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[ClassifierReport, dict]:
     if args.data_root and not args.own_split:
         max_phash_distance = trained.data_hparams.get("max_phash_distance")
         datasets, copies = folders_to_score(trained, args.data_root, max_phash_distance, args.data_sequences)
@@ -123,118 +121,70 @@ def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tupl
     def report(subset: ClassPredictions) -> dict:
         return classification_report(subset, CLASS_NAMES, NO_TUMOR_CLASS, args.bootstrap, args.seed)
 
-    results = {"data": source, "all_images": report(predictions)}
-    per_image = predictions.per_image(CLASS_NAMES)
-    text = format_classification_report(results["all_images"], f"All {len(per_image)} images of {source}")
-    shown, scored = results["all_images"], np.ones(len(labels), dtype=bool)
+    result = ClassifierReport(source, report(predictions), predictions.per_image(CLASS_NAMES))
+    scored = np.ones(len(labels), dtype=bool)
     if copies is not None:
         scored = np.array([copy is None for copy in copies])
-        results["copies_of_training_images"] = {
-            "exact copy": copies.count("exact copy"),
-            "near copy": copies.count("near copy"),
-        }
-        results["unseen_images"] = shown = report(predictions.subset(scored))
-        for row, copy in zip(per_image, copies):
+        result.copies_of_training_images = {kind: copies.count(kind) for kind in ("exact copy", "near copy")}
+        result.unseen_images = report(predictions.subset(scored))
+        for row, copy in zip(result.per_image, copies):
             row["copy_of_training_image"] = copy
-        text += (
-            f"\n\nWithout the {int((~scored).sum())} images that copy one the model trained or was validated on "
-            f"({results['copies_of_training_images']}):\n"
-            + format_classification_report(shown, f"{int(scored.sum())} unseen images")
-        )
     fingerprints = Fingerprints.concatenate([dataset.fingerprints for dataset in datasets])
-    results["distinct_images"], distinct_text = distinct_images_result(trained, predictions, fingerprints, scored, args)
-    text += distinct_text
+    groups = fingerprints.duplicate_groups(trained.data_hparams.get("max_phash_distance"))
+    result.distinct_images = distinct_image_accuracy(
+        predictions.correct[scored], groups[scored], args.bootstrap, args.seed
+    )
     # A split drawn from several roots knows each image's root; else each --data_root is a dataset of its own.
     sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
     sequences = [sequence_named(file) for file in predictions.files]
     for key, parts in parts_of(sources, roots, sequences).items():  # the images scored, by source and sequence
-        results[key] = {name: report(predictions.subset(scored & mask)) for name, mask in parts.items()
-                        if (scored & mask).any()}  # fmt: skip
-        text += f"\n{key.replace('_', ' ')}:" + "".join(
-            f"\n  {name}: accuracy {interval_text(row['accuracy'])}, tumor sensitivity "
-            f"{interval_text(row['tumor_sensitivity'])}, specificity {interval_text(row['tumor_specificity'])} "
-            f"on {row['num_images']} images"
-            for name, row in results[key].items()
-        )
-    results["per_image"] = per_image
+        result.parts[key] = {name: report(predictions.subset(scored & mask)) for name, mask in parts.items()
+                             if (scored & mask).any()}  # fmt: skip
 
-    # Calibration and ranking, on the images scored last (the unseen ones when copies were left out) whose
-    # label names one class.
+    # Calibration and ranking, on the images scored whose label names one class.
     scored = torch.from_numpy(scored)
     known = scored & (labels < len(CLASS_NAMES))
     uncalibrated, calibrated, truth = logits[known].softmax(dim=1), probabilities[known], labels[known]
-    calibration_text = ""
     if known.any():
-        results["calibration"], calibration_text = calibration_result(trained.module, uncalibrated, calibrated, truth)
+        result.calibration = {
+            "temperature": float(trained.module.temperature),
+            "ece_uncalibrated": calibration_error(uncalibrated, truth),
+            "ece_calibrated": calibration_error(calibrated, truth),
+            "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
+        }
     flagged = trained.module.is_unfamiliar(pooled)
-    for row, unfamiliar in zip(per_image, flagged.tolist()):
+    for row, unfamiliar in zip(result.per_image, flagged.tolist()):
         row["unlike_training_data"] = unfamiliar
-    results["unlike_training_data"] = {
+    result.unlike_training_data = {
         "distance_threshold": float(trained.module.unfamiliar_threshold),
         "share_flagged": float(flagged[scored].float().mean()),
     }
-    text += (
-        calibration_text
-        + f"\nunlike the training data: {results['unlike_training_data']['share_flagged']:.1%} of these images "
-        "(5% of the validation split by construction)"
-    )
+    return result, classifier_figures(result, scored, source, (uncalibrated, calibrated, truth))
+
+
+def classifier_figures(
+    result: ClassifierReport, scored: torch.Tensor, source: str, calibration: tuple[torch.Tensor, ...]
+) -> dict:
+    """The confusion matrix, the most confident errors, the reliability diagram and the ROC/PR curves."""
+    shown = result.scored
     headline = "accuracy" if np.isfinite(shown["accuracy"]["value"]) else "tumor_sensitivity"
     title = f"{source}: {headline.replace('_', ' ')} {shown[headline]['value']:.1%}" + (
-        " (unseen images)" if copies is not None else ""
+        " (unseen images)" if result.unseen_images is not None else ""
     )
     figures = classification_figures(shown, CLASS_NAMES, title)
+    per_image = result.per_image
     if errors := most_confident_errors(per_image, np.flatnonzero(scored.numpy())):
         images = [load_image_file(per_image[i]["file"], 1) for i in errors]
         figures["misclassified"] = errors_figure([per_image[i] for i in errors], images)
-    if known.any():
-        temperature = results["calibration"]["temperature"]
-        reliability = {"softmax": uncalibrated, f"T = {temperature:.2f}": calibrated}
+    if result.calibration is not None:
+        uncalibrated, calibrated, truth = calibration
+        reliability = {"softmax": uncalibrated, f"T = {result.calibration['temperature']:.2f}": calibrated}
         figures["reliability"] = reliability_diagram(reliability, truth)
         figures["roc_pr"] = roc_and_pr_figure(calibrated, truth, CLASS_NAMES)
-    return results, figures, text
+    return figures
 
 
-def distinct_images_result(
-    trained: TrainedModel,
-    predictions: ClassPredictions,
-    fingerprints: Fingerprints,
-    scored: np.ndarray,
-    args: argparse.Namespace,
-) -> tuple[dict, str]:
-    """Accuracy over the scored images with copies among them (one slice in several datasets) counted once."""
-    groups = fingerprints.duplicate_groups(trained.data_hparams.get("max_phash_distance"))
-    right = predictions.correct
-    distinct = distinct_image_accuracy(right[scored], groups[scored], args.bootstrap, args.seed)
-    text = (
-        f"\ndistinct images (copies among them counted once): accuracy {interval_text(distinct['accuracy'])} "
-        f"on {distinct['num_groups']} groups of {distinct['num_images']} images"
-    )
-    return distinct, text
-
-
-def calibration_result(
-    module: ClassificationModule, uncalibrated: torch.Tensor, calibrated: torch.Tensor, truth: torch.Tensor
-) -> tuple[dict, str]:
-    """Expected calibration error before and after the model's temperature, and AUROC one class against the rest."""
-    temperature = float(module.temperature)
-    calibration = {
-        "temperature": temperature,
-        "ece_uncalibrated": calibration_error(uncalibrated, truth),
-        "ece_calibrated": calibration_error(calibrated, truth),
-        "auroc_one_vs_rest": auroc_per_class(calibrated, truth, CLASS_NAMES),
-    }
-    text = (
-        f"\ncalibration (temperature {temperature:.3f}, fitted on the validation split): expected calibration "
-        f"error {calibration['ece_uncalibrated']:.4f} before, {calibration['ece_calibrated']:.4f} after; AUROC "
-        + ", ".join(
-            f"{name} {'n/a' if value is None else f'{value:.3f}'}"
-            for name, value in calibration["auroc_one_vs_rest"].items()
-        )
-    )
-    return calibration, text
-
-
-def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple[dict, dict, str]:
+def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple[SegmenterReport, dict]:
     copies = None
     if args.data_root and not args.own_split:
         max_phash_distance = trained.data_hparams.get("max_phash_distance", 2)
@@ -271,38 +221,29 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         }
 
     min_area = module.hparams.min_tumor_area if args.min_area is None else args.min_area
-    report = {
+    settings = {
         "threshold": float(module.threshold),
         "min_tumor_area": min_area,
         "tumor_area_threshold": float(module.tumor_area_threshold),
         "detection_threshold": float(module.detection_threshold),
-        **report_of(np.ones(len(files), dtype=bool)),
-        "iou_global_by_threshold": iou_by_threshold(curve),
     }
-    for row, image in zip(report["per_image"], boxes):
+    everything = {**report_of(np.ones(len(files), dtype=bool)), "iou_global_by_threshold": iou_by_threshold(curve)}
+    for row, image in zip(everything["per_image"], boxes):
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
-    text = format_segmentation_report(report, f"All {len(files)} images of {source}")
+    result = SegmenterReport(source, settings, everything)
     sources = np.repeat(np.arange(len(datasets)), [len(dataset) for dataset in datasets])
     for key, parts in parts_of(sources, roots, [sequence_named(file) for file in files]).items():
-        report[key] = {name: report_of(mask) for name, mask in parts.items()}
-        for name, part in report[key].items():
-            part.pop("per_image")
-            text += "\n\n" + format_segmentation_report(part, f"{key.removeprefix('per_')} {name}")
+        result.parts[key] = {name: without_per_image(report_of(mask)) for name, mask in parts.items()}
     if copies is not None:
         unseen = np.array([copy is None for copy in copies])
-        report["copies_of_training_images"] = {kind: copies.count(kind) for kind in ("exact copy", "near copy")}
-        for row, copy in zip(report["per_image"], copies):
+        result.copies_of_training_images = {kind: copies.count(kind) for kind in ("exact copy", "near copy")}
+        for row, copy in zip(everything["per_image"], copies):
             row["copy_of_training_image"] = copy
         if unseen.any() and not unseen.all():
-            report["unseen_images"] = report_of(unseen)
-            report["unseen_images"].pop("per_image")
-            text += (
-                f"\n\nWithout the {int((~unseen).sum())} images that copy one the model trained or was validated "
-                f"on ({report['copies_of_training_images']}):\n"
-                + format_segmentation_report(report["unseen_images"], f"{int(unseen.sum())} unseen images")
-            )
+            result.unseen_images = without_per_image(report_of(unseen))
     figures = {}
     dataset = torch.utils.data.ConcatDataset(datasets)
+    report = {**settings, **everything}
     for name, indices in worst_and_best(report).items():
         images, masks = map(torch.stack, zip(*(dataset[i] for i in indices)))
         subset = torch.utils.data.Subset(dataset, indices)
@@ -310,13 +251,12 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
             next(model_outputs(trained.device, subset, len(indices), 0, run))[0], args.min_area
         )
         figures[name] = case_figure(report, indices, images, masks, predicted)
-    text += (
-        f"\nmasks: probability >= {report['threshold']:.2f} (the model's threshold, stored with it), tumours under "
-        f"{min_area} px dropped, a tumour only where at least {report['tumor_area_threshold']:.0f} px reach "
-        f"{report['detection_threshold']:.2f}\n"
-        f"{format_box_report(report['boxes'])}"
-    )
-    return {"data": source, **report}, figures, text
+    return result, figures
+
+
+def without_per_image(report: dict) -> dict:
+    """A part's report: its per-image rows are in the report on all images already."""
+    return {key: value for key, value in report.items() if key != "per_image"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -364,7 +304,7 @@ def main(argv: list[str] | None = None) -> None:
 
     trained = TrainedModel.load(args.ckpt_path, None, resolve_device(args.device))
     evaluate = evaluate_classifier if isinstance(trained.module, ClassificationModule) else evaluate_segmenter
-    results, figures, text = evaluate(trained, args)
+    report, figures = evaluate(trained, args)
     checkpoint = Path(trained.checkpoint)
     output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(checkpoint)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -375,12 +315,12 @@ def main(argv: list[str] | None = None) -> None:
         "tta": args.tta or trained.module.hparams.get("tta", "none"),
         "bootstrap_resamples": args.bootstrap,
         "bootstrap_seed": args.seed,
-        **results,
+        **report.to_json(),
     }
     (output_dir / "metrics.json").write_text(json.dumps(results, indent=2))
     for name, figure in figures.items():
         figure.savefig(output_dir / f"{name}.png", bbox_inches="tight")
-    print(text)
+    print(report.text())
     print(f"wrote {output_dir}/metrics.json and {', '.join(f'{name}.png' for name in figures)}", file=sys.stderr)
 
 
