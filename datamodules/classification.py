@@ -61,15 +61,12 @@ def read_metadata_table(root: Path, root_index: int = 0) -> ClassFolders:
     return ClassFolders(root_index, root, False, [root / row["image"] for row in rows], labels, patients, False)
 
 
-LABELLED_MASK_LAYOUTS = (
-    "LGG sequences",
-    "VIA outlines",
-    "NIfTI volumes",
-)  # segmentation layouts whose slices say what they hold
+# The segmentation layouts whose slices say what they hold, and so are classification sources too.
+LABELLED_MASK_LAYOUTS = ("LGG sequences", "VIA outlines", "NIfTI volumes")
 
 
 def read_labelled_masks(root: Path, root_index: int, sequences: Sequence[str]) -> ClassFolders:
-    """A segmentation source's slices with the labels it gives (LGG, VIA outlines), patients where known."""
+    """A segmentation source's slices with the labels it gives (LGG, VIA outlines, NIfTI cases), patients where known."""
     items = read_source(root, sequences=sequences).images
     labels = np.array([FOLDER_TO_CLASS[item.label] for item in items], dtype=np.int64)
     return ClassFolders(root_index, root, False, [item.path for item in items], labels,
@@ -93,7 +90,7 @@ def find_class_folders(root: Path, root_index: int = 0, sequences: Sequence[str]
             return [read_labelled_masks(root, root_index, sequences)]
         raise DatasetError(
             f"{root}: no Training/ folder (expected ROOT/Training/<class>/*.jpg, ROOT/metadata.csv, "
-            "an LGG download or VIA-outlined slices)"
+            "an LGG download, VIA-outlined slices or NIfTI cases)"
         )
     splits = [(training_dir, False)]
     testing_dir = find_split_folder(root, "Testing")
@@ -270,9 +267,9 @@ class ClassificationDataModule(CachedDataModule):
         )
 
     def evaluation_images(self, root: str | Path) -> tuple[ImageLabelDataset, list[LoadedImage]]:
-        """Every labelled image under `root` (ROOT/<class>/, else ROOT/Testing/<class>/, else
-        ROOT/Training/<class>/, else ROOT/metadata.csv, an LGG download or VIA-outlined slices), decoded and resized as for training, for evaluation; with the
-        loaded images, whose hashes tell copies of training images."""
+        """Every labelled image under `root` (ROOT/<class>/, else ROOT/Testing/<class>/, else ROOT/Training/<class>/,
+        else ROOT/metadata.csv, an LGG download, VIA-outlined slices or NIfTI cases), decoded and resized as for
+        training, for evaluation; with the loaded images, whose hashes tell copies of training images."""
         root = Path(root)
         if not root.is_dir():
             raise DatasetError(f"{root}: folder to evaluate does not exist or is not a folder")

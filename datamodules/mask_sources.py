@@ -216,9 +216,8 @@ def image_mask_pairs(root: Path) -> list[MaskedImage]:
 def masks_beside_images(root: Path) -> list[MaskedImage]:
     """NAME.tif (or .png ...) with NAME_mask.tif beside it; the folder's name is the patient."""
     images = []
-    found = glob.glob(
-        str(root / "**" / f"*{MASK_SUFFIX}.*"), recursive=True
-    )  # follows linked folders, as rglob does not
+    # glob follows linked folders (a folder of links to patients' folders), as Path.rglob does not
+    found = glob.glob(str(root / "**" / f"*{MASK_SUFFIX}.*"), recursive=True)
     for mask in sorted(Path(p) for p in found if Path(p).suffix.lower() in IMAGE_SUFFIXES):
         stem = mask.stem.removesuffix(MASK_SUFFIX)  # the LGG copy here keeps images as .jpg, masks as .png
         candidates = [mask.with_name(stem + suffix) for suffix in dict.fromkeys([mask.suffix, *IMAGE_SUFFIXES])]
