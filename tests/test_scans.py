@@ -88,3 +88,21 @@ def test_a_montage_shows_the_slices_with_tumour_outlined():
     assert picture.shape == (2 * 8, 2 * 10, 3)  # three tiles and a blank one, two a row
     assert (picture[8:, 10:] == 0).all() and (picture[:8, :10, 0] > picture[:8, :10, 2]).any()  # red outline
     assert montage(slices, [np.zeros((8, 10), np.uint8)] * 6).shape == (8, 10, 3)  # no tumour: the middle slice
+
+
+def test_a_bad_scan_is_one_error_line_and_the_other_inputs_go_on(tmp_path):
+    from tests.conftest import script_module
+
+    good = tmp_path / "good.nii.gz"
+    synthetic_scan(good, (0, 1, 2), (False, False, False))
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(good.read_bytes()[:200])
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), flat)
+    image = tmp_path / "slice.png"
+    image.write_bytes(b"not read here")
+    inputs, scans, errors = script_module("predict.py").expand_scans([cut, good, flat, image])
+    assert list(scans) == [str(good)] and inputs == [*scan_slices(good), image]
+    assert len(errors) == 2
+    assert errors[0].startswith(f"{cut}: not a readable NIfTI volume")
+    assert errors[1] == f"{flat}: a 2D image; expected a 3D volume"
