@@ -34,10 +34,11 @@ from common.errors import UserError
 from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom import DICOM_SUFFIXES
 from datamodules.images import IMAGE_SUFFIXES
+from datamodules.nifti import is_nifti
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import is_scan, mask_volume, montage, scan_name, scan_slices, scan_summary
+from inference.scans import mask_volume, montage, scan_name, scan_slices, scan_summary
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
@@ -48,7 +49,7 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     for item in map(Path, inputs):
         if item.is_dir():
             wanted = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES)
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in wanted or is_scan(p))
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in wanted or is_nifti(p))
         else:
             paths.append(item)
     return paths
@@ -59,7 +60,7 @@ def expand_scans(paths: list[Path]) -> tuple[list[str | Path], dict[str, list[st
     line per scan that cannot be read (the other inputs are still predicted)."""
     inputs, scans, errors = [], {}, []
     for path in paths:
-        if not is_scan(path):
+        if not is_nifti(path):
             inputs.append(path)
             continue
         try:

@@ -80,14 +80,15 @@ def decode_source(source: ImageSource, channels: int) -> tuple[np.ndarray | None
     for one channel of a file its pixels' (so that a sequence stored twice in a file is one image)."""
     if isinstance(source, VolumeSlice):
         gray = source.pixels()[:, :, None]
-        return (gray if channels == 1 else np.repeat(gray, 3, axis=2)), gray.tobytes()
-    raw = file_of(source).read_bytes()
-    if not isinstance(source, ChannelOf):
-        return decode_image(raw, channels), raw
-    image = decode_image(raw, 3)
-    if image is None:
-        return None, raw
-    gray = np.ascontiguousarray(image[:, :, source.channel : source.channel + 1])
+    else:
+        raw = file_of(source).read_bytes()
+        if not isinstance(source, ChannelOf):
+            return decode_image(raw, channels), raw
+        image = decode_image(raw, 3)
+        if image is None:
+            return None, raw
+        gray = np.ascontiguousarray(image[:, :, source.channel : source.channel + 1])
+    # one gray channel, as a 1-channel image or stored as RGB like the gray JPEGs of the other sources
     return (gray if channels == 1 else np.repeat(gray, 3, axis=2)), gray.tobytes()
 
 

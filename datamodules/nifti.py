@@ -123,10 +123,10 @@ class LabelSlice:
         return values > 0 if self.labels is None else np.isin(np.rint(values), self.labels)
 
     def draw(self, height: int, width: int) -> np.ndarray:
-        values = read_volume(self.path)[self.index]
-        if values.shape != (height, width):
-            raise DatasetError(f"{self.path}: slice {self.index} is {values.shape}, its image {(height, width)}")
-        return self.tumour().astype(np.uint8)
+        tumour = self.tumour()
+        if tumour.shape != (height, width):
+            raise DatasetError(f"{self.path}: slice {self.index} is {tumour.shape}, its image {(height, width)}")
+        return tumour.astype(np.uint8)
 
 
 def case_volumes(folder: Path) -> tuple[list[Path], Path | None, Path | None]:

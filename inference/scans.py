@@ -13,9 +13,7 @@ import numpy as np
 
 from common.visualization import mask_overlay
 from datamodules.images import SLICE_MARK
-from datamodules.nifti import is_nifti, nifti_stem, read_volume
-
-is_scan = is_nifti
+from datamodules.nifti import nifti_stem, read_volume
 
 
 def scan_slices(path: str | Path) -> list[str]:
@@ -48,11 +46,9 @@ def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray]) -> nib.Nift
 def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray]) -> dict:
     """scan, slices, tumor_slices, tumor_volume_ml (from the voxel size), the largest tumour cross-section in
     mm^2 and its slice (display order, 0 first)."""
-    zooms = nib.load(str(path)).header.get_zooms()[:3]
-    voxel_mm3 = float(np.prod(zooms))
-    # a display slice's pixel is the canonical x by y voxel face: the two smallest-index axes after reorientation
-    canonical_zooms = nib.as_closest_canonical(nib.load(str(path))).header.get_zooms()[:3]
-    pixel_mm2 = float(canonical_zooms[0] * canonical_zooms[1])
+    # In the canonical (x, y, z) axes a display slice's pixel is the x by y face of a voxel.
+    x_mm, y_mm, z_mm = nib.as_closest_canonical(nib.load(str(path))).header.get_zooms()[:3]
+    pixel_mm2, voxel_mm3 = float(x_mm * y_mm), float(x_mm * y_mm * z_mm)
     areas = np.array([int(np.count_nonzero(mask)) for mask in slice_masks])
     largest = int(np.argmax(areas)) if areas.any() else None
     return {
