@@ -10,6 +10,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 import types
 import warnings
@@ -252,9 +253,16 @@ def tensorboard_scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
     that a resumed run purged are gone."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    accumulator = EventAccumulator(str(folder))
-    accumulator.Reload()
-    return [(event.step, event.value) for event in accumulator.Scalars(tag)]
+    with tempfile.TemporaryDirectory() as ordered:
+        # TensorBoard reads a folder's event files in name order; runs started in one process within one
+        # second (as these tests run them) differ only in the writer's counter, where ".10" sorts before ".9".
+        for path in folder.glob("*tfevents*"):
+            name = path.name.removeprefix("events.out.tfevents.")
+            seconds, counter = name.split(".", 1)[0], name.rsplit(".", 1)[1]
+            (Path(ordered) / f"events.out.tfevents.{seconds}.{int(counter):09d}").symlink_to(path.resolve())
+        accumulator = EventAccumulator(ordered)
+        accumulator.Reload()
+        return [(event.step, event.value) for event in accumulator.Scalars(tag)]
 
 
 def evaluate_report(checkpoint: Path, cwd: Path, *extra: str) -> dict:
