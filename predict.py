@@ -6,10 +6,12 @@
 A model is a .ckpt file, a run folder (its checkpoints/best.ckpt) or a model file (export.py); give
 either or both, or neither to use the models bundled in models/ (their cards: models/*.md).
 
-A NIfTI volume (.nii, .nii.gz) is predicted slice by slice (its axial slices, anterior up, windowed per scan):
-its slices get a row each (FILE@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8, 1 = tumour,
-the input's shape and affine), SCAN_montage.png (its slices with tumour, outlined) and a row in scans.csv and
-scans.json (slices, tumour slices, tumour volume in mL, the largest cross-section in mm^2 and its slice).
+A scan, a NIfTI volume (.nii, .nii.gz) or a DICOM series (a folder of its slices; a folder holding several
+series gives each, named FOLDER#SERIES_UID), is predicted slice by slice (its axial slices, anterior up, windowed
+per scan): its slices get a row each (SCAN@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8,
+1 = tumour, the input's shape and affine, or the DICOM stack's), SCAN_montage.png (its slices with tumour,
+outlined) and a row in scans.csv and scans.json (slices, tumour slices, tumour volume in mL, the largest
+cross-section in mm^2 and its slice). A DICOM file alone is a 2D slice, as any image is.
 
 Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
 four calibrated probabilities and whether the image is unlike the training data; with a
@@ -32,35 +34,37 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.visualization import heatmap_overlay, mask_overlay
-from datamodules.dicom import DICOM_SUFFIXES
+from datamodules.dicom_series import scans_in
 from datamodules.images import IMAGE_SUFFIXES
-from datamodules.nifti import is_nifti
+from datamodules.volumes import is_nifti, is_scan, scan_stem
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import mask_volume, montage, scan_name, scan_slices, scan_summary
+from inference.scans import mask_volume, montage, scan_slices, scan_summary
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given (checked later, so a bad one is reported, not fatal); folders searched recursively."""
-    paths: list[Path] = []
+def expand_inputs(inputs: list[str]) -> list[Path | str]:
+    """Files and scans as given (checked later, so a bad one is reported, not fatal); folders searched
+    recursively: images, NIfTI volumes, DICOM series (scans) and lone DICOM slices (2D images)."""
+    paths: list[Path | str] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            wanted = (*IMAGE_SUFFIXES, *DICOM_SUFFIXES)
-            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in wanted or is_nifti(p))
+            series, lone_slices = scans_in(item)
+            paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
+            paths += sorted(lone_slices) + series
         else:
             paths.append(item)
     return paths
 
 
-def expand_scans(paths: list[Path]) -> tuple[list[str | Path], dict[str, list[str]], list[str]]:
+def expand_scans(paths: list[Path | str]) -> tuple[list[str | Path], dict[str, list[str]], list[str]]:
     """Every scan replaced by its slices: the inputs to predict, each readable scan's slices, and one error
     line per scan that cannot be read (the other inputs are still predicted)."""
     inputs, scans, errors = [], {}, []
     for path in paths:
-        if not is_nifti(path):
+        if not is_scan(path):
             inputs.append(path)
             continue
         try:
@@ -82,10 +86,10 @@ def write_scans(
         if not all(masks.get(name) is not None for name in slices):
             continue  # no segmenter, or a slice failed: no volume to write
         slice_masks = [masks[name] for name in slices]
-        mask_volume(scan, slice_masks).to_filename(output_dir / f"{scan_name(scan)}_mask.nii.gz")
+        mask_volume(scan, slice_masks).to_filename(output_dir / f"{scan_stem(scan)}_mask.nii.gz")
         picture = montage([images[name] for name in slices], slice_masks)
-        cv2.imwrite(str(output_dir / f"{scan_name(scan)}_montage.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        files = {"mask_file": f"{scan_name(scan)}_mask.nii.gz", "montage_file": f"{scan_name(scan)}_montage.png"}
+        cv2.imwrite(str(output_dir / f"{scan_stem(scan)}_montage.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        files = {"mask_file": f"{scan_stem(scan)}_mask.nii.gz", "montage_file": f"{scan_stem(scan)}_montage.png"}
         rows.append(scan_summary(scan, slice_masks) | files)
     if rows:
         write_tables(rows, output_dir, "scans")

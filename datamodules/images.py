@@ -17,7 +17,7 @@ from PIL import Image
 
 from common.errors import InputImageError
 from datamodules.dicom import DICOM_SUFFIXES, read_dicom
-from datamodules.nifti import VolumeSlice, sequence_of
+from datamodules.volumes import VolumeSlice, sequence_of
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -109,7 +109,7 @@ def load_image_file(path: str | Path, channels: int) -> np.ndarray:
     error per kind of bad file."""
     source = parse_source(path)
     if isinstance(source, ChannelOf | VolumeSlice):
-        if not source.path.is_file():
+        if isinstance(source, ChannelOf) and not source.path.is_file():  # a scan's reader names what is wrong
             raise InputImageError(f"{source.path}: file not found")
         image, _ = decode_source(source, channels)
         if image is None:

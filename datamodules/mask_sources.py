@@ -8,7 +8,7 @@
   folders TCGA_*) stores three MRI sequences per slice as its channels, read as a grayscale slice each
   (`sequences`);
 - VGG Image Annotator JSON files with their images beside them (Br35H's outlines; datamodules.via);
-- NIfTI volumes with a label volume, a folder per case (BraTS), cut into axial slices (datamodules.nifti);
+- NIfTI volumes with a label volume, a folder per case (BraTS), cut into axial slices (datamodules.volumes);
 - the original figshare download, a folder of MATLAB v7.3 `.mat` slices (datamodules.figshare);
 - healthy slices (`negatives`): a classification dataset root or class folder, whose no-tumour
   images get empty masks.
@@ -41,8 +41,8 @@ from datamodules.images import (
     describe_image,
     list_images,
 )
-from datamodules.nifti import LabelSlice, case_folders, volume_slices
 from datamodules.via import ViaShapes, find_via_files, read_via_file
+from datamodules.volumes import LabelSlice, case_folders, volume_slices
 
 COCO_SPLITS = {"train": "train", "valid": "val", "test": "test"}
 NO_TUMOR_FOLDERS = ("no_tumor", "notumor", "no", "healthy", "normal")

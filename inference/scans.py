@@ -1,6 +1,6 @@
-"""Scans in, a mask volume and a row of numbers per scan out: a NIfTI volume is predicted slice by slice
-(its axial display slices, datamodules.nifti), and the slices' tumour masks go back into a volume with
-exactly the input's shape and affine."""
+"""Scans in, a mask volume and a row of numbers per scan out: a NIfTI volume or a DICOM series is predicted
+slice by slice (its axial display slices, datamodules.volumes), and the slices' tumour masks go back into a
+volume with exactly the input's shape and affine (a DICOM series': its stack's geometry)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from common.visualization import mask_overlay
 from datamodules.images import SLICE_MARK
-from datamodules.nifti import nifti_stem, read_volume
+from datamodules.volumes import load_scan, read_volume
 
 
 def scan_slices(path: str | Path) -> list[str]:
@@ -21,14 +21,10 @@ def scan_slices(path: str | Path) -> list[str]:
     return [f"{path}{SLICE_MARK}{index}" for index in range(len(read_volume(Path(path))))]
 
 
-def scan_name(path: str | Path) -> str:
-    return nifti_stem(Path(path))
-
-
 def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray]) -> nib.Nifti1Image:
     """The display slices' masks (each rows x columns, in scan_slices' order) as a uint8 volume in the input
     scan's own voxel order, shape and affine: the inverse of read_volume's reorientation."""
-    original = nib.load(str(path))
+    original = load_scan(path)
     stacked = np.stack([np.asarray(mask, np.uint8) for mask in slice_masks])  # (z, rows, columns)
     canonical = stacked.transpose(2, 1, 0)[::-1, ::-1, :]  # display -> RAS+ (x, y, z)
     from_canonical = nib.orientations.ornt_transform(
@@ -47,7 +43,7 @@ def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray]) -> dict:
     """scan, slices, tumor_slices, tumor_volume_ml (from the voxel size), the largest tumour cross-section in
     mm^2 and its slice (display order, 0 first)."""
     # In the canonical (x, y, z) axes a display slice's pixel is the x by y face of a voxel.
-    x_mm, y_mm, z_mm = nib.as_closest_canonical(nib.load(str(path))).header.get_zooms()[:3]
+    x_mm, y_mm, z_mm = nib.as_closest_canonical(load_scan(path)).header.get_zooms()[:3]
     pixel_mm2, voxel_mm3 = float(x_mm * y_mm), float(x_mm * y_mm * z_mm)
     areas = np.array([int(np.count_nonzero(mask)) for mask in slice_masks])
     largest = int(np.argmax(areas)) if areas.any() else None

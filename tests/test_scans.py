@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from datamodules.nifti import read_volume
+from datamodules.volumes import read_volume
 from inference.scans import mask_volume, scan_slices, scan_summary
 
 

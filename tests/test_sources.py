@@ -267,7 +267,7 @@ def test_nifti_cases_are_axial_slices_as_radiologists_see_them_with_each_sequenc
 def test_a_truncated_or_4d_nifti_is_one_line(tmp_path):
     import nibabel as nib
 
-    from datamodules.nifti import read_volume
+    from datamodules.volumes import read_volume
 
     write_case(tmp_path / "case1")
     data = (tmp_path / "case1" / "case_flair.nii.gz").read_bytes()

@@ -1,7 +1,7 @@
-"""NIfTI volumes as 2D slices: a volume read in its closest canonical (RAS+) axes, cut into axial slices
-shown as radiologists see them (anterior up, the patient's right on the left, as the 2D training slices
-are), and windowed to 8 bits by percentiles inside the head, so that float, z-scored or 16-bit volumes
-reach the models like the 8-bit training slices.
+"""Scans as 2D slices: a NIfTI volume or a DICOM series (datamodules.dicom_series) read in its closest
+canonical (RAS+) axes, cut into axial slices shown as radiologists see them (anterior up, the patient's right on
+the left, as the 2D training slices are), and windowed to 8 bits by percentiles inside the head, so that float,
+z-scored or 16-bit volumes reach the models like the 8-bit training slices.
 
 A folder of cases (BraTS: `<case>/<sequence>.nii.gz` with a label volume beside them) is a segmentation
 and classification source: each sequence's slices with the tumour its sequence shows (labels > 0, the
@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from common.errors import DatasetError, InputImageError
+from datamodules.dicom_series import is_dicom_series, read_series, split_scan_name
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 WINDOW_PERCENTILES = (0.5, 99.5)
@@ -34,6 +35,29 @@ def is_nifti(path: Path) -> bool:
 def nifti_stem(path: Path) -> str:
     name = path.name
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def is_scan(path: str | Path) -> bool:
+    """A NIfTI file or a DICOM series (a folder of its slices, or FOLDER#SERIES_UID)."""
+    return is_nifti(Path(path)) or is_dicom_series(path)
+
+
+def scan_stem(path: str | Path) -> str:
+    """A scan's name for its output files: the NIfTI file's stem, the series' folder (and UID)."""
+    if is_nifti(Path(path)):
+        return nifti_stem(Path(path))
+    folder, uid = split_scan_name(path)
+    return folder.name if uid is None else f"{folder.name}_{uid}"
+
+
+def load_scan(path: str | Path) -> nib.Nifti1Image:
+    """A scan as one nibabel image with its affine: the NIfTI file, or the DICOM series stacked."""
+    if is_nifti(Path(path)):
+        try:
+            return nib.load(str(path))
+        except Exception as error:  # nibabel raises many kinds for a bad or truncated file
+            raise InputImageError(f"{path}: not a readable NIfTI volume ({error})") from None
+    return read_series(path)
 
 
 def sequence_of(path: Path) -> str:
@@ -54,10 +78,10 @@ def tumour_labels_of(sequence: str) -> tuple[int, ...] | None:
 def read_volume(path: Path) -> np.ndarray:
     """A 3D volume's voxels (float32) in its closest canonical axes (RAS+), as axial display slices:
     (slices, rows, columns), rows anterior to posterior, columns patient right to left."""
+    image = load_scan(path)
     try:
-        image = nib.as_closest_canonical(nib.load(str(path)))
-        data = np.asarray(image.dataobj, dtype=np.float32)
-    except Exception as error:  # nibabel raises many kinds for a bad or truncated file
+        data = np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
+    except Exception as error:  # nibabel reads lazily: a truncated .nii.gz fails here
         raise InputImageError(f"{path}: not a readable NIfTI volume ({error})") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
