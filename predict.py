@@ -9,9 +9,10 @@ either or both, or neither to use the models bundled in models/ (their cards: mo
 A scan, a NIfTI volume (.nii, .nii.gz) or a DICOM series (a folder of its slices; a folder holding several
 series gives each, named FOLDER#SERIES_UID), is predicted slice by slice (its axial slices, anterior up, windowed
 per scan): its slices get a row each (SCAN@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8,
-1 = tumour, the input's shape and affine, or the DICOM stack's), SCAN_montage.png (its slices with tumour,
-outlined) and a row in scans.csv and scans.json (slices, tumour slices, tumour volume in mL, the largest
-cross-section in mm^2 and its slice). A DICOM file alone is a 2D slice, as any image is.
+1 = tumour, the input's shape and affine, or the DICOM stack's), SCAN_seg.dcm for a DICOM series (a DICOM-SEG
+referencing it), SCAN_montage.png (its slices with tumour, outlined) and a row in scans.csv and scans.json
+(slices, tumour slices, tumour volume in mL, the largest cross-section in mm^2 and its slice). A DICOM file
+alone is a 2D slice, as any image is.
 
 Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
 four calibrated probabilities and whether the image is unlike the training data; with a
@@ -34,11 +35,12 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.visualization import heatmap_overlay, mask_overlay
-from datamodules.dicom_series import scans_in
+from datamodules.dicom_series import is_dicom_series, scans_in
 from datamodules.images import IMAGE_SUFFIXES
 from datamodules.volumes import is_nifti, is_scan, scan_stem
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
+from inference.dicom_seg import tumour_segmentation
 from inference.predictor import Prediction, TumorPredictor
 from inference.scans import mask_volume, montage, scan_slices, scan_summary
 from lightning_modules.cli import run_with_clean_errors
@@ -79,17 +81,21 @@ def expand_scans(paths: list[Path | str]) -> tuple[list[str | Path], dict[str, l
 def write_scans(
     scans: dict[str, list[str]], masks: dict[str, object], images: dict[str, object], output_dir: Path
 ) -> list[dict]:
-    """Each scan's mask volume, SCAN_mask.nii.gz, its montage of the slices with tumour, SCAN_montage.png, and
-    its row of numbers (scans.csv, scans.json)."""
+    """Each scan's mask volume, SCAN_mask.nii.gz (and SCAN_seg.dcm, a DICOM-SEG, for a DICOM series), its
+    montage of the slices with tumour, SCAN_montage.png, and its row of numbers (scans.csv, scans.json)."""
     rows = []
     for scan, slices in scans.items():
         if not all(masks.get(name) is not None for name in slices):
             continue  # no segmenter, or a slice failed: no volume to write
-        slice_masks = [masks[name] for name in slices]
-        mask_volume(scan, slice_masks).to_filename(output_dir / f"{scan_stem(scan)}_mask.nii.gz")
+        slice_masks, stem = [masks[name] for name in slices], scan_stem(scan)
+        mask = mask_volume(scan, slice_masks)
+        files = {"mask_file": f"{stem}_mask.nii.gz", "montage_file": f"{stem}_montage.png"}
+        mask.to_filename(output_dir / files["mask_file"])
+        if is_dicom_series(scan):
+            files["dicom_seg_file"] = f"{stem}_seg.dcm"
+            tumour_segmentation(scan, mask).save_as(output_dir / files["dicom_seg_file"])
         picture = montage([images[name] for name in slices], slice_masks)
-        cv2.imwrite(str(output_dir / f"{scan_stem(scan)}_montage.png"), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        files = {"mask_file": f"{scan_stem(scan)}_mask.nii.gz", "montage_file": f"{scan_stem(scan)}_montage.png"}
+        cv2.imwrite(str(output_dir / files["montage_file"]), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         rows.append(scan_summary(scan, slice_masks) | files)
     if rows:
         write_tables(rows, output_dir, "scans")

@@ -86,12 +86,10 @@ def scans_in(folder: Path) -> tuple[list[str], list[Path]]:
     return scans, sorted(singles)
 
 
-@lru_cache(maxsize=4)
-def read_series(scan: str | Path) -> nib.Nifti1Image:
-    """A DICOM series as a float32 volume (columns, rows, slices) with its RAS affine, in mm."""
+def series_slices(scan: str | Path) -> list:
+    """The series' slices (pydicom datasets) ordered along the slice normal, checked to be one even stack."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut
 
     folder, uid = split_scan_name(scan)
     if not folder.is_dir():
@@ -115,20 +113,34 @@ def read_series(scan: str | Path) -> nib.Nifti1Image:
         raise InputImageError(
             f"{scan}: slices in {len(orientations)} orientations (ImageOrientationPatient); one series is one stack"
         )
-    row_direction, column_direction = np.asarray(slices[0][1].ImageOrientationPatient, float).reshape(2, 3)
-    normal = np.cross(row_direction, column_direction)
+    normal = slice_normal(slices[0][1])
     slices.sort(key=lambda item: float(np.dot(normal, np.asarray(item[1].ImagePositionPatient, float))))
-    positions = np.array([np.asarray(d.ImagePositionPatient, float) for _, d in slices])
-    check_stack(scan, slices, positions @ normal)
-    volume = np.stack([apply_modality_lut(d.pixel_array, d).astype(np.float32).T for _, d in slices], axis=-1)
+    datasets = [dataset for _, dataset in slices]
+    check_stack(scan, datasets, np.array([np.dot(normal, d.ImagePositionPatient) for d in datasets]))
+    return datasets
 
-    row_spacing, column_spacing = (float(value) for value in slices[0][1].PixelSpacing)
+
+def slice_normal(dataset) -> np.ndarray:
+    row_direction, column_direction = np.asarray(dataset.ImageOrientationPatient, float).reshape(2, 3)
+    return np.cross(row_direction, column_direction)
+
+
+@lru_cache(maxsize=4)
+def read_series(scan: str | Path) -> nib.Nifti1Image:
+    """A DICOM series as a float32 volume (columns, rows, slices) with its RAS affine, in mm."""
+    from pydicom.pixels import apply_modality_lut
+
+    slices = series_slices(scan)
+    volume = np.stack([apply_modality_lut(d.pixel_array, d).astype(np.float32).T for d in slices], axis=-1)
+    row_direction, column_direction = np.asarray(slices[0].ImageOrientationPatient, float).reshape(2, 3)
+    row_spacing, column_spacing = (float(value) for value in slices[0].PixelSpacing)
+    first, last = (np.asarray(d.ImagePositionPatient, float) for d in (slices[0], slices[-1]))
     affine = np.eye(4)
     # pixel_array[i, j] is row i, column j; the volume holds it transposed, (j, i): x runs along a row.
     affine[:3, 0] = row_direction * column_spacing
     affine[:3, 1] = column_direction * row_spacing
-    affine[:3, 2] = (positions[-1] - positions[0]) / (len(slices) - 1)
-    affine[:3, 3] = positions[0]
+    affine[:3, 2] = (last - first) / (len(slices) - 1)
+    affine[:3, 3] = first
     image = nib.Nifti1Image(volume, LPS_TO_RAS @ affine)
     image.set_qform(image.affine, code=1)
     return image
@@ -148,14 +160,14 @@ def check_mr_slice(path: Path, dataset) -> None:
 def check_stack(scan: str | Path, slices: list, distances: np.ndarray) -> None:
     """Refuse what would give wrong millimetres: too few slices, a narrow field of view, slices of other sizes,
     two slices at one position, and gaps (a missing slice)."""
-    first = slices[0][1]
+    first = slices[0]
     field_of_view = min(first.Rows * float(first.PixelSpacing[0]), first.Columns * float(first.PixelSpacing[1]))
     if len(slices) < MIN_SLICES or field_of_view < MIN_FIELD_OF_VIEW_MM:
         raise InputImageError(
             f"{scan}: {len(slices)} slices over a {field_of_view:.0f} mm field of view; too small to be a brain "
             f"scan (at least {MIN_SLICES} slices and {MIN_FIELD_OF_VIEW_MM:.0f} mm)"
         )
-    sizes = {(d.Rows, d.Columns) for _, d in slices}
+    sizes = {(d.Rows, d.Columns) for d in slices}
     if len(sizes) > 1:
         raise InputImageError(f"{scan}: slices of {len(sizes)} sizes {sorted(sizes)}; one series is one stack")
     steps = np.diff(distances)

@@ -155,6 +155,26 @@ def test_predict_writes_a_series_mask_on_its_geometry_and_its_row(tmp_path):
     with open(tmp_path / "out" / "scans.csv") as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["scan"] == str(tmp_path / "inputs" / "series") and row["slices"] == "10"
+    assert pydicom.dcmread(tmp_path / "out" / row["dicom_seg_file"]).Modality == "SEG"
     with open(tmp_path / "out" / "predictions.csv") as handle:
         files = [row["file"] for row in csv.DictReader(handle)]
     assert files == [f"{tmp_path / 'inputs' / 'series'}@{index}" for index in range(10)]
+
+
+def test_a_dicom_seg_of_the_mask_references_the_series_slices_it_lies_on(tmp_path):
+    import highdicom as hd
+
+    from datamodules.dicom_series import series_slices
+    from inference.dicom_seg import tumour_segmentation
+
+    stack = synthetic_stack()
+    write_series(tmp_path / "series", stack, SAGITTAL)
+    predicted = [display > 1000 for display in read_volume(tmp_path / "series")]
+    tumour_segmentation(tmp_path / "series", mask_volume(tmp_path / "series", predicted)).save_as(tmp_path / "seg.dcm")
+    seg = hd.seg.segread(tmp_path / "seg.dcm")
+    assert seg.Modality == "SEG" and seg.SegmentSequence[0].SegmentLabel == "tumour"
+    sources = series_slices(tmp_path / "series")
+    assert [d.SeriesInstanceUID for d in seg.ReferencedSeriesSequence] == [sources[0].SeriesInstanceUID]
+    uids = [d.SOPInstanceUID for d in sources]
+    pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], ignore_spatial_locations=True)
+    assert np.array_equal(pixels[..., 0], stack > 1000)  # slice by slice, in the series' own position order
