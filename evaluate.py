@@ -12,8 +12,10 @@ trained or was validated on (exact, or near by perceptual hash) are counted and 
 set of results, so that a model is never scored on what it has seen; several roots (or a split drawn from
 several) are also scored one by one. A segmenter's --data_root is any segmentation source or a mix
 (a COCO export's test/, else valid/; image/mask folders; figshare .mat files; healthy slices), its seen
-images scored apart likewise. Writes DIR/metrics.json (every number, its interval, every
-image's prediction) and figures, and prints a table; DIR defaults to the run folder's evaluation/.
+images scored apart likewise; where the images are slices of scans (NIfTI case folders), each scan is also
+scored as one volume (Dice, tumour volume in mL and its error, HD95 in mm, tumour slices found). Writes
+DIR/metrics.json (every number, its interval, every image's prediction) and figures, and prints a table; DIR
+defaults to the run folder's evaluation/.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ from common.errors import UserError
 from common.labels import CLASS_NAMES, NO_TUMOR_CLASS
 from common.metrics import calibration_error, iou_by_threshold, segmentation_stats, threshold_curve
 from datamodules.fingerprints import Fingerprints
-from datamodules.images import load_image_file, sequence_named
+from datamodules.images import load_image_file, parse_source, sequence_named
+from datamodules.volumes import VolumeSlice, display_spacing_mm, read_volume
 from evaluation.boxes import box_report, image_boxes
 from evaluation.breakdown import parts_of
 from evaluation.calibration import auroc_per_class, reliability_diagram, roc_and_pr_figure
@@ -45,6 +48,7 @@ from evaluation.classification import (
     most_confident_errors,
 )
 from evaluation.reports import ClassifierReport, SegmenterReport
+from evaluation.scans import ScanMasks, scan_scores, scans_report
 from evaluation.segmentation import (
     boundary_distances,
     case_figure,
@@ -58,6 +62,9 @@ from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.trained_model import TrainedModel, resolve_device
 from lightning_modules.tta import TTA_VIEWS
+
+# The scans issue's goals (#47): a mask volume's Dice per scan and its tumour volume's relative error.
+SCAN_DICE_GOAL, SCAN_VOLUME_GOAL = 0.75, 0.15
 
 
 def default_output_dir(checkpoint: Path) -> Path:
@@ -195,6 +202,10 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         datasets, roots = [dataset], [source]
     module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
     run = partial(module.predict_logits, tta=args.tta)
+    files = [file for dataset in datasets for file in dataset.files]
+    scan_slices: dict[str, dict[int, tuple]] = {}  # a scan's slices' (predicted, true) masks by slice index
+    slice_of = [source if isinstance(source, VolumeSlice) else None for source in map(parse_source, files)]
+    position = 0
     for dataset in datasets:
         for logits, masks in model_outputs(trained.device, dataset, args.batch_size, args.num_workers, run):
             curve.update(logits.sigmoid(), masks.int())
@@ -202,7 +213,10 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
             stats.update(predicted.float(), masks.int())
             boxes += [image_boxes(p[0].numpy(), m[0].numpy()) for p, m in zip(predicted, masks)]
             distances.append(boundary_distances(predicted, masks > 0))
-    files = [file for dataset in datasets for file in dataset.files]
+            for p, m, where in zip(predicted, masks, slice_of[position : position + len(masks)]):
+                if where is not None:
+                    scan_slices.setdefault(str(where.path), {})[where.index] = (p[0].numpy(), m[0].numpy() > 0)
+            position += len(masks)
     labels = [label for dataset in datasets for label in dataset.labels]
     stats, distances = stats.compute(), np.concatenate(distances)
 
@@ -231,6 +245,9 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     for row, image in zip(everything["per_image"], boxes):
         row.update(true_tumors=image.truth, predicted_tumors=image.predicted, found_tumors=image.matched)
     result = SegmenterReport(source, settings, everything)
+    if scan_slices:
+        rows = [scan_scores(stacked_scan(scan, by_index)) for scan, by_index in scan_slices.items()]
+        result.scans = scans_report(rows, SCAN_DICE_GOAL, SCAN_VOLUME_GOAL)
     sources = np.repeat(np.arange(len(datasets)), [len(dataset) for dataset in datasets])
     for key, parts in parts_of(sources, roots, [sequence_named(file) for file in files]).items():
         result.parts[key] = {name: without_per_image(report_of(mask)) for name, mask in parts.items()}
@@ -252,6 +269,18 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         )
         figures[name] = case_figure(report, indices, images, masks, predicted)
     return result, figures
+
+
+def stacked_scan(scan: str, by_index: dict[int, tuple[np.ndarray, np.ndarray]]) -> ScanMasks:
+    """A scan's scored slices as one stack, first to last; slices left out (the volume's ends, no head in them)
+    count as empty. The spacing is the model's grid: the scan's pixel size times its slices' size over the grid's."""
+    first, last = min(by_index), max(by_index)
+    shape = next(iter(by_index.values()))[0].shape
+    empty = (np.zeros(shape, bool), np.zeros(shape, bool))
+    predicted, truth = (np.stack(stack) for stack in zip(*(by_index.get(i, empty) for i in range(first, last + 1))))
+    slice_mm, row_mm, column_mm = display_spacing_mm(scan)
+    rows, columns = read_volume(Path(scan)).shape[1:]
+    return ScanMasks(scan, predicted, truth, (slice_mm, row_mm * rows / shape[0], column_mm * columns / shape[1]))
 
 
 def without_per_image(report: dict) -> dict:

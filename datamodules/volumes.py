@@ -91,6 +91,12 @@ def read_volume(path: Path) -> np.ndarray:
     return np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))
 
 
+def display_spacing_mm(path: str | Path) -> tuple[float, float, float]:
+    """The display slices' voxel size in mm: (slice step, row, column), the canonical z, y and x voxel sizes."""
+    x_mm, y_mm, z_mm = nib.as_closest_canonical(load_scan(path)).header.get_zooms()[:3]
+    return float(z_mm), float(y_mm), float(x_mm)
+
+
 def window_to_uint8(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
     """Gray levels 0-255 from the volume's percentiles inside the head (`inside`, else all voxels), the air
     black: the per-scan window that makes any scanner's units look like an 8-bit slice."""

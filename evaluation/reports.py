@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from evaluation.bootstrap import interval_text
 from evaluation.boxes import format_box_report
 from evaluation.classification import format_classification_report
+from evaluation.scans import format_scans_report
 from evaluation.segmentation import format_segmentation_report
 
 
@@ -98,6 +99,7 @@ class SegmenterReport:
     copies_of_training_images: dict[str, int] | None = None
     unseen_images: dict | None = None
     parts: dict[str, dict[str, dict]] = field(default_factory=dict)
+    scans: dict | None = None  # evaluation.scans.scans_report, where the images are slices of scans
 
     def to_json(self) -> dict:
         sections = {
@@ -107,6 +109,7 @@ class SegmenterReport:
             **self.parts,
             "copies_of_training_images": self.copies_of_training_images,
             "unseen_images": self.unseen_images,
+            "scans": self.scans,
         }
         return {key: value for key, value in sections.items() if value is not None}
 
@@ -120,6 +123,8 @@ class SegmenterReport:
             text += copies_text(self.copies_of_training_images, left_out) + format_segmentation_report(
                 self.unseen_images, f"{self.unseen_images['num_images']} unseen images"
             )
+        if self.scans is not None:
+            text += "\n\n" + format_scans_report(self.scans)
         settings = self.settings
         return text + (
             f"\nmasks: probability >= {settings['threshold']:.2f} (the model's threshold, stored with it), tumours "

@@ -13,7 +13,7 @@ import numpy as np
 
 from common.visualization import mask_overlay
 from datamodules.images import SLICE_MARK
-from datamodules.volumes import load_scan, read_volume
+from datamodules.volumes import display_spacing_mm, load_scan, read_volume
 
 
 def scan_slices(path: str | Path) -> list[str]:
@@ -42,9 +42,8 @@ def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray]) -> nib.Nift
 def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray]) -> dict:
     """scan, slices, tumor_slices, tumor_volume_ml (from the voxel size), the largest tumour cross-section in
     mm^2 and its slice (display order, 0 first)."""
-    # In the canonical (x, y, z) axes a display slice's pixel is the x by y face of a voxel.
-    x_mm, y_mm, z_mm = nib.as_closest_canonical(load_scan(path)).header.get_zooms()[:3]
-    pixel_mm2, voxel_mm3 = float(x_mm * y_mm), float(x_mm * y_mm * z_mm)
+    slice_mm, row_mm, column_mm = display_spacing_mm(path)
+    pixel_mm2, voxel_mm3 = row_mm * column_mm, row_mm * column_mm * slice_mm
     areas = np.array([int(np.count_nonzero(mask)) for mask in slice_masks])
     largest = int(np.argmax(areas)) if areas.any() else None
     return {

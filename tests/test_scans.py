@@ -106,3 +106,34 @@ def test_a_bad_scan_is_one_error_line_and_the_other_inputs_go_on(tmp_path):
     assert len(errors) == 2
     assert errors[0].startswith(f"{cut}: not a readable NIfTI volume")
     assert errors[1] == f"{flat}: a 2D image; expected a 3D volume"
+
+
+def test_a_scan_is_scored_as_one_volume_in_millimetres():
+    from evaluation.scans import ScanMasks, scan_scores
+
+    truth = np.zeros((6, 10, 10), bool)
+    truth[2:4, 2:6, 2:6] = True  # 32 voxels over 2 slices
+    predicted = np.roll(truth, 1, axis=2)  # one column to the right: 24 voxels overlap
+    predicted[5, 0, 0] = True  # and a speck on a healthy slice
+    row = scan_scores(ScanMasks("scan", predicted, truth, (2.0, 1.0, 0.5)))
+    assert row["dice"] == pytest.approx(2 * 24 / (33 + 32))
+    assert row["true_volume_ml"] == pytest.approx(32 * 1.0 / 1000) and row["predicted_volume_ml"] == 0.033
+    assert row["volume_error"] == pytest.approx(1 / 32)
+    assert (row["tumour_slices"], row["tumour_slices_found"], row["healthy_slices_given_a_tumour"]) == (2, 2, 1)
+    # Without the speck: a shift by one voxel is that axis's spacing, in mm.
+    from evaluation.scans import hausdorff_95_mm
+
+    assert hausdorff_95_mm(np.roll(truth, 1, axis=2), truth, (2.0, 1.0, 0.5)) == pytest.approx(0.5)
+    assert hausdorff_95_mm(np.roll(truth, 1, axis=0), truth, (2.0, 1.0, 0.5)) == pytest.approx(2.0)
+    assert np.isnan(hausdorff_95_mm(np.zeros_like(truth), truth, (2.0, 1.0, 0.5)))
+
+
+def test_evaluate_stacks_a_scan_s_slices_on_the_model_s_grid(tmp_path):
+    from tests.conftest import script_module
+
+    path = tmp_path / "scan.nii.gz"
+    synthetic_scan(path, (0, 1, 2), (False, False, False))  # 20 x 24 x 10 voxels of 2 x 1 x 3 mm
+    mask = np.zeros((32, 32), bool)
+    stacked = script_module("evaluate.py").stacked_scan(str(path), {3: (mask, mask), 5: (~mask, mask)})
+    assert stacked.predicted.shape == (3, 32, 32) and not stacked.predicted[1].any()  # slice 4: not scored, empty
+    assert stacked.spacing_mm == pytest.approx((3.0, 1.0 * 24 / 32, 2.0 * 20 / 32))
