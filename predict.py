@@ -28,12 +28,16 @@ import argparse
 import csv
 import json
 import sys
+from collections import defaultdict
+from itertools import chain
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
+from common.labels import NO_TUMOR
 from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom_series import is_dicom_series, scans_in
 from datamodules.images import IMAGE_SUFFIXES
@@ -42,7 +46,7 @@ from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.dicom_seg import tumour_segmentation
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import mask_volume, montage, scan_slices, scan_summary
+from inference.scans import mask_volume, montage, scan_classification, scan_slices, scan_summary
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
@@ -78,28 +82,32 @@ def expand_scans(paths: list[Path | str]) -> tuple[list[str | Path], dict[str, l
     return inputs, scans, errors
 
 
-def write_scans(
-    scans: dict[str, list[str]], masks: dict[str, object], images: dict[str, object], output_dir: Path
-) -> list[dict]:
-    """Each scan's mask volume, SCAN_mask.nii.gz (and SCAN_seg.dcm, a DICOM-SEG, for a DICOM series), its
-    montage of the slices with tumour, SCAN_montage.png, and its row of numbers (scans.csv, scans.json)."""
-    rows = []
-    for scan, slices in scans.items():
-        if not all(masks.get(name) is not None for name in slices):
-            continue  # no segmenter, or a slice failed: no volume to write
-        slice_masks, stem = [masks[name] for name in slices], scan_stem(scan)
+def write_scan(scan: str, slices: list[Prediction], output_dir: Path) -> dict | None:
+    """A scan's outputs from its slices' predictions: with a segmenter its mask volume, SCAN_mask.nii.gz (and
+    SCAN_seg.dcm, a DICOM-SEG, for a DICOM series) and its montage of the slices with tumour, SCAN_montage.png;
+    and its row of numbers (scans.csv, scans.json). None when a slice could not be predicted."""
+    if any(prediction.error for prediction in slices):
+        return None
+    stem, row = scan_stem(scan), {"scan": scan, "slices": len(slices)}
+    slice_masks = [prediction.tumor_mask for prediction in slices]
+    if slice_masks[0] is not None:
         mask = mask_volume(scan, slice_masks)
         files = {"mask_file": f"{stem}_mask.nii.gz", "montage_file": f"{stem}_montage.png"}
         mask.to_filename(output_dir / files["mask_file"])
         if is_dicom_series(scan):
             files["dicom_seg_file"] = f"{stem}_seg.dcm"
             tumour_segmentation(scan, mask).save_as(output_dir / files["dicom_seg_file"])
-        picture = montage([images[name] for name in slices], slice_masks)
+        picture = montage([prediction.image for prediction in slices], slice_masks)
         cv2.imwrite(str(output_dir / files["montage_file"]), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        rows.append(scan_summary(scan, slice_masks) | files)
-    if rows:
-        write_tables(rows, output_dir, "scans")
-    return rows
+        row = scan_summary(scan, slice_masks) | files
+    if slices[0].probabilities:
+        with_tumour = [p.predicted_class != NO_TUMOR for p in slices] if slice_masks[0] is None else []
+        with_tumour = with_tumour or [bool(mask.any()) for mask in slice_masks]
+        probabilities, unlike = [p.probabilities for p in slices], [p.unlike_training_data for p in slices]
+        row |= scan_classification(probabilities, with_tumour, unlike)
+        if slice_masks[0] is not None:
+            row["models_agree"] = round(float(np.mean([p.models_agree for p in slices])), 3)
+    return row
 
 
 def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str, str]:
@@ -157,25 +165,42 @@ def main(argv: list[str] | None = None) -> int:
     predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows, failures, scan_masks, scan_images = [], len(scan_errors), {}, {}
-    in_scans = {name for slices in scans.values() for name in slices}
-    predictions = predictor.predict_files(paths, args.batch_size, gradcam=not args.no_gradcam, tta=args.tta)
+    rows, scan_rows, failures = [], [], len(scan_errors)
+    scan_of = {name: scan for scan, slices in scans.items() for name in slices}
+    images = [path for path in paths if str(path) not in scan_of]
+    gradcam = not args.no_gradcam  # not for a scan's slices: its montage shows where the tumour is
+    predictions = chain(
+        predictor.predict_files(images, args.batch_size, gradcam=gradcam, tta=args.tta),
+        predictor.predict_files(list(scan_of), args.batch_size, gradcam=False, tta=args.tta),
+    )
+    scan_slices: dict[str, list[Prediction]] = defaultdict(list)  # a scan's slices so far: one scan at a time
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
-        for warning in prediction.warnings:
-            tqdm.write(f"warning: {warning}", file=sys.stderr)
-        if prediction.disagreement:
-            tqdm.write(f"warning: {prediction.path}: the models disagree: {prediction.disagreement}", file=sys.stderr)
         row = prediction.row()
         if prediction.error:
             failures += 1
             tqdm.write(f"error: {prediction.error}", file=sys.stderr)
-        elif prediction.path in in_scans:  # a scan's slice: its mask goes into the scan's volume
-            scan_masks[prediction.path], scan_images[prediction.path] = prediction.tumor_mask, prediction.image
-        else:
+        elif prediction.path not in scan_of:
+            for warning in prediction.warnings:
+                tqdm.write(f"warning: {warning}", file=sys.stderr)
+            if prediction.disagreement:
+                tqdm.write(
+                    f"warning: {prediction.path}: the models disagree: {prediction.disagreement}", file=sys.stderr
+                )
             row |= save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
         rows.append(row)
+        scan = scan_of.get(prediction.path)
+        if scan is not None:
+            scan_slices[scan].append(prediction)
+            if len(scan_slices[scan]) == len(scans[scan]):
+                doubted = sum(bool(p.row()["warning"]) for p in scan_slices[scan])
+                if doubted:  # one line a scan, not one a slice: the slices' rows say which and why
+                    tqdm.write(f"warning: {scan}: {doubted} of its {len(scans[scan])} slices with a doubt "
+                               "(predictions.csv, column warning)", file=sys.stderr)  # fmt: skip
+                scan_row = write_scan(scan, scan_slices.pop(scan), output_dir)
+                scan_rows += [scan_row] if scan_row else []
     write_tables(rows, output_dir)
-    scan_rows = write_scans(scans, scan_masks, scan_images, output_dir)
+    if scan_rows:
+        write_tables(scan_rows, output_dir, "scans")
     if predictor.gradcam_unavailable:
         print(f"warning: {predictor.gradcam_unavailable}; no heat maps written", file=sys.stderr)
     print(f"{len(rows) - failures} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")

@@ -11,6 +11,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
+from common.labels import NO_TUMOR
 from common.visualization import mask_overlay
 from datamodules.images import SLICE_MARK
 from datamodules.volumes import display_spacing_mm, load_scan, read_volume
@@ -77,3 +78,19 @@ def montage(
     tiles += [np.zeros_like(tiles[0])] * (-len(tiles) % columns)
     rows = [np.hstack(tiles[i : i + columns]) for i in range(0, len(tiles), columns)]
     return np.vstack(rows)
+
+
+def scan_classification(
+    probabilities: Sequence[dict[str, float]], tumour_slices: Sequence[bool], unlike_training_data: Sequence[bool]
+) -> dict:
+    """The classifier's answer for a scan: the tumour type with the highest mean probability over the slices with
+    tumour (the segmenter's, else those the classifier calls a tumour) and that mean; the slices unlike the
+    training data."""
+    with_tumour = [p for p, tumour in zip(probabilities, tumour_slices) if tumour]
+    row: dict = {"tumor_type": "", "tumor_type_probability": None}
+    if with_tumour:
+        types = [name for name in with_tumour[0] if name != NO_TUMOR]
+        means = {name: float(np.mean([p[name] for p in with_tumour])) for name in types}
+        row["tumor_type"] = max(means, key=means.get)
+        row["tumor_type_probability"] = round(means[row["tumor_type"]], 4)
+    return row | {"slices_unlike_training_data": int(np.count_nonzero(unlike_training_data))}

@@ -156,6 +156,7 @@ def test_predict_writes_a_series_mask_on_its_geometry_and_its_row(tmp_path):
         (row,) = list(csv.DictReader(handle))
     assert row["scan"] == str(tmp_path / "inputs" / "series") and row["slices"] == "10"
     assert pydicom.dcmread(tmp_path / "out" / row["dicom_seg_file"]).Modality == "SEG"
+    assert {"tumor_type", "tumor_type_probability", "slices_unlike_training_data", "models_agree"} <= set(row)
     with open(tmp_path / "out" / "predictions.csv") as handle:
         files = [row["file"] for row in csv.DictReader(handle)]
     assert files == [f"{tmp_path / 'inputs' / 'series'}@{index}" for index in range(10)]

@@ -137,3 +137,16 @@ def test_evaluate_stacks_a_scan_s_slices_on_the_model_s_grid(tmp_path):
     stacked = script_module("evaluate.py").stacked_scan(str(path), {3: (mask, mask), 5: (~mask, mask)})
     assert stacked.predicted.shape == (3, 32, 32) and not stacked.predicted[1].any()  # slice 4: not scored, empty
     assert stacked.spacing_mm == pytest.approx((3.0, 1.0 * 24 / 32, 2.0 * 20 / 32))
+
+
+def test_a_scan_s_tumour_type_is_the_mean_over_its_slices_with_tumour():
+    from inference.scans import scan_classification
+
+    def slice_probabilities(glioma, meningioma, no_tumor, pituitary):
+        return dict(glioma=glioma, meningioma=meningioma, no_tumor=no_tumor, pituitary=pituitary)
+
+    probabilities = [slice_probabilities(0.1, 0.1, 0.7, 0.1), slice_probabilities(0.5, 0.4, 0.0, 0.1),
+                     slice_probabilities(0.2, 0.7, 0.0, 0.1)]  # fmt: skip
+    row = scan_classification(probabilities, [False, True, True], [True, False, False])
+    assert row == {"tumor_type": "meningioma", "tumor_type_probability": 0.55, "slices_unlike_training_data": 1}
+    assert scan_classification(probabilities, [False] * 3, [False] * 3)["tumor_type"] == ""
