@@ -109,13 +109,16 @@ def test_a_bad_scan_is_one_error_line_and_the_other_inputs_go_on(tmp_path):
 
 
 def test_a_scan_is_scored_as_one_volume_in_millimetres():
-    from evaluation.scans import ScanMasks, scan_scores
+    from evaluation.scans import ScanMasks, format_scans_report, scan_scores, scans_report
 
     truth = np.zeros((6, 10, 10), bool)
     truth[2:4, 2:6, 2:6] = True  # 32 voxels over 2 slices
     predicted = np.roll(truth, 1, axis=2)  # one column to the right: 24 voxels overlap
     predicted[5, 0, 0] = True  # and a speck on a healthy slice
     row = scan_scores(ScanMasks("scan", predicted, truth, (2.0, 1.0, 0.5)))
+    report = scans_report([row, scan_scores(ScanMasks("healthy", predicted * 0, truth * 0, (1, 1, 1)))], 0.7, 0.05)
+    assert (report["scans_reaching_the_dice_goal"], report["scans_with_volume_within_the_goal"]) == (1, 1)
+    assert "n/a" in format_scans_report(report).splitlines()[-1]  # no Dice without tumour in either
     assert row["dice"] == pytest.approx(2 * 24 / (33 + 32))
     assert row["true_volume_ml"] == pytest.approx(32 * 1.0 / 1000) and row["predicted_volume_ml"] == 0.033
     assert row["volume_error"] == pytest.approx(1 / 32)
@@ -125,7 +128,7 @@ def test_a_scan_is_scored_as_one_volume_in_millimetres():
 
     assert hausdorff_95_mm(np.roll(truth, 1, axis=2), truth, (2.0, 1.0, 0.5)) == pytest.approx(0.5)
     assert hausdorff_95_mm(np.roll(truth, 1, axis=0), truth, (2.0, 1.0, 0.5)) == pytest.approx(2.0)
-    assert np.isnan(hausdorff_95_mm(np.zeros_like(truth), truth, (2.0, 1.0, 0.5)))
+    assert hausdorff_95_mm(np.zeros_like(truth), truth, (2.0, 1.0, 0.5)) is None
 
 
 def test_evaluate_stacks_a_scan_s_slices_on_the_model_s_grid(tmp_path):
