@@ -1,4 +1,5 @@
-"""A local web page: upload an MRI slice, see the class probabilities, the tumor overlay and a Grad-CAM map.
+"""A local web page: upload an MRI slice, see the class probabilities, the tumor overlay and a Grad-CAM map; or
+upload a scan (a NIfTI volume, or a zip of a DICOM series), see its numbers, its montage and every slice's outline.
 
     python app.py [--cls_ckpt runs/cls/version_0] [--seg_ckpt runs/seg/version_0] [--port 7860]
 
@@ -11,19 +12,25 @@ Research tool only: not a medical device and not a diagnosis.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
+from common.errors import UserError
 from common.labels import NO_TUMOR
 from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom import DICOM_SUFFIXES
+from datamodules.dicom_series import unzip_series
+from datamodules.volumes import NIFTI_SUFFIXES, is_nifti
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
+from inference.scans import montage, scan_row, scan_slices
 from lightning_modules.cli import run_with_clean_errors
 
-MAX_UPLOAD_MB = 20
+MAX_UPLOAD_MB = 200  # a scan: a DICOM series of 512 x 512 slices zips to about 100 MB
 DISCLAIMER = (
     "**Research tool, not a diagnosis.** These models were trained on public Kaggle datasets and have not been "
     "validated clinically. Do not use them to make medical decisions; consult a radiologist."
@@ -64,23 +71,91 @@ def describe(prediction: Prediction) -> str:
     return "\n\n".join(lines)
 
 
-def analyse(predictor: TumorPredictor, upload: str | None, tta: bool = False):
-    """Gradio callback: (probabilities, tumor overlay, Grad-CAM overlay, message)."""
+def no_scan_view() -> tuple:
+    """The slice slider and the slice hidden, no overlays: the callback's last outputs for anything but a scan."""
+    return gr.update(visible=False), gr.update(visible=False), []
+
+
+def message_only(message: str) -> tuple:
+    return None, None, None, message, *no_scan_view()
+
+
+def analyse(predictor: TumorPredictor, upload: str | None, tta: bool = False) -> tuple:
+    """Gradio callback: (probabilities, tumor overlay, Grad-CAM overlay, message, and for a scan: the slice slider,
+    the slice shown, every slice's overlay)."""
     if not upload:
-        return None, None, None, "Upload an MRI slice (JPEG, PNG or DICOM) first."
+        return message_only("Upload an MRI slice (JPEG, PNG or DICOM) or a scan first.")
     size_mb = Path(upload).stat().st_size / 2**20
     if size_mb > MAX_UPLOAD_MB:
-        return None, None, None, f"That file is {size_mb:.0f} MB; the limit is {MAX_UPLOAD_MB} MB."
+        return message_only(f"That file is {size_mb:.0f} MB; the limit is {MAX_UPLOAD_MB} MB.")
+    if is_nifti(Path(upload)) or Path(upload).suffix.lower() == ".zip":
+        return analyse_scan(predictor, upload, tta)
     prediction = next(predictor.predict_files([upload], batch_size=1, gradcam=True, tta="hflip" if tta else None))
     if prediction.error:
-        name = Path(upload).name
-        return None, None, None, f"Could not read **{name}**: {prediction.error.split(': ', 1)[-1]}."
+        return message_only(f"Could not read **{Path(upload).name}**: {prediction.error.split(': ', 1)[-1]}.")
     tumor = mask_overlay(prediction.image, prediction.tumor_mask) if prediction.tumor_mask is not None else None
     gradcam = heatmap_overlay(prediction.image, prediction.gradcam) if prediction.gradcam is not None else None
     message = describe(prediction)
     if predictor.gradcam_unavailable:
         message += f"\n\n{predictor.gradcam_unavailable}."
-    return prediction.probabilities or None, tumor, gradcam, message
+    return prediction.probabilities or None, tumor, gradcam, message, *no_scan_view()
+
+
+def analyse_scan(predictor: TumorPredictor, upload: str, tta: bool = False) -> tuple:
+    """A scan: its numbers and montage, and a slider over its slices with their outlines."""
+    try:
+        with tempfile.TemporaryDirectory() as unpacked:
+            scan = upload if is_nifti(Path(upload)) else unzip_series(Path(upload), Path(unpacked))[0]
+            views = "hflip" if tta else None
+            slices = list(predictor.predict_files(scan_slices(scan), batch_size=16, gradcam=False, tta=views))
+            failed = next((prediction.error for prediction in slices if prediction.error), None)
+            if failed:
+                raise UserError(failed)
+            row = scan_row(scan, slices)
+    except UserError as error:
+        return message_only(f"Could not read **{Path(upload).name}**: {str(error).split(': ', 1)[-1]}.")
+    masks = [prediction.tumor_mask for prediction in slices]
+    segmented = masks[0] is not None
+    overlays = [mask_overlay(p.image, p.tumor_mask) if segmented else p.image for p in slices]
+    with_tumour = [index for index, mask in enumerate(masks) if segmented and mask.any()]
+    shown = with_tumour[len(with_tumour) // 2] if with_tumour else len(slices) // 2
+    slider = gr.update(visible=True, minimum=0, maximum=len(slices) - 1, value=shown, step=1)
+    picture = montage([p.image for p in slices], masks) if segmented else None
+    slice_image = gr.update(visible=True, value=overlays[shown])
+    return (
+        scan_probabilities(slices),
+        picture,
+        None,
+        scan_message(Path(upload).name, row),
+        slider,
+        slice_image,
+        overlays,
+    )
+
+
+def scan_probabilities(slices: list[Prediction]) -> dict[str, float] | None:
+    """The classifier's mean probabilities over the scan's slices with tumour (all slices when none has one)."""
+    if not slices[0].probabilities:
+        return None
+    chosen = [p for p in slices if p.tumor_mask is not None and p.tumor_mask.any()] or slices
+    return {name: float(np.mean([p.probabilities[name] for p in chosen])) for name in slices[0].probabilities}
+
+
+def scan_message(name: str, row: dict) -> str:
+    lines = [f"**Scan {name}:** {row['slices']} slices"]
+    if "tumor_slices" in row:
+        lines.append(
+            f"**Tumour:** on {row['tumor_slices']} slices, {row['tumor_volume_ml']:.1f} mL; the largest "
+            f"cross-section {row['largest_cross_section_mm2']:.0f} mm² (slice {row['largest_cross_section_slice']})"
+        )
+    if row.get("tumor_type"):
+        lines.append(f"**Tumour type:** {row['tumor_type']} ({row['tumor_type_probability']:.0%} on average)")
+    if row.get("slices_unlike_training_data"):
+        lines.append(
+            f"**Warning:** {row['slices_unlike_training_data']} of {row['slices']} slices are unlike the images the "
+            "models learned from: the answers may be wrong. Look at the slices yourself."
+        )
+    return "\n\n".join(lines)
 
 
 def build_app(predictor: TumorPredictor) -> gr.Blocks:
@@ -90,8 +165,8 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="MRI slice (JPEG, PNG or DICOM)",
-                    file_types=["image", *DICOM_SUFFIXES],
+                    label="MRI slice (JPEG, PNG or DICOM) or scan (NIfTI, or a zip of a DICOM series)",
+                    file_types=["image", *DICOM_SUFFIXES, *NIFTI_SUFFIXES, ".zip"],
                     type="filepath",
                     elem_id="upload",
                 )
@@ -124,7 +199,15 @@ def build_app(predictor: TumorPredictor) -> gr.Blocks:
                 else "Grad-CAM (no --cls_ckpt given)",
                 elem_id="gradcam",
             )
-        outputs = [probabilities, tumor, gradcam, message]
+        slice_slider = gr.Slider(label="Slice of the scan", visible=False, elem_id="slice")
+        slice_image = gr.Image(label="The slice, outlined", visible=False, elem_id="slice_image")
+        overlays = gr.State([])
+        slice_slider.change(
+            lambda index, shown: shown[int(index)] if shown else None,
+            inputs=[slice_slider, overlays],
+            outputs=slice_image,
+        )
+        outputs = [probabilities, tumor, gradcam, message, slice_slider, slice_image, overlays]
         button.click(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
         upload.upload(lambda path, flip: analyse(predictor, path, flip), inputs=[upload, tta], outputs=outputs)
     return app

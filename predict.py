@@ -33,11 +33,9 @@ from itertools import chain
 from pathlib import Path
 
 import cv2
-import numpy as np
 from tqdm import tqdm
 
 from common.errors import UserError
-from common.labels import NO_TUMOR
 from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom_series import is_dicom_series, scans_in
 from datamodules.images import IMAGE_SUFFIXES
@@ -46,7 +44,7 @@ from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.dicom_seg import tumour_segmentation
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import mask_volume, montage, scan_classification, scan_slices, scan_summary
+from inference.scans import mask_volume, montage, scan_row, scan_slices
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
@@ -88,7 +86,7 @@ def write_scan(scan: str, slices: list[Prediction], output_dir: Path) -> dict | 
     and its row of numbers (scans.csv, scans.json). None when a slice could not be predicted."""
     if any(prediction.error for prediction in slices):
         return None
-    stem, row = scan_stem(scan), {"scan": scan, "slices": len(slices)}
+    stem, files = scan_stem(scan), {}
     slice_masks = [prediction.tumor_mask for prediction in slices]
     if slice_masks[0] is not None:
         mask = mask_volume(scan, slice_masks)
@@ -99,15 +97,7 @@ def write_scan(scan: str, slices: list[Prediction], output_dir: Path) -> dict | 
             tumour_segmentation(scan, mask).save_as(output_dir / files["dicom_seg_file"])
         picture = montage([prediction.image for prediction in slices], slice_masks)
         cv2.imwrite(str(output_dir / files["montage_file"]), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        row = scan_summary(scan, slice_masks) | files
-    if slices[0].probabilities:
-        with_tumour = [p.predicted_class != NO_TUMOR for p in slices] if slice_masks[0] is None else []
-        with_tumour = with_tumour or [bool(mask.any()) for mask in slice_masks]
-        probabilities, unlike = [p.probabilities for p in slices], [p.unlike_training_data for p in slices]
-        row |= scan_classification(probabilities, with_tumour, unlike)
-        if slice_masks[0] is not None:
-            row["models_agree"] = round(float(np.mean([p.models_agree for p in slices])), 3)
-    return row
+    return scan_row(scan, slices) | files
 
 
 def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str, str]:

@@ -11,6 +11,7 @@ FOLDER#SERIES_UID for each of several."""
 from __future__ import annotations
 
 import os
+import zipfile
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +25,7 @@ from datamodules.dicom import DICOM_SUFFIXES
 SERIES_MARK = "#"  # FOLDER#SERIES_UID: one series of a folder holding several
 MIN_SLICES = 8  # fewer slices, or a narrower field of view, is no brain scan
 MIN_FIELD_OF_VIEW_MM = 100.0
+MAX_UNZIPPED_MB = 2000  # a zip of a series unpacks to at most this: a zip bomb is refused, not unpacked
 GAP_TOLERANCE = 0.25  # a step more than 25% off the series' usual slice step is a missing or extra slice
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -84,6 +86,23 @@ def scans_in(folder: Path) -> tuple[list[str], list[Path]]:
         shared = any(other != uid and homes[uid] in (home, *home.parents) for other, home in homes.items())
         scans.append(f"{homes[uid]}{SERIES_MARK}{uid}" if shared else str(homes[uid]))
     return scans, sorted(singles)
+
+
+def unzip_series(path: Path, folder: Path) -> list[str]:
+    """The DICOM series (scans_in) of a zip file, unpacked into `folder` (as the web page takes a series)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [member for member in archive.infolist() if not member.is_dir()]
+            if sum(member.file_size for member in members) > MAX_UNZIPPED_MB * 2**20:
+                raise InputImageError(f"{path}: unpacks to more than {MAX_UNZIPPED_MB} MB")
+            for index, member in enumerate(members):  # flat, by index: names in the archive never become paths
+                (folder / f"{index:05d}.dcm").write_bytes(archive.read(member))
+    except zipfile.BadZipFile as error:
+        raise InputImageError(f"{path}: not a readable zip file ({error})") from None
+    series, _ = scans_in(folder)
+    if not series:
+        raise InputImageError(f"{path}: no DICOM series of two or more slices in it")
+    return series
 
 
 def series_slices(scan: str | Path) -> list:

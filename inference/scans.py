@@ -15,6 +15,7 @@ from common.labels import NO_TUMOR
 from common.visualization import mask_overlay
 from datamodules.images import SLICE_MARK
 from datamodules.volumes import display_spacing_mm, load_scan, read_volume
+from inference.predictor import Prediction
 
 
 def scan_slices(path: str | Path) -> list[str]:
@@ -94,3 +95,19 @@ def scan_classification(
         row["tumor_type"] = max(means, key=means.get)
         row["tumor_type_probability"] = round(means[row["tumor_type"]], 4)
     return row | {"slices_unlike_training_data": int(np.count_nonzero(unlike_training_data))}
+
+
+def scan_row(scan: str, slices: Sequence[Prediction]) -> dict:
+    """A scan's numbers from its slices' predictions, in order (a row of scans.csv; the web page's table): with a
+    segmenter scan_summary's, with a classifier scan_classification's, with both the share of slices on which
+    the two agree about a tumour."""
+    masks = [prediction.tumor_mask for prediction in slices]
+    segmented = masks[0] is not None
+    row = scan_summary(scan, masks) if segmented else {"scan": str(scan), "slices": len(slices)}
+    if slices[0].probabilities:
+        with_tumour = [bool(m.any()) for m in masks] if segmented else [p.predicted_class != NO_TUMOR for p in slices]
+        unlike = [prediction.unlike_training_data for prediction in slices]
+        row |= scan_classification([prediction.probabilities for prediction in slices], with_tumour, unlike)
+        if segmented:
+            row["models_agree"] = round(float(np.mean([prediction.models_agree for prediction in slices])), 3)
+    return row

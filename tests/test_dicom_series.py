@@ -179,3 +179,27 @@ def test_a_dicom_seg_of_the_mask_references_the_series_slices_it_lies_on(tmp_pat
     uids = [d.SOPInstanceUID for d in sources]
     pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], ignore_spatial_locations=True)
     assert np.array_equal(pixels[..., 0], stack > 1000)  # slice by slice, in the series' own position order
+
+
+def test_the_web_page_takes_a_zipped_series_and_shows_its_numbers_montage_and_slices(tmp_path):
+    import zipfile
+
+    import app
+    from inference.bundled import models_to_use
+    from inference.predictor import TumorPredictor
+
+    write_series(tmp_path / "series", synthetic_stack())
+    with zipfile.ZipFile(tmp_path / "series.zip", "w") as archive:
+        for path in sorted((tmp_path / "series").iterdir()):
+            archive.write(path, f"study/{path.name}")
+    predictor = TumorPredictor(*models_to_use(None, None), "cpu")
+    probabilities, picture, gradcam, message, slider, slice_image, overlays = app.analyse(
+        predictor, str(tmp_path / "series.zip")
+    )
+    assert set(probabilities) == {"glioma", "meningioma", "no_tumor", "pituitary"} and gradcam is None
+    assert picture.ndim == 3 and message.startswith("**Scan series.zip:** 10 slices")
+    assert (slider["visible"], slider["maximum"], slice_image["visible"]) == (True, 9, True)
+    assert len(overlays) == 10 and overlays[0].shape == (64, 64, 3)
+    (tmp_path / "bad.zip").write_bytes(b"PK not really")
+    *_, message, slider, slice_image, overlays = app.analyse(predictor, str(tmp_path / "bad.zip"))
+    assert message.startswith("Could not read **bad.zip**: not a readable zip file") and not slider["visible"]
