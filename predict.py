@@ -8,7 +8,7 @@ either or both, or neither to use the models bundled in models/ (their cards: mo
 
 A scan, a NIfTI volume (.nii, .nii.gz) or a DICOM series (a folder of its slices; a folder holding several
 series gives each, named FOLDER#SERIES_UID), is predicted slice by slice (its axial slices, anterior up, windowed
-per scan): its slices get a row each (SCAN@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8,
+per scan; --plane coronal or sagittal cuts it so): its slices get a row each (SCAN@INDEX), and with a segmenter the scan gets SCAN_mask.nii.gz (uint8,
 1 = tumour, the input's shape and affine, or the DICOM stack's), SCAN_seg.dcm for a DICOM series (a DICOM-SEG
 referencing it), SCAN_montage.png (its slices with tumour, outlined) and a row in scans.csv and scans.json
 (slices, tumour slices, tumour volume in mL, the largest cross-section in mm^2 and its slice). A DICOM file
@@ -39,7 +39,7 @@ from common.errors import UserError
 from common.visualization import heatmap_overlay, mask_overlay
 from datamodules.dicom_series import is_dicom_series, scans_in
 from datamodules.images import IMAGE_SUFFIXES
-from datamodules.volumes import is_nifti, is_scan, scan_stem
+from datamodules.volumes import PLANES, is_nifti, is_scan, scan_stem
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.dicom_seg import tumour_segmentation
@@ -63,7 +63,9 @@ def expand_inputs(inputs: list[str]) -> list[Path | str]:
     return paths
 
 
-def expand_scans(paths: list[Path | str]) -> tuple[list[str | Path], dict[str, list[str]], list[str]]:
+def expand_scans(
+    paths: list[Path | str], plane: str = "axial"
+) -> tuple[list[str | Path], dict[str, list[str]], list[str]]:
     """Every scan replaced by its slices: the inputs to predict, each readable scan's slices, and one error
     line per scan that cannot be read (the other inputs are still predicted)."""
     inputs, scans, errors = [], {}, []
@@ -72,7 +74,7 @@ def expand_scans(paths: list[Path | str]) -> tuple[list[str | Path], dict[str, l
             inputs.append(path)
             continue
         try:
-            scans[str(path)] = scan_slices(path)
+            scans[str(path)] = scan_slices(path, plane)
         except UserError as error:
             errors.append(str(error))
             continue
@@ -80,7 +82,7 @@ def expand_scans(paths: list[Path | str]) -> tuple[list[str | Path], dict[str, l
     return inputs, scans, errors
 
 
-def write_scan(scan: str, slices: list[Prediction], output_dir: Path) -> dict | None:
+def write_scan(scan: str, slices: list[Prediction], output_dir: Path, plane: str = "axial") -> dict | None:
     """A scan's outputs from its slices' predictions: with a segmenter its mask volume, SCAN_mask.nii.gz (and
     SCAN_seg.dcm, a DICOM-SEG, for a DICOM series) and its montage of the slices with tumour, SCAN_montage.png;
     and its row of numbers (scans.csv, scans.json). None when a slice could not be predicted."""
@@ -89,7 +91,7 @@ def write_scan(scan: str, slices: list[Prediction], output_dir: Path) -> dict | 
     stem, files = scan_stem(scan), {}
     slice_masks = [prediction.tumor_mask for prediction in slices]
     if slice_masks[0] is not None:
-        mask = mask_volume(scan, slice_masks)
+        mask = mask_volume(scan, slice_masks, plane)
         files = {"mask_file": f"{stem}_mask.nii.gz", "montage_file": f"{stem}_montage.png"}
         mask.to_filename(output_dir / files["mask_file"])
         if is_dicom_series(scan):
@@ -97,7 +99,7 @@ def write_scan(scan: str, slices: list[Prediction], output_dir: Path) -> dict | 
             tumour_segmentation(scan, mask).save_as(output_dir / files["dicom_seg_file"])
         picture = montage([prediction.image for prediction in slices], slice_masks)
         cv2.imwrite(str(output_dir / files["montage_file"]), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    return scan_row(scan, slices) | files
+    return scan_row(scan, slices, plane) | files
 
 
 def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str, str]:
@@ -138,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the folder for the tables and images (default: %(default)s)",
     )
     parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument(
+        "--plane", choices=list(PLANES), default="axial", help="the plane a scan is cut in (default: %(default)s)"
+    )
     parser.add_argument("--no_gradcam", action="store_true", help="skip the Grad-CAM heat maps")
     parser.add_argument(
         "--tta",
@@ -147,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parse_arguments(parser, argv)
 
-    paths, scans, scan_errors = expand_scans(expand_inputs(args.inputs))
+    paths, scans, scan_errors = expand_scans(expand_inputs(args.inputs), args.plane)
     for error in scan_errors:
         print(f"error: {error}", file=sys.stderr)
     if not paths:
@@ -186,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 if doubted:  # one line a scan, not one a slice: the slices' rows say which and why
                     tqdm.write(f"warning: {scan}: {doubted} of its {len(scans[scan])} slices with a doubt "
                                "(predictions.csv, column warning)", file=sys.stderr)  # fmt: skip
-                scan_row = write_scan(scan, scan_slices.pop(scan), output_dir)
+                scan_row = write_scan(scan, scan_slices.pop(scan), output_dir, args.plane)
                 scan_rows += [scan_row] if scan_row else []
     write_tables(rows, output_dir)
     if scan_rows:

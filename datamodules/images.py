@@ -17,7 +17,7 @@ from PIL import Image
 
 from common.errors import InputImageError
 from datamodules.dicom import DICOM_SUFFIXES, read_dicom
-from datamodules.volumes import VolumeSlice, sequence_of
+from datamodules.volumes import PLANES, SLICE_MARK, VolumeSlice, sequence_of
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
@@ -26,7 +26,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 # pre-contrast T1, FLAIR, post-contrast T1; where a sequence was missing, FLAIR stands in its channel).
 SEQUENCE_CHANNELS = {"t1": 0, "flair": 1, "t1c": 2}
 SEQUENCE_MARK = "#"
-SLICE_MARK = "@"  # FILE@INDEX: one display slice of a NIfTI volume
 
 
 @dataclass(frozen=True)
@@ -93,11 +92,12 @@ def decode_source(source: ImageSource, channels: int) -> tuple[np.ndarray | None
 
 
 def parse_source(text: str | Path) -> ImageSource:
-    """The inverse of `str(source)`: FILE#SEQUENCE names one sequence of a multi-sequence file, FILE@INDEX one
-    slice of a NIfTI volume."""
-    volume, _, index = str(text).rpartition(SLICE_MARK)
-    if volume and index.isdigit() and not Path(text).exists():
-        return VolumeSlice(Path(volume), int(index))
+    """The inverse of `str(source)`: FILE#SEQUENCE names one sequence of a multi-sequence file, SCAN@INDEX one
+    axial slice of a scan (SCAN@coronal:INDEX, SCAN@sagittal:INDEX of another plane)."""
+    volume, _, where = str(text).rpartition(SLICE_MARK)
+    plane, _, index = where.rpartition(":")
+    if volume and index.isdigit() and plane in ("", *PLANES) and not Path(text).exists():
+        return VolumeSlice(Path(volume), int(index), plane=plane or "axial")
     path, _, sequence = str(text).rpartition(SEQUENCE_MARK)
     if not path or sequence not in SEQUENCE_CHANNELS or Path(text).exists():
         return Path(text)

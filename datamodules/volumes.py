@@ -21,6 +21,7 @@ from common.errors import DatasetError, InputImageError
 from datamodules.dicom_series import is_dicom_series, read_series, split_scan_name
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+SLICE_MARK = "@"  # SCAN@INDEX: one display slice of a scan
 WINDOW_PERCENTILES = (0.5, 99.5)
 LABEL_NAME = re.compile(r"(^|[_\-.])(seg|label|labels|ot|otmulticlass|truth|gt)([_\-.]|$)", re.IGNORECASE)
 BRAIN_MASK_NAME = re.compile(r"brain_?mask", re.IGNORECASE)
@@ -74,10 +75,28 @@ def tumour_labels_of(sequence: str) -> tuple[int, ...] | None:
     return CORE_LABELS if sequence in ("t1", "t1c") else None
 
 
+# How each plane's display slices come from the canonical (RAS+) voxels data[x, y, z] (x runs from the patient's
+# left to right, y posterior to anterior, z inferior to superior): the axes to flip, then the order (slice, row,
+# column). Radiological views: axial and coronal with the patient's right on the left, axial
+# anterior up, coronal and sagittal superior up, sagittal anterior on the left.
+PLANES = {"axial": ((0, 1), (2, 1, 0)), "coronal": ((0, 2), (1, 2, 0)), "sagittal": ((1, 2), (0, 2, 1))}
+
+
+def to_display(canonical: np.ndarray, plane: str = "axial") -> np.ndarray:
+    flips, order = PLANES[plane]
+    return np.ascontiguousarray(np.flip(canonical, flips).transpose(order))
+
+
+def from_display(display: np.ndarray, plane: str = "axial") -> np.ndarray:
+    """The inverse of to_display: display slices (slice, row, column) back to canonical voxels (x, y, z)."""
+    flips, order = PLANES[plane]
+    return np.flip(display.transpose(np.argsort(order)), flips)
+
+
 @lru_cache(maxsize=4)  # a volume's slices are read one by one, in threads
-def read_volume(path: Path) -> np.ndarray:
-    """A 3D volume's voxels (float32) in its closest canonical axes (RAS+), as axial display slices:
-    (slices, rows, columns), rows anterior to posterior, columns patient right to left."""
+def read_volume(path: Path, plane: str = "axial") -> np.ndarray:
+    """A 3D volume's voxels (float32) in its closest canonical axes (RAS+), as display slices of `plane`
+    (slices, rows, columns); axial: rows anterior to posterior, columns patient right to left."""
     image = load_scan(path)
     try:
         data = np.asarray(nib.as_closest_canonical(image).dataobj, dtype=np.float32)
@@ -87,14 +106,13 @@ def read_volume(path: Path) -> np.ndarray:
         data = data[..., 0]
     if data.ndim != 3:
         raise InputImageError(f"{path}: a {data.ndim}D image; expected a 3D volume")
-    # data[x, y, z] runs left->right, posterior->anterior: a display slice is data[::-1, ::-1, z].T
-    return np.ascontiguousarray(data[::-1, ::-1, :].transpose(2, 1, 0))
+    return to_display(data, plane)
 
 
-def display_spacing_mm(path: str | Path) -> tuple[float, float, float]:
-    """The display slices' voxel size in mm: (slice step, row, column), the canonical z, y and x voxel sizes."""
-    x_mm, y_mm, z_mm = nib.as_closest_canonical(load_scan(path)).header.get_zooms()[:3]
-    return float(z_mm), float(y_mm), float(x_mm)
+def display_spacing_mm(path: str | Path, plane: str = "axial") -> tuple[float, float, float]:
+    """The display slices' voxel size in mm: (slice step, row, column), from the canonical x, y, z voxel sizes."""
+    zooms = nib.as_closest_canonical(load_scan(path)).header.get_zooms()[:3]
+    return tuple(float(zooms[axis]) for axis in PLANES[plane][1])
 
 
 def window_to_uint8(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
@@ -110,34 +128,36 @@ def window_to_uint8(volume: np.ndarray, inside: np.ndarray | None = None) -> np.
 
 
 @lru_cache(maxsize=4)
-def read_slices(path: Path, brain_mask: Path | None = None) -> np.ndarray:
+def read_slices(path: Path, brain_mask: Path | None = None, plane: str = "axial") -> np.ndarray:
     """A volume as uint8 display slices (slices, rows, columns), windowed inside its brain mask or head."""
-    volume = read_volume(path)
-    inside = head_of(volume, brain_mask)
+    volume = read_volume(path, plane)
+    inside = head_of(volume, brain_mask, plane)
     if inside.shape != volume.shape:
         raise DatasetError(f"{brain_mask}: shape {inside.shape} differs from {path.name}'s {volume.shape}")
     return window_to_uint8(volume, inside)
 
 
-def head_of(volume: np.ndarray, brain_mask: Path | None = None) -> np.ndarray:
+def head_of(volume: np.ndarray, brain_mask: Path | None = None, plane: str = "axial") -> np.ndarray:
     """The voxels inside the head: the brain mask's where there is one, else those unlike the corner voxel
     (air, or what a skull-stripped volume holds outside the brain: 0, or its minimum once z-scored)."""
-    return read_volume(brain_mask) > 0 if brain_mask else volume != volume.flat[0]
+    return read_volume(brain_mask, plane) > 0 if brain_mask else volume != volume.flat[0]
 
 
 @dataclass(frozen=True)
 class VolumeSlice:
-    """One axial display slice of a NIfTI volume (`read_slices`); reports name it FILE@INDEX."""
+    """One display slice of a scan (`read_slices`); reports name it SCAN@INDEX (axial) or SCAN@PLANE:INDEX."""
 
     path: Path
     index: int
     brain_mask: Path | None = None
+    plane: str = "axial"
 
     def pixels(self) -> np.ndarray:
-        return read_slices(self.path, self.brain_mask)[self.index]
+        return read_slices(self.path, self.brain_mask, self.plane)[self.index]
 
     def __str__(self) -> str:
-        return f"{self.path}@{self.index}"
+        where = str(self.index) if self.plane == "axial" else f"{self.plane}:{self.index}"
+        return f"{self.path}{SLICE_MARK}{where}"
 
 
 @dataclass(frozen=True)

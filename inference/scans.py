@@ -13,22 +13,20 @@ import numpy as np
 
 from common.labels import NO_TUMOR
 from common.visualization import mask_overlay
-from datamodules.images import SLICE_MARK
-from datamodules.volumes import display_spacing_mm, load_scan, read_volume
+from datamodules.volumes import VolumeSlice, display_spacing_mm, from_display, load_scan, read_volume
 from inference.predictor import Prediction
 
 
-def scan_slices(path: str | Path) -> list[str]:
-    """The scan's axial display slices, named as the tools read them (FILE@INDEX), first to last."""
-    return [f"{path}{SLICE_MARK}{index}" for index in range(len(read_volume(Path(path))))]
+def scan_slices(path: str | Path, plane: str = "axial") -> list[str]:
+    """The scan's display slices of `plane`, named as the tools read them (VolumeSlice's names), first to last."""
+    return [str(VolumeSlice(Path(path), index, plane=plane)) for index in range(len(read_volume(Path(path), plane)))]
 
 
-def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray]) -> nib.Nifti1Image:
+def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray], plane: str = "axial") -> nib.Nifti1Image:
     """The display slices' masks (each rows x columns, in scan_slices' order) as a uint8 volume in the input
     scan's own voxel order, shape and affine: the inverse of read_volume's reorientation."""
     original = load_scan(path)
-    stacked = np.stack([np.asarray(mask, np.uint8) for mask in slice_masks])  # (z, rows, columns)
-    canonical = stacked.transpose(2, 1, 0)[::-1, ::-1, :]  # display -> RAS+ (x, y, z)
+    canonical = from_display(np.stack([np.asarray(mask, np.uint8) for mask in slice_masks]), plane)  # RAS+ x, y, z
     from_canonical = nib.orientations.ornt_transform(
         nib.orientations.axcodes2ornt(("R", "A", "S")), nib.orientations.io_orientation(original.affine)
     )
@@ -41,10 +39,10 @@ def mask_volume(path: str | Path, slice_masks: Sequence[np.ndarray]) -> nib.Nift
     return image
 
 
-def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray]) -> dict:
+def scan_summary(path: str | Path, slice_masks: Sequence[np.ndarray], plane: str = "axial") -> dict:
     """scan, slices, tumor_slices, tumor_volume_ml (from the voxel size), the largest tumour cross-section in
     mm^2 and its slice (display order, 0 first)."""
-    slice_mm, row_mm, column_mm = display_spacing_mm(path)
+    slice_mm, row_mm, column_mm = display_spacing_mm(path, plane)
     pixel_mm2, voxel_mm3 = row_mm * column_mm, row_mm * column_mm * slice_mm
     areas = np.array([int(np.count_nonzero(mask)) for mask in slice_masks])
     largest = int(np.argmax(areas)) if areas.any() else None
@@ -97,13 +95,13 @@ def scan_classification(
     return row | {"slices_unlike_training_data": int(np.count_nonzero(unlike_training_data))}
 
 
-def scan_row(scan: str, slices: Sequence[Prediction]) -> dict:
+def scan_row(scan: str, slices: Sequence[Prediction], plane: str = "axial") -> dict:
     """A scan's numbers from its slices' predictions, in order (a row of scans.csv; the web page's table): with a
     segmenter scan_summary's, with a classifier scan_classification's, with both the share of slices on which
     the two agree about a tumour."""
     masks = [prediction.tumor_mask for prediction in slices]
     segmented = masks[0] is not None
-    row = scan_summary(scan, masks) if segmented else {"scan": str(scan), "slices": len(slices)}
+    row = scan_summary(scan, masks, plane) if segmented else {"scan": str(scan), "slices": len(slices)}
     if slices[0].probabilities:
         with_tumour = [bool(m.any()) for m in masks] if segmented else [p.predicted_class != NO_TUMOR for p in slices]
         unlike = [prediction.unlike_training_data for prediction in slices]

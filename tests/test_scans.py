@@ -38,24 +38,51 @@ def synthetic_scan(path, permutation: tuple[int, int, int], flips: tuple[bool, b
     return np.ascontiguousarray(stored_tumour)
 
 
+# Per plane: the display slices' shape (slices, rows, columns) of the 20 x 24 x 10 RAS volume, the tumour's
+# slices, its largest cross-section in mm^2 (2 x 1 x 3 mm voxels), and the name of slice 3.
+PLANE_VIEWS = {
+    "axial": ((10, 24, 20), 3, 4 * 4 * 2 * 1, "{}@3"),
+    "coronal": ((24, 10, 20), 4, 4 * 3 * 2 * 3, "{}@coronal:3"),
+    "sagittal": ((20, 10, 24), 4, 4 * 3 * 1 * 3, "{}@sagittal:3"),
+}
+
+
 @pytest.mark.parametrize(
     ("permutation", "flips"),
     list(itertools.product(itertools.permutations(range(3)), [(False, False, False), (True, False, True)])),
 )
-def test_a_mask_predicted_on_display_slices_lands_on_the_tumour_in_the_input_s_own_voxels(tmp_path, permutation, flips):
+@pytest.mark.parametrize("plane", list(PLANE_VIEWS))
+def test_a_mask_predicted_on_display_slices_lands_on_the_tumour_in_the_input_s_own_voxels(
+    tmp_path, permutation, flips, plane
+):
     path = tmp_path / "scan.nii.gz"
     truth = synthetic_scan(path, permutation, flips)
-    slices = read_volume(path)  # what the models see: axial display slices
-    assert slices.shape == (10, 24, 20)  # (z, y rows, x columns) whatever the stored order
+    slices = read_volume(path, plane)  # what the models see
+    shape, tumour_slices, cross_section_mm2, third = PLANE_VIEWS[plane]
+    assert slices.shape == shape  # whatever the stored order
     predicted = [display > 150 for display in slices]  # a perfect "segmenter" of the bright tumour
-    image = mask_volume(path, predicted)
+    image = mask_volume(path, predicted, plane)
     assert image.shape == truth.shape and np.array_equal(image.affine, nib.load(path).affine)
     assert image.get_data_dtype() == np.uint8 and np.array_equal(np.asarray(image.dataobj), truth)
-    summary = scan_summary(path, predicted)
-    assert summary["slices"] == 10 and summary["tumor_slices"] == 3
+    summary = scan_summary(path, predicted, plane)
+    assert summary["slices"] == shape[0] and summary["tumor_slices"] == tumour_slices
     assert summary["tumor_volume_ml"] == pytest.approx(4 * 4 * 3 * 2 * 1 * 3 / 1000)  # voxels x 6 mm^3
-    assert summary["largest_cross_section_mm2"] == 4 * 4 * 2 * 1 and summary["largest_cross_section_slice"] == 3
-    assert scan_slices(path)[3] == f"{path}@3"
+    assert summary["largest_cross_section_mm2"] == cross_section_mm2
+    assert scan_slices(path, plane)[3] == third.format(path)
+
+
+def test_each_plane_is_shown_as_radiologists_see_it(tmp_path):
+    # A marker at the patient's right, anterior, superior corner of the head (RAS voxel x high, y high, z high).
+    volume = np.zeros((20, 24, 10), np.float32)
+    volume[18, 22, 8] = 1
+    nib.save(nib.Nifti1Image(volume, np.diag([2.0, 1.0, 3.0, 1.0])), tmp_path / "scan.nii.gz")
+    corner = {plane: np.argwhere(read_volume(tmp_path / "scan.nii.gz", plane))[0] for plane in PLANE_VIEWS}
+    # axial: anterior up (row 1 of 24), the patient's right on the left (column 1 of 20)
+    assert corner["axial"].tolist() == [8, 1, 1]
+    # coronal: superior up (row 1 of 10), the patient's right on the left (column 1 of 20)
+    assert corner["coronal"].tolist() == [22, 1, 1]
+    # sagittal: superior up (row 1 of 10), anterior on the left (column 1 of 24)
+    assert corner["sagittal"].tolist() == [18, 1, 1]
 
 
 @pytest.mark.slow  # predict.py in a process of its own, with a trained segmenter
