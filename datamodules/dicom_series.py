@@ -113,7 +113,8 @@ def series_slices(scan: str | Path) -> list:
     folder, uid = split_scan_name(scan)
     if not folder.is_dir():
         raise InputImageError(f"{folder}: no such folder of DICOM slices")
-    groups = series_in(dicom_files(folder))
+    groups = {key: files for key, files in series_in(dicom_files(folder)).items() if key}  # files without a
+    # series UID are 2D slices (scans_in)
     if uid is None and len(groups) > 1:
         raise InputImageError(f"{folder}: {len(groups)} DICOM series; give one as {folder}{SERIES_MARK}SERIES_UID")
     files = groups.get(uid, []) if uid is not None else next(iter(groups.values()), [])

@@ -97,9 +97,13 @@ def test_a_folder_of_several_series_gives_each_and_lone_slices_stay_2d(tmp_path)
     dataset = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
     dataset.SeriesInstanceUID = generate_uid()
     dataset.save_as(lone)
+    untagged = tmp_path / "study" / "sagittal" / "untagged.dcm"
+    dataset.SeriesInstanceUID = ""
+    dataset.save_as(untagged)
     scans, singles = scans_in(tmp_path)
-    assert singles == [lone]
+    assert singles == [lone, untagged]  # a one-file series, and a file of no series: 2D slices
     assert str(tmp_path / "study" / "sagittal") in scans  # a series alone in its folder is named by it
+    assert read_volume(tmp_path / "study" / "sagittal").shape == (64, 64, 12)  # the untagged file left out
     (axial,) = [scan for scan in scans if "#" in scan]  # the other shares its folder with it: FOLDER#UID
     assert axial.startswith(f"{tmp_path / 'study'}#") and read_volume(axial).shape == (10, 64, 64)
     assert scan_stem(axial) == f"study_{axial.rpartition('#')[2]}"
