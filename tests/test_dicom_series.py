@@ -207,3 +207,17 @@ def test_the_web_page_takes_a_zipped_series_and_shows_its_numbers_montage_and_sl
     (tmp_path / "bad.zip").write_bytes(b"PK not really")
     *_, message, slider, slice_image, overlays = app.analyse(predictor, str(tmp_path / "bad.zip"))
     assert message.startswith("Could not read **bad.zip**: not a readable zip file") and not slider["visible"]
+
+
+def test_a_zip_that_unpacks_too_large_is_refused_unread(tmp_path, monkeypatch):
+    import zipfile
+
+    from datamodules import dicom_series
+
+    with zipfile.ZipFile(tmp_path / "big.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("zeros.dcm", bytes(3 * 2**20))  # 3 MB of zeros: a few kB zipped
+    monkeypatch.setattr(dicom_series, "MAX_UNZIPPED_MB", 2)
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputImageError, match="big.zip: unpacks to more than 2 MB"):
+        dicom_series.unzip_series(tmp_path / "big.zip", tmp_path / "out")
+    assert not any((tmp_path / "out").iterdir())
