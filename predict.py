@@ -57,7 +57,7 @@ def expand_inputs(inputs: list[str]) -> list[Path | str]:
         if item.is_dir():
             series, lone_slices = scans_in(item)
             paths += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES or is_nifti(p))
-            paths += sorted(lone_slices) + series
+            paths += lone_slices + series
         else:
             paths.append(item)
     return paths
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor.predict_files(images, args.batch_size, gradcam=gradcam, tta=args.tta),
         predictor.predict_files(list(scan_of), args.batch_size, gradcam=False, tta=args.tta),
     )
-    scan_slices: dict[str, list[Prediction]] = defaultdict(list)  # a scan's slices so far: one scan at a time
+    predicted: dict[str, list[Prediction]] = defaultdict(list)  # a scan's slices so far: one scan at a time
     for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
         row = prediction.row()
         if prediction.error:
@@ -185,13 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         scan = scan_of.get(prediction.path)
         if scan is not None:
-            scan_slices[scan].append(prediction)
-            if len(scan_slices[scan]) == len(scans[scan]):
-                doubted = sum(bool(p.row()["warning"]) for p in scan_slices[scan])
+            predicted[scan].append(prediction)
+            if len(predicted[scan]) == len(scans[scan]):
+                doubted = sum(bool(p.row()["warning"]) for p in predicted[scan])
                 if doubted:  # one line a scan, not one a slice: the slices' rows say which and why
                     tqdm.write(f"warning: {scan}: {doubted} of its {len(scans[scan])} slices with a doubt "
                                "(predictions.csv, column warning)", file=sys.stderr)  # fmt: skip
-                scan_row = write_scan(scan, scan_slices.pop(scan), output_dir, args.plane)
+                scan_row = write_scan(scan, predicted.pop(scan), output_dir, args.plane)
                 scan_rows += [scan_row] if scan_row else []
     write_tables(rows, output_dir)
     if scan_rows:
