@@ -220,13 +220,13 @@ class ClassificationDataModule(CachedDataModule):
         root_of = np.array([sources[index].root_index for index in source_of])
         sha1s = [item.sha1 for item in kept]
 
+        groups = find_duplicate_groups(sha1s, [item.phash for item in kept], hp.max_phash_distance)
         patients = [
             f"{source.root_index}:{same_patient(patient)}" if patient else None
             for source in sources
             for patient in (source.patients or [None] * len(source.paths))
         ]
         patients = [patients[i] for i in kept_indices]
-        groups = find_duplicate_groups(sha1s, [item.phash for item in kept], hp.max_phash_distance, patients)
         if any(patients):  # a patient's slices, like an image's copies, stay on one side of the split
             groups = merged_groups(groups, patients)
         keep = self._deduplicate(sha1s, groups, labels, is_test)

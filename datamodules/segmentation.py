@@ -200,10 +200,10 @@ class SegmentationDataModule(CachedDataModule):
         """Each image's split: its source's own, else the seeded split by class and group; an image
         grouped with one of a fixed split (a copy, the same patient) follows it."""
         hp = self.hparams
+        copies = find_duplicate_groups([item.sha1 for item in loaded], [item.phash for item in loaded],
+                                       hp.max_phash_distance)  # fmt: skip
         patients = [f"{source}:{same_patient(item.patient)}" if item.patient else None
                     for source, item in zip(source_of, items)]  # fmt: skip
-        copies = find_duplicate_groups([item.sha1 for item in loaded], [item.phash for item in loaded],
-                                       hp.max_phash_distance, patients)  # fmt: skip
         groups = merged_groups(copies, patients)
         split = np.array([item.split or "" for item in items], dtype=object)
         free = np.flatnonzero(split == "")
