@@ -1,7 +1,8 @@
 """Scans as 2D slices: a NIfTI volume or a DICOM series (datamodules.dicom_series) read in its closest
 canonical (RAS+) axes, cut into axial slices shown as radiologists see them (anterior up, the patient's right on
-the left, as the 2D training slices are), and windowed to 8 bits by percentiles inside the head, so that float,
-z-scored or 16-bit volumes reach the models like the 8-bit training slices.
+the left, as the 2D training slices are), and windowed to 8 bits so that float, z-scored or 16-bit volumes reach the
+models like the 8-bit training slices: the head's darkest voxels black and its median at the training slices'
+median gray level (`HEAD_GRAY`), whether the volume holds the skull or only the brain.
 
 A folder of cases (BraTS: `<case>/<sequence>.nii.gz` with a label volume beside them) is a segmentation
 and classification source: each sequence's slices with the tumour its sequence shows (labels > 0, the
@@ -22,7 +23,12 @@ from datamodules.dicom_series import is_dicom_series, read_series, split_scan_na
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_MARK = "@"  # SCAN@INDEX: one display slice of a scan
-WINDOW_PERCENTILES = (0.5, 99.5)
+BLACK_PERCENTILE = 0.5  # of the head's voxels: this one and darker are black
+# The median gray level inside the head of the 2D training slices (figshare 68, SARTAJ 72, Masoud 73; LGG's
+# sequences 46-54: scripts/head_gray_levels.py). A window from percentiles instead (0.5-99.5 to 0-255) put a
+# skull-stripped brain's median near 130, twice as bright as any training brain, and neither bundled model found
+# the BraTS sample's tumour on such slices (docs/studies/scans.md).
+HEAD_GRAY = 70
 LABEL_NAME = re.compile(r"(^|[_\-.])(seg|label|labels|ot|otmulticlass|truth|gt)([_\-.]|$)", re.IGNORECASE)
 BRAIN_MASK_NAME = re.compile(r"brain_?mask", re.IGNORECASE)
 CORE_LABELS = (1, 3, 4)  # BraTS necrosis, non-enhancing and enhancing tumour: what T1 contrast shows
@@ -116,12 +122,13 @@ def display_spacing_mm(path: str | Path, plane: str = "axial") -> tuple[float, f
 
 
 def window_to_uint8(volume: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
-    """Gray levels 0-255 from the volume's percentiles inside the head (`inside`, else all voxels), the air
-    black: the per-scan window that makes any scanner's units look like an 8-bit slice."""
+    """Gray levels 0-255, linear in the volume's values: the head's (`inside`, else all voxels) darkest
+    `BLACK_PERCENTILE` black, its median at `HEAD_GRAY`, the air black: the per-scan window that makes any
+    scanner's units look like an 8-bit training slice."""
     region = volume[inside] if inside is not None and inside.any() else volume
-    low, high = np.percentile(region, WINDOW_PERCENTILES)
-    scaled = (volume - low) / max(float(high - low), 1e-6)
-    out = np.clip(np.round(scaled * 255), 0, 255).astype(np.uint8)
+    low, median = np.percentile(region, (BLACK_PERCENTILE, 50))
+    scaled = (volume - low) / max(float(median - low), 1e-6)
+    out = np.clip(np.round(scaled * HEAD_GRAY), 0, 255).astype(np.uint8)
     if inside is not None:
         out[~inside] = 0
     return out

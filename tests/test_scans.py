@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from datamodules.volumes import read_volume
+from datamodules.volumes import HEAD_GRAY, read_volume, window_to_uint8
 from inference.scans import mask_volume, scan_slices, scan_summary
 
 
@@ -83,6 +83,22 @@ def test_each_plane_is_shown_as_radiologists_see_it(tmp_path):
     assert corner["coronal"].tolist() == [22, 1, 1]
     # sagittal: superior up (row 1 of 10), anterior on the left (column 1 of 24)
     assert corner["sagittal"].tolist() == [18, 1, 1]
+
+
+def test_the_window_puts_the_head_s_median_at_the_training_slices_gray_with_or_without_the_skull():
+    rng = np.random.default_rng(0)
+    brain = rng.normal(1.0, 0.2, (6, 40, 40))  # z-scored, as BraTS ships it
+    air = np.zeros(brain.shape, bool)
+    air[:, :4] = True  # a band of air, black in any window
+    stripped = np.where(air, brain.min() - 1, brain)
+    with_skull = np.where(air, 0.0, 400 + 300 * brain)  # another scanner's units, a bright rim of scalp fat
+    with_skull[:, 4:8] = 2000
+    for volume in (stripped, with_skull):
+        out = window_to_uint8(volume, ~air)
+        assert np.median(out[~air]) == pytest.approx(HEAD_GRAY, abs=1) and (out[air] == 0).all()
+        assert np.percentile(out[~air], 0.4) == 0  # the head's darkest half percent black
+    # linear in the units: 16-bit or float, the same brain gives the same slice
+    assert np.array_equal(window_to_uint8(stripped, ~air), window_to_uint8(3 * stripped + 7, ~air))
 
 
 @pytest.mark.slow  # predict.py in a process of its own, with a trained segmenter
