@@ -168,6 +168,9 @@ class ClassificationDataModule(CachedDataModule):
             (val after train, test after both); "keep" only reports them.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the
             same image (re-encoded or re-saved copies); None checks exact bytes only.
+        near_copies_join_patients: whether a near copy (not an exact one) of another known patient's slice joins
+            the two patients in the split. True was the rule until 2026-12-05, which models saved before then keep:
+            look-alike slices at the ends of volumes then chained most of LGG's patients into one group.
         augment: the training images' augmentations: true (flips, affine jitter and brightness/contrast),
             false, or a recipe of datamodules.transforms.AUGMENTATIONS ("light" is true, "strong" nnU-Net's).
         sequences: of a multi-sequence (LGG) slice, the sequences read, each as a grayscale slice of its own
@@ -185,6 +188,7 @@ class ClassificationDataModule(CachedDataModule):
         val_fraction: float = 0.15,
         duplicates: Literal["remove", "keep"] = "remove",
         max_phash_distance: int | None = 2,
+        near_copies_join_patients: bool = False,
         augment: bool | str = True,
         sequences: list[str] = list(LGG_SEQUENCES),
         **kwargs,
@@ -220,13 +224,18 @@ class ClassificationDataModule(CachedDataModule):
         root_of = np.array([sources[index].root_index for index in source_of])
         sha1s = [item.sha1 for item in kept]
 
-        groups = find_duplicate_groups(sha1s, [item.phash for item in kept], hp.max_phash_distance)
         patients = [
             f"{source.root_index}:{same_patient(patient)}" if patient else None
             for source in sources
             for patient in (source.patients or [None] * len(source.paths))
         ]
         patients = [patients[i] for i in kept_indices]
+        groups = find_duplicate_groups(
+            sha1s,
+            [item.phash for item in kept],
+            hp.max_phash_distance,
+            None if hp.near_copies_join_patients else patients,
+        )
         if any(patients):  # a patient's slices, like an image's copies, stay on one side of the split
             groups = merged_groups(groups, patients)
         keep = self._deduplicate(sha1s, groups, labels, is_test)

@@ -13,9 +13,18 @@ from datamodules.images import LoadedImage
 from datamodules.splits import union_groups
 
 
-def find_duplicate_groups(sha1s: Sequence[str], phashes: Sequence[int], max_phash_distance: int | None) -> np.ndarray:
+def find_duplicate_groups(
+    sha1s: Sequence[str],
+    phashes: Sequence[int],
+    max_phash_distance: int | None,
+    patients: Sequence[str | None] | None = None,
+) -> np.ndarray:
     """Group ids such that byte-identical images, and images whose perceptual hashes
-    differ in at most `max_phash_distance` bits (None: exact copies only), share a group."""
+    differ in at most `max_phash_distance` bits (None: exact copies only), share a group.
+
+    `patients` (None where unknown): two slices of different known patients are never near copies.
+    Small sections at a volume's ends look alike across patients, and chaining them (a~b~c...) merged
+    most of the LGG patients into one group, which a split then had to put on one side whole."""
 
     def pairs() -> Iterator[tuple[int, int]]:
         first_with_hash: dict[str, int] = {}
@@ -23,9 +32,15 @@ def find_duplicate_groups(sha1s: Sequence[str], phashes: Sequence[int], max_phas
             yield i, first_with_hash.setdefault(digest, i)
         if max_phash_distance is not None and len(sha1s):
             hashes = np.array(phashes, dtype=np.uint64)
+            codes: dict[str, int] = {}
+            patient_of = np.array(
+                [codes.setdefault(p, len(codes)) if p else -1 for p in patients or [None] * len(sha1s)]
+            )
             for i in range(len(hashes) - 1):
-                distances = np.bitwise_count(hashes[i + 1 :] ^ hashes[i])
-                for j in np.nonzero(distances <= max_phash_distance)[0]:
+                near = np.bitwise_count(hashes[i + 1 :] ^ hashes[i]) <= max_phash_distance
+                if patient_of[i] >= 0:
+                    near &= (patient_of[i + 1 :] < 0) | (patient_of[i + 1 :] == patient_of[i])
+                for j in np.nonzero(near)[0]:
                     yield i, i + 1 + int(j)
 
     return union_groups(len(sha1s), pairs())

@@ -84,6 +84,9 @@ class SegmentationDataModule(CachedDataModule):
         val_fraction: share of the images of sources without a split of their own held out for validation.
         max_phash_distance: perceptual hashes this many bits apart or fewer count as the same image
             (grouped in the split); None checks exact bytes only.
+        near_copies_join_patients: whether a near copy (not an exact one) of another known patient's slice joins
+            the two patients in the split. True was the rule until 2026-12-05, which models saved before then keep:
+            look-alike slices at the ends of volumes then chained most of LGG's patients into one group.
         sequences: of a multi-sequence (LGG) slice, the sequences read, each as a grayscale slice of its own with
             the slice's mask (t1, flair, t1c): users hold one sequence per slice.
         **kwargs: batch size, seed (of the validation split too) and DataLoader options of `CachedDataModule`.
@@ -102,6 +105,7 @@ class SegmentationDataModule(CachedDataModule):
         category_names: list[str] | None = None,
         val_fraction: float = 0.15,
         max_phash_distance: int | None = 2,
+        near_copies_join_patients: bool = False,
         sequences: list[str] = list(LGG_SEQUENCES),
         **kwargs,
     ) -> None:
@@ -200,10 +204,10 @@ class SegmentationDataModule(CachedDataModule):
         """Each image's split: its source's own, else the seeded split by class and group; an image
         grouped with one of a fixed split (a copy, the same patient) follows it."""
         hp = self.hparams
-        copies = find_duplicate_groups([item.sha1 for item in loaded], [item.phash for item in loaded],
-                                       hp.max_phash_distance)  # fmt: skip
         patients = [f"{source}:{same_patient(item.patient)}" if item.patient else None
                     for source, item in zip(source_of, items)]  # fmt: skip
+        copies = find_duplicate_groups([item.sha1 for item in loaded], [item.phash for item in loaded],
+                                       hp.max_phash_distance, None if hp.near_copies_join_patients else patients)  # fmt: skip
         groups = merged_groups(copies, patients)
         split = np.array([item.split or "" for item in items], dtype=object)
         free = np.flatnonzero(split == "")

@@ -37,7 +37,10 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 # Datamodule settings that, with the same images, fix the validation split.
-SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance")
+SPLIT_SETTINGS = ("val_fraction", "seed", "duplicates", "max_phash_distance", "near_copies_join_patients")
+# The split settings of files saved before a setting existed: what the code did then, so that a saved model's
+# validation split is re-derived as it trained (its card's numbers, evaluate.py --own_split).
+SPLIT_SETTINGS_OF_OLDER_FILES = {"near_copies_join_patients": True}
 
 # What a saved `_class_path` may name: the project's task modules and datamodules, found by their class path
 # as the CLI finds them, so that loading knows no task by name.
@@ -92,6 +95,7 @@ class TrainedModel:
             raise CheckpointError(
                 f"{path}: no saved preprocessing (datamodule hyperparameters); train it with train.py"
             )
+        data = {**SPLIT_SETTINGS_OF_OLDER_FILES, **data}
         data_state = next((v for k, v in checkpoint.items() if k.endswith("DataModule") and isinstance(v, dict)), {})
         if checkpoint.get("pretraining_fingerprints"):  # images its pretrained encoder saw count as seen too
             seen = [data_state.get("training_fingerprints"), checkpoint["pretraining_fingerprints"]]

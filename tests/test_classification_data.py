@@ -81,6 +81,16 @@ def test_near_duplicates_group_by_perceptual_hash():
     assert groups[0] == groups[1] == groups[3] and groups[2] != groups[0]
 
 
+def test_near_copies_of_two_known_patients_are_not_copies():
+    # Slices at a volume's ends look alike across patients; a chain of them must not join patients
+    # (LGG: one group of 6312 of 8778 slices, all of it then in validation). Exact copies still join.
+    sha1s, phashes = ["a", "b", "c", "d", "a"], [0b0000, 0b0001, 0b0011, 0b0111, 0b11110000]
+    assert len(set(find_duplicate_groups(sha1s, phashes, 1))) == 1  # one chain, patients unknown
+    groups = find_duplicate_groups(sha1s, phashes, 1, ["p1", "p1", "p2", None, "p3"])
+    assert groups[0] == groups[1] == groups[4]  # the same patient, and an exact copy of another's
+    assert groups[2] == groups[3] != groups[0]  # an unknown patient's near copy still joins
+
+
 def test_recompressed_copy_is_caught_as_near_duplicate(sartaj_root):
     source = next((sartaj_root / "Training" / "glioma_tumor").glob("*.png"))
     cv2.imwrite(

@@ -387,6 +387,15 @@ def test_loaded_models_run_in_the_layout_they_trained_in(trained_classifier, tra
         assert weights and all(weight.is_contiguous(memory_format=torch.channels_last) for weight in weights)
 
 
+def test_models_saved_before_a_split_setting_existed_re_derive_the_split_they_trained_on(trained_classifier):
+    # The bundled files were saved before `near_copies_join_patients`; the code then joined patients by near copies.
+    for bundled in BUNDLED_MODELS.glob("*.safetensors"):
+        assert TrainedModel.load(bundled, None, torch.device("cpu")).data_hparams["near_copies_join_patients"] is True
+    trained_now = TrainedModel.load(trained_classifier, None, torch.device("cpu"))
+    assert trained_now.data_hparams["near_copies_join_patients"] is False
+    assert trained_now.datamodule().hparams.near_copies_join_patients is False
+
+
 def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
     from safetensors.torch import save_file
 
