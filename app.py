@@ -16,7 +16,6 @@ import tempfile
 from pathlib import Path
 
 import gradio as gr
-import numpy as np
 
 from common.errors import UserError
 from common.labels import NO_TUMOR
@@ -27,7 +26,7 @@ from datamodules.volumes import NIFTI_SUFFIXES, is_nifti
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import montage, scan_row, scan_slices
+from inference.scans import mean_probabilities, montage, scan_row, scan_slices, tumour_slices_of
 from lightning_modules.cli import run_with_clean_errors
 
 MAX_UPLOAD_MB = 200  # a scan: a DICOM series of 512 x 512 slices zips to about 100 MB
@@ -137,8 +136,7 @@ def scan_probabilities(slices: list[Prediction]) -> dict[str, float] | None:
     """The classifier's mean probabilities over the scan's slices with tumour (all slices when none has one)."""
     if not slices[0].probabilities:
         return None
-    chosen = [p for p in slices if p.tumor_mask is not None and p.tumor_mask.any()] or slices
-    return {name: float(np.mean([p.probabilities[name] for p in chosen])) for name in slices[0].probabilities}
+    return mean_probabilities([prediction.probabilities for prediction in slices], tumour_slices_of(slices))
 
 
 def scan_message(name: str, row: dict) -> str:

@@ -140,9 +140,14 @@ def series_slices(scan: str | Path) -> list:
     return datasets
 
 
-def slice_normal(dataset) -> np.ndarray:
+def slice_directions(dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The directions (LPS) in which a slice's rows and its columns run."""
     row_direction, column_direction = np.asarray(dataset.ImageOrientationPatient, float).reshape(2, 3)
-    return np.cross(row_direction, column_direction)
+    return row_direction, column_direction
+
+
+def slice_normal(dataset) -> np.ndarray:
+    return np.cross(*slice_directions(dataset))
 
 
 @lru_cache(maxsize=4)
@@ -152,7 +157,7 @@ def read_series(scan: str | Path) -> nib.Nifti1Image:
 
     slices = series_slices(scan)
     volume = np.stack([apply_modality_lut(d.pixel_array, d).astype(np.float32).T for d in slices], axis=-1)
-    row_direction, column_direction = np.asarray(slices[0].ImageOrientationPatient, float).reshape(2, 3)
+    row_direction, column_direction = slice_directions(slices[0])
     row_spacing, column_spacing = (float(value) for value in slices[0].PixelSpacing)
     first, last = (np.asarray(d.ImagePositionPatient, float) for d in (slices[0], slices[-1]))
     affine = np.eye(4)

@@ -79,20 +79,32 @@ def montage(
     return np.vstack(rows)
 
 
+def mean_probabilities(probabilities: Sequence[dict[str, float]], tumour_slices: Sequence[bool]) -> dict[str, float]:
+    """The classifier's probabilities averaged over the slices with tumour, over every slice when none has one."""
+    chosen = [p for p, tumour in zip(probabilities, tumour_slices) if tumour] or list(probabilities)
+    return {name: float(np.mean([p[name] for p in chosen])) for name in chosen[0]}
+
+
 def scan_classification(
     probabilities: Sequence[dict[str, float]], tumour_slices: Sequence[bool], unlike_training_data: Sequence[bool]
 ) -> dict:
     """The classifier's answer for a scan: the tumour type with the highest mean probability over the slices with
     tumour (the segmenter's, else those the classifier calls a tumour) and that mean; the slices unlike the
     training data."""
-    with_tumour = [p for p, tumour in zip(probabilities, tumour_slices) if tumour]
     row: dict = {"tumor_type": "", "tumor_type_probability": None}
-    if with_tumour:
-        types = [name for name in with_tumour[0] if name != NO_TUMOR]
-        means = {name: float(np.mean([p[name] for p in with_tumour])) for name in types}
-        row["tumor_type"] = max(means, key=means.get)
-        row["tumor_type_probability"] = round(means[row["tumor_type"]], 4)
+    if any(tumour_slices):
+        means = mean_probabilities(probabilities, tumour_slices)
+        types = {name: mean for name, mean in means.items() if name != NO_TUMOR}
+        row["tumor_type"] = max(types, key=types.get)
+        row["tumor_type_probability"] = round(types[row["tumor_type"]], 4)
     return row | {"slices_unlike_training_data": int(np.count_nonzero(unlike_training_data))}
+
+
+def tumour_slices_of(slices: Sequence[Prediction]) -> list[bool]:
+    """Which slices hold a tumour: the segmenter's masks where there is one, else the classifier's calls."""
+    if slices[0].tumor_mask is not None:
+        return [bool(prediction.tumor_mask.any()) for prediction in slices]
+    return [prediction.predicted_class != NO_TUMOR for prediction in slices]
 
 
 def scan_row(scan: str, slices: Sequence[Prediction], plane: str = "axial") -> dict:
@@ -103,9 +115,10 @@ def scan_row(scan: str, slices: Sequence[Prediction], plane: str = "axial") -> d
     segmented = masks[0] is not None
     row = scan_summary(scan, masks, plane) if segmented else {"scan": str(scan), "slices": len(slices)}
     if slices[0].probabilities:
-        with_tumour = [bool(m.any()) for m in masks] if segmented else [p.predicted_class != NO_TUMOR for p in slices]
         unlike = [prediction.unlike_training_data for prediction in slices]
-        row |= scan_classification([prediction.probabilities for prediction in slices], with_tumour, unlike)
+        row |= scan_classification(
+            [prediction.probabilities for prediction in slices], tumour_slices_of(slices), unlike
+        )
         if segmented:
             row["models_agree"] = round(float(np.mean([prediction.models_agree for prediction in slices])), 3)
     return row

@@ -186,7 +186,7 @@ def test_evaluate_stacks_a_scan_s_slices_on_the_model_s_grid(tmp_path):
 
 
 def test_a_scan_s_tumour_type_is_the_mean_over_its_slices_with_tumour():
-    from inference.scans import scan_classification
+    from inference.scans import mean_probabilities, scan_classification
 
     def slice_probabilities(glioma, meningioma, no_tumor, pituitary):
         return dict(glioma=glioma, meningioma=meningioma, no_tumor=no_tumor, pituitary=pituitary)
@@ -196,3 +196,6 @@ def test_a_scan_s_tumour_type_is_the_mean_over_its_slices_with_tumour():
     row = scan_classification(probabilities, [False, True, True], [True, False, False])
     assert row == {"tumor_type": "meningioma", "tumor_type_probability": 0.55, "slices_unlike_training_data": 1}
     assert scan_classification(probabilities, [False] * 3, [False] * 3)["tumor_type"] == ""
+    # the page's probabilities: over the slices with tumour, else over every slice
+    assert mean_probabilities(probabilities, [False, True, True])["glioma"] == pytest.approx(0.35)
+    assert mean_probabilities(probabilities, [False] * 3)["no_tumor"] == pytest.approx(0.7 / 3)
