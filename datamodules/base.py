@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from common.errors import check_range
 from datamodules.fingerprints import Fingerprints
+from datamodules.transforms import build_transform
 
 
 def augmentation_seed(seed: int, epoch: int, *item: int) -> int:
@@ -94,6 +95,8 @@ class CachedDataModule(L.LightningDataModule):
         num_workers: DataLoader workers; None picks min(8, CPU count).
         pin_memory: None pins when CUDA is available.
         persistent_workers: keep workers alive between epochs.
+        head_gray: every slice's gray levels scaled so that its head's median is this (datamodules.contrast.HeadGray),
+            in training and wherever the trained model runs; None: slices as they are.
     """
 
     def __init__(
@@ -103,9 +106,11 @@ class CachedDataModule(L.LightningDataModule):
         num_workers: int | None = None,
         pin_memory: bool | None = None,
         persistent_workers: bool = True,
+        head_gray: int | None = None,
     ) -> None:
         super().__init__()
         check_range("batch_size", batch_size, 1)
+        check_range("head_gray", head_gray, 1, 254)
         check_range("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
@@ -115,6 +120,10 @@ class CachedDataModule(L.LightningDataModule):
         self._next_epoch = 0  # the epoch a resumed run goes on with (load_state_dict)
         self._train_sampler: SeededSampler | None = None  # of the loader Lightning trains with
         self._resume_at = (0, 0)  # the epoch a resumed run's checkpoint was written in, and its batches trained
+
+    def split_transform(self, augmentations: Sequence[A.BasicTransform] = ()) -> A.Compose:
+        """The pipeline of a split: `augmentations` for training, none for the others."""
+        return build_transform(augmentations, self.channels, self.hparams.head_gray)
 
     def state_dict(self) -> dict:
         state = {}

@@ -25,7 +25,7 @@ from datamodules.fingerprints import Fingerprints, find_duplicate_groups
 from datamodules.images import ImageSource, LoadedImage, list_images, load_images
 from datamodules.mask_sources import LGG_SEQUENCES, find_layout, read_source
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
-from datamodules.transforms import build_transform, check_augment, training_augmentations
+from datamodules.transforms import check_augment, training_augmentations
 
 
 def find_split_folder(root: Path, name: str) -> Path | None:
@@ -250,8 +250,8 @@ class ClassificationDataModule(CachedDataModule):
                     "Training image; nothing is left to test (data.duplicates: keep keeps them)"
                 )
         images = np.stack([item.pixels for item in kept])
-        train_transform = build_transform(training_augmentations(hp.augment), self.channels)
-        eval_transform = build_transform([], self.channels)
+        train_transform = self.split_transform(training_augmentations(hp.augment))
+        eval_transform = self.split_transform()
         for split, indices in split_indices.items():
             transform = train_transform if split == "train" else eval_transform
             files = [str(paths[kept_indices[i]]) for i in indices]
@@ -295,7 +295,7 @@ class ClassificationDataModule(CachedDataModule):
         if not kept:
             raise DatasetError(f"{folder}: none of its {len(paths)} images is readable")
         files = [str(paths[i]) for i in kept_indices]
-        pixels, transform = np.stack([item.pixels for item in kept]), build_transform([], self.channels)
+        pixels, transform = np.stack([item.pixels for item in kept]), self.split_transform()
         dataset = ImageLabelDataset(pixels, labels[kept_indices], transform, files, Fingerprints.of(kept))
         return dataset, kept
 

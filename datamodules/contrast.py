@@ -11,6 +11,9 @@ import cv2
 import numpy as np
 
 BACKGROUND_LEVEL = 0.08  # of the slice's brightest value: below it a pixel is air
+# The median gray level inside the head of the training slices (figshare 68, SARTAJ 72, Masoud 73; LGG's sequences
+# 47-53; Br35H 131: scripts/head_gray_levels.py): where HeadGray and the scans' window put every head.
+HEAD_GRAY = 70
 
 
 def head_mask(image: np.ndarray) -> np.ndarray:
@@ -79,3 +82,23 @@ class RandomSkullStrip(A.ImageOnlyTransform):
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:
         return ("margin",)
+
+
+class HeadGray(A.ImageOnlyTransform):
+    """A slice's gray levels scaled, black staying black, so that the median inside its head is `gray`: a source
+    whose slices are twice as bright as the training slices (Br35H's heads sit at 131) reaches the model like
+    them. Not random: a model that trains with it sees it at inference too (the datamodule's `head_gray`)."""
+
+    def __init__(self, gray: int = HEAD_GRAY, p: float = 1.0) -> None:
+        super().__init__(p=p)
+        self.gray = gray
+
+    def apply(self, img: np.ndarray, **params) -> np.ndarray:
+        head = head_mask(np.ascontiguousarray(img[..., 0]))
+        median = float(np.median(img[head])) if head.any() else 0.0
+        if median < 1:  # a blank slice: nothing to scale by
+            return img
+        return np.clip(np.round(img * (self.gray / median)), 0, 255).astype(np.uint8)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("gray",)

@@ -33,7 +33,7 @@ from datamodules.mask_sources import (
     read_source,
 )
 from datamodules.splits import merged_groups, same_patient, stratified_group_split
-from datamodules.transforms import build_transform, check_augment, training_augmentations
+from datamodules.transforms import check_augment, training_augmentations
 
 SPLITS = ("train", "val", "test")
 
@@ -150,8 +150,8 @@ class SegmentationDataModule(CachedDataModule):
         # Cropping first keeps the augmentations' cost that of a crop; a crop holds tumour where there is one.
         crop = [A.CropNonEmptyMaskIfExists(hp.crop_size, hp.crop_size)] if hp.crop_size else []
         augmentations = training_augmentations(hp.augment)
-        train_transform = build_transform(crop + augmentations, self.channels)
-        eval_transform = build_transform([], self.channels)
+        train_transform = self.split_transform(crop + augmentations)
+        eval_transform = self.split_transform()
         for name in SPLITS:
             indices = np.flatnonzero(split == name)
             if len(indices):
@@ -233,4 +233,4 @@ class SegmentationDataModule(CachedDataModule):
         hp = self.hparams
         source = read_source(root, for_evaluation=True, category_names=hp.category_names, sequences=hp.sequences)
         items, loaded, masks, _ = self._load([source])
-        return self._dataset(items, loaded, masks, build_transform([], self.channels)), loaded
+        return self._dataset(items, loaded, masks, self.split_transform()), loaded

@@ -10,7 +10,7 @@ import cv2
 from albumentations.pytorch import ToTensorV2
 
 from common.errors import ConfigError
-from datamodules.contrast import RandomIntensityCurve, RandomSkullStrip
+from datamodules.contrast import HeadGray, RandomIntensityCurve, RandomSkullStrip
 
 
 def imagenet_normalization(channels: int) -> A.Normalize:
@@ -20,9 +20,13 @@ def imagenet_normalization(channels: int) -> A.Normalize:
     return A.Normalize(mean=mean, std=std)
 
 
-def build_transform(augmentations: Sequence[A.BasicTransform], channels: int) -> A.Compose:
-    """Augmentations (train only) followed by the normalization every split shares."""
-    return A.Compose([*augmentations, imagenet_normalization(channels), ToTensorV2()])
+def build_transform(
+    augmentations: Sequence[A.BasicTransform], channels: int, head_gray: int | None = None
+) -> A.Compose:
+    """The head's median brought to `head_gray` (None: the slice's gray levels as they are), augmentations
+    (train only), then the normalization every split shares."""
+    standard = [HeadGray(head_gray)] if head_gray is not None else []
+    return A.Compose([*standard, *augmentations, imagenet_normalization(channels), ToTensorV2()])
 
 
 def light_augmentations() -> list[A.BasicTransform]:

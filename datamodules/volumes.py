@@ -19,16 +19,14 @@ import nibabel as nib
 import numpy as np
 
 from common.errors import DatasetError, InputImageError
+from datamodules.contrast import HEAD_GRAY
 from datamodules.dicom_series import is_dicom_series, read_series, split_scan_name
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 SLICE_MARK = "@"  # SCAN@INDEX: one display slice of a scan
 BLACK_PERCENTILE = 0.5  # of the head's voxels: this one and darker are black
-# The median gray level inside the head of the 2D training slices (figshare 68, SARTAJ 72, Masoud 73; LGG's
-# sequences 46-54: scripts/head_gray_levels.py). A window from percentiles instead (0.5-99.5 to 0-255) put a
-# skull-stripped brain's median near 130, twice as bright as any training brain, and neither bundled model found
-# the BraTS sample's tumour on such slices (docs/studies/scans.md).
-HEAD_GRAY = 70
+# A window from percentiles instead (0.5-99.5 to 0-255) put a skull-stripped brain's median near 130, twice as bright
+# as any training brain, and neither bundled model found the BraTS sample's tumour (docs/studies/scans.md).
 LABEL_NAME = re.compile(r"(^|[_\-.])(seg|label|labels|ot|otmulticlass|truth|gt)([_\-.]|$)", re.IGNORECASE)
 BRAIN_MASK_NAME = re.compile(r"brain_?mask", re.IGNORECASE)
 CORE_LABELS = (1, 3, 4)  # BraTS necrosis, non-enhancing and enhancing tumour: what T1 contrast shows

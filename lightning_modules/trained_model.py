@@ -150,6 +150,6 @@ class TrainedModel:
 
     def batch(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """Decoded uint8 images of any size -> the normalized batch the model was trained on."""
-        transform = build_transform([], self.channels)
+        transform = build_transform([], self.channels, self.data_hparams.get("head_gray"))
         tensors = [transform(image=resize_square(image, self.image_size))["image"] for image in images]
         return torch.stack(tensors).to(self.device)

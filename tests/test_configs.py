@@ -29,9 +29,14 @@ ADDED_SINCE = {
         "val_fraction": 0.15,
         "max_phash_distance": 2,
         "sequences": ["t1", "flair", "t1c"],
+        "head_gray": None,
         "near_copies_join_patients": False,  # a changed rule: saved models keep True (SPLIT_SETTINGS_OF_OLDER_FILES)
     },
-    "datamodules.ClassificationDataModule": {"sequences": ["t1", "flair", "t1c"], "near_copies_join_patients": False},
+    "datamodules.ClassificationDataModule": {
+        "sequences": ["t1", "flair", "t1c"],
+        "near_copies_join_patients": False,
+        "head_gray": None,
+    },
     "lightning_modules.SegmentationModule": {
         "arch": "unet",
         "weights_path": None,

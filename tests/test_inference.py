@@ -396,6 +396,15 @@ def test_models_saved_before_a_split_setting_existed_re_derive_the_split_they_tr
     assert trained_now.datamodule().hparams.near_copies_join_patients is False
 
 
+def test_a_model_trained_with_head_gray_gets_its_inputs_brought_to_that_gray(trained_classifier):
+    model = TrainedModel.load(trained_classifier, None, torch.device("cpu"))
+    slice_ = synthetic_slice(np.random.default_rng(0), 1, size=64)[:, :, None]
+    darker = slice_ // 2  # another scanner's slice at half the brightness
+    assert (model.batch([slice_]) - model.batch([darker])).abs().mean() > 0.5
+    model.data_hparams["head_gray"] = 70  # within a gray level or three (rounding), about 0.01 a level
+    assert (model.batch([slice_]) - model.batch([darker])).abs().max() < 0.06
+
+
 def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
     from safetensors.torch import save_file
 

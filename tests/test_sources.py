@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from common.errors import DatasetError
 from common.labels import CLASS_NAMES, LABELS, NO_TUMOR_CLASS, TUMOR_UNKNOWN_TYPE
 from datamodules.classification import ClassificationDataModule
-from datamodules.contrast import RandomIntensityCurve, RandomSkullStrip, head_mask
+from datamodules.contrast import HeadGray, RandomIntensityCurve, RandomSkullStrip, head_mask
 from datamodules.images import ChannelOf, load_image_file, parse_source, sequence_named
 from datamodules.mask_sources import find_layout, load_masked_image, read_source
 from datamodules.via import ViaShapes, read_via_file
@@ -215,6 +215,32 @@ def test_intensity_curves_and_skull_stripping_keep_the_air_black_and_change_the_
     assert any(image[32, 32, 0] > image[32, 8, 0] for image in curved)  # an inversion: brain above skull
     stripped = A.Compose([RandomSkullStrip(margin=(0.08, 0.08), p=1.0)], seed=0)(image=slice_)["image"]  # 5 px
     assert stripped[32, 32, 0] == slice_[32, 32, 0] and stripped[32, 7, 0] == 0  # brain kept, skull ring gone
+
+
+def test_head_gray_brings_a_bright_source_s_slice_to_the_training_slices_gray_and_keeps_the_air_black():
+    slice_ = np.zeros((64, 64, 1), np.uint8)
+    cv2.circle(slice_, (32, 32), 26, 220, -1)  # skull, as bright as Br35H's
+    cv2.circle(slice_, (32, 32), 22, 130, -1)  # brain: the head's median
+    slice_[:4, :4] = 3  # a dark corner of air
+    standard = HeadGray(70)(image=slice_)["image"]
+    assert standard[32, 32, 0] == 70 and standard[32, 8, 0] == round(220 * 70 / 130) and standard[0, 0, 0] == 2
+    darker = HeadGray(70)(image=(slice_ // 2))["image"]  # the same slice at half the brightness: the same result
+    assert abs(int(darker[32, 32, 0]) - 70) <= 1 and abs(int(darker[32, 8, 0]) - int(standard[32, 8, 0])) <= 2
+    assert (HeadGray(70)(image=np.zeros_like(slice_))["image"] == 0).all()  # blank stays blank
+
+
+def test_a_model_trained_with_head_gray_sees_it_at_inference():
+    from datamodules.transforms import build_transform
+
+    rng = np.random.default_rng(0)
+    slice_ = np.zeros((64, 64, 1), np.uint8)
+    cv2.circle(slice_, (32, 32), 24, 60, -1)
+    slice_ = (slice_ + (slice_ > 0) * rng.integers(0, 20, slice_.shape)).astype(np.uint8)
+    standard = build_transform([], 1, head_gray=70)
+    brighter = np.clip(slice_.astype(int) * 2, 0, 255).astype(np.uint8)
+    assert torch.allclose(standard(image=slice_)["image"], standard(image=brighter)["image"], atol=0.05)
+    plain = build_transform([], 1)
+    assert not torch.allclose(plain(image=slice_)["image"], plain(image=brighter)["image"], atol=0.05)
 
 
 def write_case(folder, affine_flip: bool = False) -> tuple[np.ndarray, np.ndarray]:
