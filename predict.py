@@ -12,7 +12,9 @@ per scan; --plane coronal or sagittal cuts it so): its slices get a row each (SC
 1 = tumour, the input's shape and affine, or the DICOM stack's), SCAN_seg.dcm for a DICOM series (a DICOM-SEG
 referencing it), SCAN_montage.png (its slices with tumour, outlined) and a row in scans.csv and scans.json
 (slices, tumour slices, tumour volume in mL, the largest cross-section in mm^2 and its slice). A DICOM file
-alone is a 2D slice, as any image is.
+alone is a 2D slice, as any image is. Scans go through Lightning's predict loop, one scan a step, written as soon
+as it is predicted: `--devices 4 --strategy ddp` (GPUs, or CPU processes with --device cpu) or `--num_nodes`
+spread them, each scan predicted once.
 
 Writes predictions.csv and predictions.json, one row per image: with a classifier, the class, the
 four calibrated probabilities and whether the image is unlike the training data; with a
@@ -27,9 +29,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import sys
-from collections import defaultdict
-from itertools import chain
 from pathlib import Path
 
 import cv2
@@ -37,14 +38,13 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from common.visualization import heatmap_overlay, mask_overlay
-from datamodules.dicom_series import is_dicom_series, scans_in
+from datamodules.dicom_series import scans_in
 from datamodules.images import IMAGE_SUFFIXES
-from datamodules.volumes import PLANES, is_nifti, is_scan, scan_stem
+from datamodules.volumes import PLANES, is_nifti, is_scan
 from inference.arguments import add_model_arguments, parse_arguments
 from inference.bundled import models_to_use
-from inference.dicom_seg import tumour_segmentation
 from inference.predictor import Prediction, TumorPredictor
-from inference.scans import mask_volume, montage, scan_row, scan_slices
+from inference.scan_prediction import ScanPredictor, predict_scans
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.tta import TTA_VIEWS
 
@@ -61,45 +61,6 @@ def expand_inputs(inputs: list[str]) -> list[Path | str]:
         else:
             paths.append(item)
     return paths
-
-
-def expand_scans(
-    paths: list[Path | str], plane: str = "axial"
-) -> tuple[list[str | Path], dict[str, list[str]], list[str]]:
-    """Every scan replaced by its slices: the inputs to predict, each readable scan's slices, and one error
-    line per scan that cannot be read (the other inputs are still predicted)."""
-    inputs, scans, errors = [], {}, []
-    for path in paths:
-        if not is_scan(path):
-            inputs.append(path)
-            continue
-        try:
-            scans[str(path)] = scan_slices(path, plane)
-        except UserError as error:
-            errors.append(str(error))
-            continue
-        inputs += scans[str(path)]
-    return inputs, scans, errors
-
-
-def write_scan(scan: str, slices: list[Prediction], output_dir: Path, plane: str = "axial") -> dict | None:
-    """A scan's outputs from its slices' predictions: with a segmenter its mask volume, SCAN_mask.nii.gz (and
-    SCAN_seg.dcm, a DICOM-SEG, for a DICOM series) and its montage of the slices with tumour, SCAN_montage.png;
-    and its row of numbers (scans.csv, scans.json). None when a slice could not be predicted."""
-    if any(prediction.error for prediction in slices):
-        return None
-    stem, files = scan_stem(scan), {}
-    slice_masks = [prediction.tumor_mask for prediction in slices]
-    if slice_masks[0] is not None:
-        mask = mask_volume(scan, slice_masks, plane)
-        files = {"mask_file": f"{stem}_mask.nii.gz", "montage_file": f"{stem}_montage.png"}
-        mask.to_filename(output_dir / files["mask_file"])
-        if is_dicom_series(scan):
-            files["dicom_seg_file"] = f"{stem}_seg.dcm"
-            tumour_segmentation(scan, mask).save_as(output_dir / files["dicom_seg_file"])
-        picture = montage([prediction.image for prediction in slices], slice_masks)
-        cv2.imwrite(str(output_dir / files["montage_file"]), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-    return scan_row(scan, slices, plane) | files
 
 
 def save_images(prediction: Prediction, output_dir: Path, name: str) -> dict[str, str]:
@@ -145,36 +106,43 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no_gradcam", action="store_true", help="skip the Grad-CAM heat maps")
     parser.add_argument(
+        "--devices", type=int, help="scans: processes (GPUs, or CPU processes) to spread them over (default: 1)"
+    )
+    parser.add_argument("--strategy", default="auto", help="scans: Lightning's strategy, e.g. ddp (default: auto)")
+    parser.add_argument("--num_nodes", type=int, default=1, help="scans: machines of a distributed run (default: 1)")
+    parser.add_argument(
         "--tta",
         choices=list(TTA_VIEWS),
         help="test-time augmentation: average both models over flipped views (default: the segmenter's own "
         "views, stored in it; the classifier's image as it is)",
     )
     args = parse_arguments(parser, argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its notes on hardware and loggers: noise here
 
-    paths, scans, scan_errors = expand_scans(expand_inputs(args.inputs), args.plane)
-    for error in scan_errors:
-        print(f"error: {error}", file=sys.stderr)
+    paths = expand_inputs(args.inputs)
     if not paths:
         raise UserError(f"no images found in {' '.join(args.inputs)}")
     predictor = TumorPredictor(*models_to_use(args.cls_ckpt, args.seg_ckpt), args.device)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    rows, scan_rows, failures = [], [], len(scan_errors)
-    scan_of = {name: scan for scan, slices in scans.items() for name in slices}
-    images = [path for path in paths if str(path) not in scan_of]
-    gradcam = not args.no_gradcam  # not for a scan's slices: its montage shows where the tumour is
-    predictions = chain(
-        predictor.predict_files(images, args.batch_size, gradcam=gradcam, tta=args.tta),
-        predictor.predict_files(list(scan_of), args.batch_size, gradcam=False, tta=args.tta),
-    )
-    predicted: dict[str, list[Prediction]] = defaultdict(list)  # a scan's slices so far: one scan at a time
-    for index, prediction in enumerate(tqdm(predictions, total=len(paths), unit="image", disable=len(paths) < 2)):
+    scans = [str(path) for path in paths if is_scan(path)]
+    images = [path for path in paths if not is_scan(path)]
+    scan_results = []
+    if scans:
+        module = ScanPredictor(predictor, args.plane, args.batch_size, args.tta)
+        options = trainer_options(args) | {"enable_progress_bar": len(scans) > 1}  # a bar of scans
+        scan_results = predict_scans(module, scans, output_dir, **options)
+        if scan_results is None:  # another process of a distributed run: the first one writes the tables
+            return 0
+    rows, failures = [], 0
+    gradcam = not args.no_gradcam
+    predictions = predictor.predict_files(images, args.batch_size, gradcam=gradcam, tta=args.tta)
+    for index, prediction in enumerate(tqdm(predictions, total=len(images), unit="image", disable=len(images) < 2)):
         row = prediction.row()
         if prediction.error:
             failures += 1
             tqdm.write(f"error: {prediction.error}", file=sys.stderr)
-        elif prediction.path not in scan_of:
+        else:
             for warning in prediction.warnings:
                 tqdm.write(f"warning: {warning}", file=sys.stderr)
             if prediction.disagreement:
@@ -183,25 +151,33 @@ def main(argv: list[str] | None = None) -> int:
                 )
             row |= save_images(prediction, output_dir, f"{index:05d}_{Path(prediction.path).stem}")
         rows.append(row)
-        scan = scan_of.get(prediction.path)
-        if scan is not None:
-            predicted[scan].append(prediction)
-            if len(predicted[scan]) == len(scans[scan]):
-                doubted = sum(bool(p.row()["warning"]) for p in predicted[scan])
-                if doubted:  # one line a scan, not one a slice: the slices' rows say which and why
-                    tqdm.write(f"warning: {scan}: {doubted} of its {len(scans[scan])} slices with a doubt "
-                               "(predictions.csv, column warning)", file=sys.stderr)  # fmt: skip
-                scan_row = write_scan(scan, predicted.pop(scan), output_dir, args.plane)
-                scan_rows += [scan_row] if scan_row else []
+    for result in scan_results:
+        rows += result["slice_rows"]
+        failures += len(result["errors"])
+    scan_rows = [result["scan_row"] for result in scan_results if result["scan_row"]]
     write_tables(rows, output_dir)
     if scan_rows:
         write_tables(scan_rows, output_dir, "scans")
     if predictor.gradcam_unavailable:
         print(f"warning: {predictor.gradcam_unavailable}; no heat maps written", file=sys.stderr)
-    print(f"{len(rows) - failures} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")
+    predicted = len(rows) - sum(bool(row["error"]) for row in rows)
+    print(f"{predicted} of {len(rows)} images predicted; tables in {output_dir}/predictions.csv and .json")
     if scan_rows:
         print(f"{len(scan_rows)} scans: their masks and {output_dir}/scans.csv")
     return 1 if failures else 0
+
+
+def trainer_options(args: argparse.Namespace) -> dict:
+    """Lightning's Trainer options for the scans: --device's kind (one device), or --devices/--strategy/--num_nodes."""
+    kind, _, index = args.device.partition(":")
+    accelerator = {"auto": "auto", "cpu": "cpu"}.get(kind, "gpu")
+    devices = args.devices if args.devices is not None else ([int(index)] if index else 1)
+    return {
+        "accelerator": accelerator,
+        "devices": devices,
+        "strategy": args.strategy,
+        "num_nodes": args.num_nodes,
+    }
 
 
 if __name__ == "__main__":

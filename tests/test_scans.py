@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from datamodules.volumes import HEAD_GRAY, read_volume, window_to_uint8
+from inference.predictor import Prediction
 from inference.scans import mask_volume, scan_slices, scan_summary
 
 
@@ -120,6 +121,23 @@ def test_predict_writes_a_scan_s_mask_volume_and_its_row(trained_segmenter, tmp_
     assert (tmp_path / "out" / row["montage_file"]).is_file()
 
 
+@pytest.mark.slow  # two processes of predict.py, as Lightning launches them
+def test_scans_spread_over_two_processes_are_each_predicted_once_and_tabled_in_order(trained_segmenter, tmp_path):
+    from tests.conftest import run_process
+
+    scans = [tmp_path / f"scan{index}.nii.gz" for index in range(3)]
+    for index, path in enumerate(scans):
+        synthetic_scan(path, (0, 1, 2), (index == 1, False, False))
+    arguments = ["--seg_ckpt", str(trained_segmenter), "--device", "cpu", "--devices", "2", "--strategy", "ddp"]
+    result = run_process("predict.py", *arguments, "--output_dir", "out", *map(str, scans), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "out" / "scans.csv") as handle:
+        assert [row["scan"] for row in csv.DictReader(handle)] == list(map(str, scans))
+    with open(tmp_path / "out" / "predictions.csv") as handle:
+        assert [row["file"] for row in csv.DictReader(handle)] == [name for s in scans for name in scan_slices(s)]
+    assert all((tmp_path / "out" / f"scan{index}_mask.nii.gz").is_file() for index in range(3))
+
+
 def test_a_montage_shows_the_slices_with_tumour_outlined():
     from inference.scans import montage
 
@@ -133,8 +151,18 @@ def test_a_montage_shows_the_slices_with_tumour_outlined():
     assert montage(slices, [np.zeros((8, 10), np.uint8)] * 6).shape == (8, 10, 3)  # no tumour: the middle slice
 
 
-def test_a_bad_scan_is_one_error_line_and_the_other_inputs_go_on(tmp_path):
-    from tests.conftest import script_module
+class SlicesAsGiven:
+    """A stand-in for TumorPredictor with no model: each slice's prediction is its name alone."""
+
+    classifier = segmenter = None
+    device = None
+
+    def predict_files(self, paths, batch_size, gradcam, tta):
+        return (Prediction(str(path)) for path in paths)
+
+
+def test_scans_go_through_lightning_s_predict_loop_and_a_bad_one_is_one_error_the_others_predicted(tmp_path):
+    from inference.scan_prediction import ScanPredictor, predict_scans
 
     good = tmp_path / "good.nii.gz"
     synthetic_scan(good, (0, 1, 2), (False, False, False))
@@ -142,13 +170,15 @@ def test_a_bad_scan_is_one_error_line_and_the_other_inputs_go_on(tmp_path):
     cut.write_bytes(good.read_bytes()[:200])
     flat = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), flat)
-    image = tmp_path / "slice.png"
-    image.write_bytes(b"not read here")
-    inputs, scans, errors = script_module("predict.py").expand_scans([cut, good, flat, image])
-    assert list(scans) == [str(good)] and inputs == [*scan_slices(good), image]
-    assert len(errors) == 2
-    assert errors[0].startswith(f"{cut}: not a readable NIfTI volume")
-    assert errors[1] == f"{flat}: a 2D image; expected a 3D volume"
+    scans = [str(cut), str(good), str(flat)]
+    results = predict_scans(ScanPredictor(SlicesAsGiven()), scans, tmp_path, accelerator="cpu", devices=1)
+    assert [result["index"] for result in results] == [0, 1, 2]  # in the order given
+    assert [len(result["errors"]) for result in results] == [1, 0, 1]
+    assert results[0]["errors"][0].startswith(f"{cut}: not a readable NIfTI volume")
+    assert results[2]["errors"] == [f"{flat}: a 2D image; expected a 3D volume"]
+    assert [row["file"] for row in results[1]["slice_rows"]] == scan_slices(good)
+    assert results[1]["scan_row"] == {"scan": str(good), "slices": 10} and results[0]["scan_row"] is None
+    assert not (tmp_path / ".scan_parts").exists()  # the processes' part files merged and gone
 
 
 def test_a_scan_is_scored_as_one_volume_in_millimetres():
