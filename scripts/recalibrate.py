@@ -6,6 +6,7 @@ changed); the weights are untouched.
     python scripts/recalibrate.py --ckpt_path runs/cls/version_0 --output recalibrated.ckpt [--data_root DATASET]
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 --output recalibrated.ckpt [--tta hflip]
     python scripts/recalibrate.py --ckpt_path runs/seg/version_0 runs/seg/version_1 --output ensemble.ckpt
+    python scripts/recalibrate.py --ckpt_path models/segmenter.safetensors --head_gray 70 --output refitted.ckpt
 
 Several models of one task trained on the same data and split make an ensemble: one checkpoint whose
 logits are the mean of theirs (the task module's `members`), its post-processing fitted on that mean
@@ -14,7 +15,8 @@ names member K), so a model joins an ensemble as one more member.
 
 --data_root, --data_negatives: where the training data lives now, if it moved (the split is recomputed
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
-and tumour decision are fitted on their mean).
+and tumour decision are fitted on their mean). --head_gray: the gray level every slice's head is brought to from
+now on (the datamodule setting `head_gray`, stored in it; the post-processing is fitted with it).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from lightning_modules.checkpoints import (
 )
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
+from lightning_modules.model_file import is_model_file, read_model_file
 from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
@@ -126,9 +129,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data_negatives", nargs="+", help="a segmenter's healthy slices")
     parser.add_argument("--precision", help="default: what training picks on this machine")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
+    parser.add_argument("--head_gray", type=int, help="slices' head median gray from now on (default: its own)")
     args = parse_arguments(parser, argv)
     first_file, first_member = member_reference(args.ckpt_path[0])
     trained = TrainedModel.load(first_file, None, torch.device("cpu"))
+    if args.head_gray is not None:  # before the datamodule: its validation slices are brought to it too
+        trained.data_hparams["head_gray"] = args.head_gray
     datamodule = trained.datamodule(args.data_root, negatives=args.data_negatives)
     task = type(trained.module)
     loaded = {first_file: trained}
@@ -137,7 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.ckpt_path) > 1 or first_member is not None:  # an ensemble, or one member of one on its own
         trained, checkpoint = ensemble(trained, members, datamodule, loaded)
     else:
-        checkpoint = dict(read_checkpoint(trained.checkpoint))  # a copy: the memory-mapped file may be the output
+        read = read_model_file if is_model_file(trained.checkpoint) else read_checkpoint
+        checkpoint = dict(read(trained.checkpoint))  # a copy: the memory-mapped file may be the output
+        checkpoint["datamodule_hyper_parameters"] = trained.data_hparams
+        if is_model_file(trained.checkpoint):  # what a model file leaves out of Lightning's checkpoint layout
+            checkpoint.setdefault("pytorch-lightning_version", L.__version__)
+            checkpoint["hyper_parameters"] = {
+                **checkpoint["hyper_parameters"],
+                "_instantiator": "lightning.pytorch.cli.instantiate_module",
+            }
     if args.tta:
         if not isinstance(trained.module, SegmentationModule):
             raise UserError(f"{trained.checkpoint}: --tta is a segmenter's option, and this is a classifier")

@@ -432,6 +432,20 @@ def test_recalibrating_a_checkpoint_refits_what_training_fitted(trained_classifi
     assert torch.equal(refitted.net.head[-1].weight, original.net.head[-1].weight)
 
 
+def test_a_model_file_refitted_with_head_gray_keeps_its_weights_and_stores_the_gray(trained_segmenter, tmp_path):
+    exported = run_script("export.py", "--seg_ckpt", str(trained_segmenter), "--output_dir", "files", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    model_file = tmp_path / "files" / "segmenter.safetensors"
+    arguments = ["--ckpt_path", str(model_file), "--head_gray", "70", "--output", "re.ckpt"]
+    result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    before = TrainedModel.load(model_file, SegmentationModule, torch.device("cpu"))
+    after = TrainedModel.load(tmp_path / "re.ckpt", SegmentationModule, torch.device("cpu"))
+    assert after.data_hparams["head_gray"] == 70 and before.data_hparams.get("head_gray") is None
+    weights = [name for name in before.module.state_dict() if name not in SegmentationModule.fitted_buffers]
+    assert all(torch.equal(after.module.state_dict()[n], before.module.state_dict()[n]) for n in weights)
+
+
 def test_a_segmenter_refitted_on_its_mirrored_views_keeps_them(trained_segmenter, tmp_path):
     arguments = ["--ckpt_path", str(trained_segmenter), "--output", "re.ckpt", "--precision", "32-true"]
     result = run_script("scripts/recalibrate.py", *arguments, "--tta", "hflip", cwd=tmp_path)
