@@ -113,7 +113,8 @@ class ScanWriter(BasePredictionWriter):
     ) -> None:
         scan, slices = prediction
         errors = [p.error for p in slices if p.error]
-        doubted = sum(bool(p.row()["warning"]) for p in slices)
+        rows = [p.row() for p in slices if not (p.error and p.path == scan)]  # not a scan that could not be read
+        doubted = sum(bool(row["warning"]) for row in rows)
         if doubted:  # one line a scan, not one a slice: the slices' rows say which and why
             print(f"warning: {scan}: {doubted} of its {len(slices)} slices with a doubt "
                   "(predictions.csv, column warning)", file=sys.stderr)  # fmt: skip
@@ -122,7 +123,7 @@ class ScanWriter(BasePredictionWriter):
         result = {
             "index": batch_indices[0] if batch_indices else batch_idx,
             "scan_row": write_scan(scan, slices, self.output_dir, self.plane),
-            "slice_rows": [p.row() for p in slices if not (p.error and p.path == scan)],
+            "slice_rows": rows,
             "errors": errors,
         }
         with self.part_file(trainer.global_rank).open("a") as handle:
