@@ -88,10 +88,15 @@ class TumorPredictor:
                 f"no model given and none bundled in {BUNDLED_MODELS}: pass a classifier (--cls_ckpt), "
                 "a segmenter (--seg_ckpt) or both"
             )
-        self.device = resolve_device(device)
-        self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, self.device) if cls_ckpt else None
-        self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, self.device) if seg_ckpt else None
+        target = resolve_device(device)
+        self.classifier = TrainedModel.load(cls_ckpt, ClassificationModule, target) if cls_ckpt else None
+        self.segmenter = TrainedModel.load(seg_ckpt, SegmentationModule, target) if seg_ckpt else None
         self.gradcam_unavailable: str | None = None  # why, once a batch has shown it
+
+    @property
+    def device(self) -> torch.device:
+        """Where the models are: where they were loaded, or where Lightning's predict loop moved them."""
+        return next(model.device for model in (self.classifier, self.segmenter) if model is not None)
 
     def predict_files(
         self, paths: Iterable[str | Path], batch_size: int = 16, gradcam: bool = True, tta: str | None = None

@@ -55,9 +55,6 @@ class ScanPredictor(L.LightningModule):
         trained = [model for model in (predictor.classifier, predictor.segmenter) if model is not None]
         self.models = torch.nn.ModuleList(model.module for model in trained)
 
-    def on_predict_start(self) -> None:
-        self.predictor.device = self.device
-
     def predict_step(self, scan: str, batch_idx: int) -> tuple[str, list[Prediction]]:
         try:
             slices = scan_slices(scan, self.plane)
