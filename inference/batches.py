@@ -15,12 +15,17 @@ from lightning_modules.precision import Hardware, fastest_precision
 AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
+def serving_precision(device_type: str) -> str:
+    """Lightning's name for the precision the tools run a model in on a `device_type` device (see the module's
+    docstring); scripts/recalibrate.py fits a model's post-processing in it, so that it holds as served."""
+    if device_type == "cpu":
+        return "32-true"
+    return fastest_precision(device_type, Hardware.detect())[0]
+
+
 def inference_precision(device: torch.device) -> contextlib.AbstractContextManager:
     """The context a model runs in on `device` (see the module's docstring)."""
-    if device.type == "cpu":
-        return contextlib.nullcontext()
-    precision, _ = fastest_precision(device.type, Hardware.detect())
-    dtype = AUTOCAST_DTYPES.get(precision)
+    dtype = AUTOCAST_DTYPES.get(serving_precision(device.type))
     return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
 

@@ -17,6 +17,8 @@ names member K), so a model joins an ensemble as one more member.
 from the files). --tta: the views a segmenter's masks average from now on (stored in it; the threshold
 and tumour decision are fitted on their mean). --head_gray: the gray level every slice's head is brought to from
 now on (the datamodule setting `head_gray`, stored in it; the post-processing is fitted with it).
+The fit runs in the precision the tools serve the model in (inference/batches.py: float32 on any CPU), so the
+fitted threshold and decision hold as served; `--precision` fits in another.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from common.errors import UserError
 from inference.arguments import parse_arguments
+from inference.batches import serving_precision
 from lightning_modules.base import member_network
 from lightning_modules.checkpoints import (
     member_reference,
@@ -39,15 +42,13 @@ from lightning_modules.checkpoints import (
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.model_file import is_model_file, read_model_file
-from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
 from lightning_modules.tta import TTA_VIEWS
 
 
 def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: str) -> str:
-    """Run one validation epoch, at whose end the module fits its post-processing, in `precision` (the
-    one training picks on this machine: the checkpoint's last validation, when it was trained here)."""
+    """Run one validation epoch, at whose end the module fits its post-processing, in `precision`."""
     trainer = L.Trainer(
         accelerator="auto", precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False
     )
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", required=True, help="the recalibrated checkpoint to write")
     parser.add_argument("--data_root", nargs="+", help="the training data, if it moved")
     parser.add_argument("--data_negatives", nargs="+", help="a segmenter's healthy slices")
-    parser.add_argument("--precision", help="default: what training picks on this machine")
+    parser.add_argument("--precision", help="default: the tools' own (float32 on a CPU; training's on a GPU)")
     parser.add_argument("--tta", choices=list(TTA_VIEWS), help="a segmenter's views from now on (default: its own)")
     parser.add_argument("--head_gray", type=int, help="slices' head median gray from now on (default: its own)")
     args = parse_arguments(parser, argv)
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"{trained.checkpoint}: --tta is a segmenter's option, and this is a classifier")
         trained.module.hparams.tta = args.tta
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "tta": args.tta}
-    message = refit(trained, datamodule, args.precision or fastest_precision("auto", Hardware.detect())[0])
+    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # what accelerator="auto" picks
+    message = refit(trained, datamodule, args.precision or serving_precision(device_type))
     if several:
         task = "classifiers" if isinstance(trained.module, ClassificationModule) else "segmenters"
         message = f"the mean of {len(members)} {task}' logits, {message}"

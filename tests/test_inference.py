@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from common.errors import ConfigError, UserError
 from common.labels import CLASS_NAMES
 from common.metrics import best_threshold, threshold_curve
+from inference import batches
 from inference.bundled import BUNDLED_MODELS, models_to_use
 from inference.gradcam import grad_cam
 from inference.predictor import Prediction, TumorPredictor
@@ -24,10 +26,11 @@ from lightning_modules.calibration import fit_temperature
 from lightning_modules.checkpoints import CheckpointError, saved_arguments
 from lightning_modules.classification import ClassificationModule
 from lightning_modules.models import MeanOfLogits, create_segmenter
+from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
-from tests.conftest import SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
+from tests.conftest import REPO, SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
 
 
 @pytest.fixture
@@ -420,9 +423,9 @@ def test_a_foreign_safetensors_file_is_refused_in_one_line(tmp_path, images):
 
 def test_recalibrating_a_checkpoint_refits_what_training_fitted(trained_classifier, tmp_path):
     original = TrainedModel.load(trained_classifier, ClassificationModule, torch.device("cpu")).module
-    result = run_script(
-        "scripts/recalibrate.py", "--ckpt_path", str(trained_classifier), "--output", "re.ckpt", cwd=tmp_path
-    )
+    trained_in, _ = fastest_precision("cpu", Hardware.detect())  # train.py's choice on this machine
+    arguments = ["--ckpt_path", str(trained_classifier), "--output", "re.ckpt", "--precision", trained_in]
+    result = run_script("scripts/recalibrate.py", *arguments, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.startswith("wrote re.ckpt: temperature ")
     refitted = TrainedModel.load(tmp_path / "re.ckpt", ClassificationModule, torch.device("cpu")).module
@@ -734,9 +737,20 @@ def test_options_are_snake_case_and_old_spellings_still_work_with_a_warning(caps
         parse_arguments(parser, ["--no-such-option", "1"])
 
 
-def test_the_tools_run_models_in_float32_on_any_cpu(monkeypatch):
-    from inference import batches
+def test_recalibrating_fits_in_the_precision_the_tools_serve_in(trained_classifier, tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("recalibrate", REPO / "scripts" / "recalibrate.py")
+    recalibrate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recalibrate)
+    # A CPU that computes bf16 natively: training picks bf16 there, the tools float32, and so must the fit.
+    monkeypatch.setattr(batches.Hardware, "detect", classmethod(lambda cls: batches.Hardware(None, True)))
+    monkeypatch.setattr(recalibrate.torch.cuda, "is_available", lambda: False)
+    used = []
+    monkeypatch.setattr(recalibrate, "refit", lambda trained, datamodule, precision: used.append(precision) or "")
+    recalibrate.main(["--ckpt_path", str(trained_classifier), "--output", str(tmp_path / "re.ckpt")])
+    assert used == ["32-true"]
 
+
+def test_the_tools_run_models_in_float32_on_any_cpu(monkeypatch):
     # Even where the CPU computes bf16 natively (training's choice there), inference stays float32.
     monkeypatch.setattr(batches.Hardware, "detect", classmethod(lambda cls: batches.Hardware(None, True)))
     with batches.inference_precision(torch.device("cpu")):
