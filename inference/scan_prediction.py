@@ -133,7 +133,8 @@ class ScanWriter(BasePredictionWriter):
             part = self.part_file(rank)
             if part.is_file():
                 results += [json.loads(line) for line in part.read_text().splitlines() if line]
-                part.unlink()
+        for part in (self.output_dir / PARTS_FOLDER).glob("process_*.jsonl"):  # also a dead run's, of more processes
+            part.unlink()
         (self.output_dir / PARTS_FOLDER).rmdir()
         return sorted(results, key=lambda result: result["index"])
 

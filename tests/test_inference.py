@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -30,7 +29,7 @@ from lightning_modules.precision import Hardware, fastest_precision
 from lightning_modules.segmentation import SegmentationModule
 from lightning_modules.trained_model import TrainedModel
 from lightning_modules.tta import TTA_VIEWS, run_with_tta
-from tests.conftest import REPO, SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, synthetic_slice
+from tests.conftest import SEG_CONFIG, TINY_SEG, make_coco_split, run_folder, run_script, script_module, synthetic_slice
 
 
 @pytest.fixture
@@ -738,9 +737,7 @@ def test_options_are_snake_case_and_old_spellings_still_work_with_a_warning(caps
 
 
 def test_recalibrating_fits_in_the_precision_the_tools_serve_in(trained_classifier, tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("recalibrate", REPO / "scripts" / "recalibrate.py")
-    recalibrate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(recalibrate)
+    recalibrate = script_module("scripts/recalibrate.py")
     # A CPU that computes bf16 natively: training picks bf16 there, the tools float32, and so must the fit.
     monkeypatch.setattr(batches.Hardware, "detect", classmethod(lambda cls: batches.Hardware(None, True)))
     monkeypatch.setattr(recalibrate.torch.cuda, "is_available", lambda: False)

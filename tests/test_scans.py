@@ -171,6 +171,8 @@ def test_scans_go_through_lightning_s_predict_loop_and_a_bad_one_is_one_error_th
     flat = tmp_path / "flat.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((8, 8), np.float32), np.eye(4)), flat)
     scans = [str(cut), str(good), str(flat)]
+    (tmp_path / ".scan_parts").mkdir()  # left by a run of three processes that died
+    (tmp_path / ".scan_parts" / "process_2.jsonl").write_text('{"index": 0}\n')
     results = predict_scans(ScanPredictor(SlicesAsGiven()), scans, tmp_path, accelerator="cpu", devices=1)
     assert [result["index"] for result in results] == [0, 1, 2]  # in the order given
     assert [len(result["errors"]) for result in results] == [1, 0, 1]
