@@ -32,7 +32,8 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     too: the tumour class.)"""
     first, scores = rows[0], {}
     if "predicted" in first:
-        correct = np.array([row["label"] == row["predicted"] for row in rows], dtype=float)
+        # `correct` where the report gives it: a partial label ("tumor") is right for any tumour type
+        correct = np.array([row.get("correct", row["label"] == row["predicted"]) for row in rows], dtype=float)
         scores["accuracy"] = lambda indices: correct[indices].mean()
     if all(name in first for name in PIXEL_COUNTS):
         stats = stats_of_rows(rows)

@@ -121,3 +121,14 @@ def test_an_ensemble_of_report_files_refuses_other_images_naming_the_files(tmp_p
     second.write_text(json.dumps(classifier_rows({"z": (0.9, 0.1)}, labels)))
     with pytest.raises(UserError, match=r"a\.json, .*b\.json: the reports cover different images"):
         ensemble_reports([first, second])
+
+
+def test_a_partial_label_is_right_for_any_tumour_type():
+    def report(predicted: list[str]) -> dict:
+        return {"per_image": [
+            {"file": f"{index}.jpg", "label": "tumor", "predicted": name, "correct": name != "no_tumor"}
+            for index, name in enumerate(predicted)
+        ]}  # fmt: skip
+
+    comparison = paired_differences(report(["no_tumor", "glioma"]), report(["pituitary", "meningioma"]), resamples=50)
+    assert (comparison["accuracy"]["first"], comparison["accuracy"]["second"]) == (0.5, 1.0)
