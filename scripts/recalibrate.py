@@ -43,14 +43,20 @@ from lightning_modules.classification import ClassificationModule
 from lightning_modules.cli import run_with_clean_errors
 from lightning_modules.model_file import is_model_file, read_model_file
 from lightning_modules.segmentation import SegmentationModule
-from lightning_modules.trained_model import TrainedModel
+from lightning_modules.trained_model import TrainedModel, resolve_device
 from lightning_modules.tta import TTA_VIEWS
 
 
-def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: str) -> str:
-    """Run one validation epoch, at whose end the module fits its post-processing, in `precision`."""
+def refit(trained: TrainedModel, datamodule: L.LightningDataModule, precision: str | None = None) -> str:
+    """Run one validation epoch, at whose end the module fits its post-processing, on the device the tools pick,
+    in `precision` (None: the one they serve in there)."""
+    device_type = resolve_device("auto").type
     trainer = L.Trainer(
-        accelerator="auto", precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False
+        accelerator=device_type,
+        precision=precision or serving_precision(device_type),
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
     )
     trainer.validate(trained.module, datamodule=datamodule, verbose=False)
     module, count = trained.module, len(datamodule.datasets["val"])
@@ -158,8 +164,7 @@ def main(argv: list[str] | None = None) -> None:
             raise UserError(f"{trained.checkpoint}: --tta is a segmenter's option, and this is a classifier")
         trained.module.hparams.tta = args.tta
         checkpoint["hyper_parameters"] = {**checkpoint["hyper_parameters"], "tta": args.tta}
-    device_type = "cuda" if torch.cuda.is_available() else "cpu"  # what accelerator="auto" picks
-    message = refit(trained, datamodule, args.precision or serving_precision(device_type))
+    message = refit(trained, datamodule, args.precision)
     if several:
         task = "classifiers" if isinstance(trained.module, ClassificationModule) else "segmenters"
         message = f"the mean of {len(members)} {task}' logits, {message}"

@@ -740,11 +740,20 @@ def test_recalibrating_fits_in_the_precision_the_tools_serve_in(trained_classifi
     recalibrate = script_module("scripts/recalibrate.py")
     # A CPU that computes bf16 natively: training picks bf16 there, the tools float32, and so must the fit.
     monkeypatch.setattr(batches.Hardware, "detect", classmethod(lambda cls: batches.Hardware(None, True)))
-    monkeypatch.setattr(recalibrate.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     used = []
-    monkeypatch.setattr(recalibrate, "refit", lambda trained, datamodule, precision: used.append(precision) or "")
-    recalibrate.main(["--ckpt_path", str(trained_classifier), "--output", str(tmp_path / "re.ckpt")])
-    assert used == ["32-true"]
+
+    class Stopped(Exception):
+        pass
+
+    def trainer(**options):  # the fit's Trainer: its options noted, the fit itself not run
+        used.append(options)
+        raise Stopped
+
+    monkeypatch.setattr(recalibrate.L, "Trainer", trainer)
+    with pytest.raises(Stopped):
+        recalibrate.main(["--ckpt_path", str(trained_classifier), "--output", str(tmp_path / "re.ckpt")])
+    assert (used[0]["accelerator"], used[0]["precision"]) == ("cpu", "32-true")
 
 
 def test_the_tools_run_models_in_float32_on_any_cpu(monkeypatch):
