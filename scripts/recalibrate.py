@@ -108,19 +108,27 @@ def ensemble(
         module, first.image_size, first.channels, first.checkpoint, first.data_hparams, first.data_state
     )
     data_class = saved_class_name(first.data_hparams, "DataModule")
-    checkpoint = {  # the layout LightningCLI saves, so that load_from_checkpoint builds the ensemble
-        "pytorch-lightning_version": L.__version__,
-        "hyper_parameters": {
-            "_class_path": f"lightning_modules.{module_class.__name__}",
-            **module.hparams,
-            "_instantiator": "lightning.pytorch.cli.instantiate_module",
-        },
+    checkpoint = {
+        "hyper_parameters": {"_class_path": f"lightning_modules.{module_class.__name__}", **module.hparams},
         "datamodule_hyper_parameters": first.data_hparams,
         data_class: first.data_state,
         "pretraining_fingerprints": module.pretraining_fingerprints,
         "state_dict": module.state_dict(),
     }
-    return trained, checkpoint
+    return trained, in_lightning_layout(checkpoint)
+
+
+def in_lightning_layout(checkpoint: dict) -> dict:
+    """`checkpoint` with what the layout LightningCLI saves has and a model file or a new ensemble lacks, so that
+    load_from_checkpoint builds its module."""
+    return {
+        **checkpoint,
+        "pytorch-lightning_version": checkpoint.get("pytorch-lightning_version", L.__version__),
+        "hyper_parameters": {
+            **checkpoint["hyper_parameters"],
+            "_instantiator": "lightning.pytorch.cli.instantiate_module",
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,15 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.ckpt_path) > 1 or first_member is not None:  # an ensemble, or one member of one on its own
         trained, checkpoint = ensemble(trained, members, datamodule, loaded)
     else:
-        read = read_model_file if is_model_file(trained.checkpoint) else read_checkpoint
+        from_model_file = is_model_file(trained.checkpoint)
+        read = read_model_file if from_model_file else read_checkpoint
         checkpoint = dict(read(trained.checkpoint))  # a copy: the memory-mapped file may be the output
         checkpoint["datamodule_hyper_parameters"] = trained.data_hparams
-        if is_model_file(trained.checkpoint):  # what a model file leaves out of Lightning's checkpoint layout
-            checkpoint.setdefault("pytorch-lightning_version", L.__version__)
-            checkpoint["hyper_parameters"] = {
-                **checkpoint["hyper_parameters"],
-                "_instantiator": "lightning.pytorch.cli.instantiate_module",
-            }
+        if from_model_file:
+            checkpoint = in_lightning_layout(checkpoint)
     if args.tta:
         if not isinstance(trained.module, SegmentationModule):
             raise UserError(f"{trained.checkpoint}: --tta is a segmenter's option, and this is a classifier")
