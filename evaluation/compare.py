@@ -6,11 +6,13 @@ still be told from noise."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 
 from common.errors import UserError
+from common.labels import NO_TUMOR
 from common.metrics import segmentation_scores
 from evaluation.bootstrap import Statistic, bootstrap_intervals, ratio_of_sums, with_interval
 from evaluation.segmentation import PIXEL_COUNTS, detection_statistics, pixel_statistics, stats_of_rows
@@ -27,14 +29,20 @@ SEGMENTATION_SCORES = (
 
 def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     """Every score that evaluate.py's per-image rows allow, as a function of resampled image indices:
-    accuracy (classification), IoU, Dice, pixel precision and recall and tumour detection
-    (segmentation), tumour recall and precision (boxes). (A segmenter's rows may carry a `label`
+    accuracy, tumour sensitivity and specificity (classification), IoU, Dice, pixel precision and
+    recall and tumour detection (segmentation), tumour recall and precision (boxes). (A segmenter's rows may carry a `label`
     too: the tumour class.)"""
     first, scores = rows[0], {}
     if "predicted" in first:
         # `correct` where the report gives it: a partial label ("tumor") is right for any tumour type
         correct = np.array([row.get("correct", row["label"] == row["predicted"]) for row in rows], dtype=float)
         scores["accuracy"] = lambda indices: correct[indices].mean()
+        tumour = np.array([row["label"] != NO_TUMOR for row in rows], dtype=float)
+        called_a_tumour = np.array([row["predicted"] != NO_TUMOR for row in rows], dtype=float)
+        if tumour.any():
+            scores["tumor_sensitivity"] = ratio_of_sums(called_a_tumour * tumour, tumour)
+        if not tumour.all():
+            scores["tumor_specificity"] = ratio_of_sums((1 - called_a_tumour) * (1 - tumour), 1 - tumour)
     if all(name in first for name in PIXEL_COUNTS):
         stats = stats_of_rows(rows)
         for name in SEGMENTATION_SCORES:
@@ -50,10 +58,21 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     return scores
 
 
+def image_keys(rows: list[dict]) -> list[str]:
+    """Each row's file below the folder that all of them share: evaluate.py writes a file as its root was
+    given, so one report's "../data/x.jpg" and another's "/home/me/data/x.jpg" are the same image."""
+    files = [os.path.normpath(row["file"]) for row in rows]
+    try:
+        shared = os.path.commonpath([os.path.dirname(file) for file in files])
+    except ValueError:  # absolute and relative roots in one report: no folder is shared
+        shared = ""
+    return [file[len(shared) :].lstrip(os.sep) for file in files]
+
+
 def rows_in_order(report: dict, rows: list[dict]) -> list[dict]:
     """`report`'s per-image rows in the order of `rows`, which must be of the same images."""
-    rows_by_file = {row["file"]: row for row in report["per_image"]}
-    ordered = [rows_by_file[row["file"]] for row in rows if row["file"] in rows_by_file]
+    rows_by_file = dict(zip(image_keys(report["per_image"]), report["per_image"]))
+    ordered = [rows_by_file[key] for key in image_keys(rows) if key in rows_by_file]
     if len(ordered) != len(rows) or len(rows_by_file) != len(rows):
         raise ValueError(
             f"the reports cover different images ({len(rows)} and {len(rows_by_file)}, {len(ordered)} in both)"

@@ -81,6 +81,38 @@ def test_a_report_against_itself_reordered_differs_by_exactly_zero():
     assert comparison["accuracy"]["difference"] == {"value": 0.0, "ci95": [0.0, 0.0]}
 
 
+def test_the_same_images_under_roots_spelled_differently_are_paired():
+    # evaluate.py writes each file as its root was given: a relative root in one run, an absolute one in another
+    counts = {"p1/a.jpg#t1": (1, 1, 8, 0), "p1/a.jpg#flair": (2, 0, 8, 0), "p2/b.jpg#t1": (0, 0, 8, 2)}
+    found = dict.fromkeys(counts, 1)
+
+    def report(root: str, order: list[str]) -> dict:
+        return segmentation_rows({root + key: counts[key] for key in order}, {root + key: found[key] for key in order})
+
+    first = report("../shared/lgg/", list(counts))
+    second = report("/work/shared/lgg/", list(counts)[::-1])
+    comparison = paired_differences(first, second, resamples=50)
+    # the same scores image by image: paired right, every resample differs by exactly 0
+    assert comparison["iou_per_image"]["difference"] == {"value": 0.0, "ci95": [0.0, 0.0]}
+    with pytest.raises(ValueError, match="cover different images"):  # one sequence missing is still refused
+        paired_differences(first, report("/work/shared/lgg/", list(counts)[1:]), resamples=10)
+
+
+def test_a_classifiers_tumour_sensitivity_and_specificity_are_compared():
+    # labels: two typed tumours, a tumour of unknown type (Br35H's partial label), two tumour-free slices
+    labels = {"g": "glioma", "m": "meningioma", "u": "tumor", "h1": "no_tumor", "h2": "no_tumor"}
+    first = {"g": "meningioma", "m": "no_tumor", "u": "no_tumor", "h1": "glioma", "h2": "no_tumor"}
+    second = {"g": "glioma", "m": "pituitary", "u": "no_tumor", "h1": "no_tumor", "h2": "no_tumor"}
+
+    def report(predicted: dict[str, str]) -> dict:
+        return {"per_image": [{"file": f, "label": labels[f], "predicted": p} for f, p in predicted.items()]}
+
+    comparison = paired_differences(report(first), report(second), resamples=50)
+    assert comparison["tumor_sensitivity"]["first"] == pytest.approx(1 / 3)  # a wrong type is still a tumour
+    assert comparison["tumor_sensitivity"]["difference"]["value"] == pytest.approx(2 / 3 - 1 / 3)
+    assert comparison["tumor_specificity"]["difference"]["value"] == pytest.approx(1 - 1 / 2)
+
+
 def test_reports_of_other_images_are_refused_naming_both_files(tmp_path):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     first.write_text(json.dumps(segmentation_rows({"a": (1, 0, 9, 0)}, {"a": 1})))
