@@ -30,8 +30,8 @@ SEGMENTATION_SCORES = (
 def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     """Every score that evaluate.py's per-image rows allow, as a function of resampled image indices:
     accuracy, tumour sensitivity and specificity (classification), IoU, Dice, pixel precision and
-    recall and tumour detection (segmentation), tumour recall and precision (boxes). (A segmenter's rows may carry a `label`
-    too: the tumour class.)"""
+    recall and tumour detection (segmentation), tumour recall and precision (boxes). (A segmenter's
+    rows may carry a `label` too: the tumour class.)"""
     first, scores = rows[0], {}
     if "predicted" in first:
         # `correct` where the report gives it: a partial label ("tumor") is right for any tumour type
