@@ -94,6 +94,13 @@ def own_split(
     description of it and its roots."""
     datamodule = trained.datamodule(args.data_root, **moved)
     datamodule.setup("test")
+    # Other roots than it trained on make another split, whose "validation" images it may have trained on.
+    if trained.training_fingerprints is not None and (difference := trained.split_difference(datamodule)):
+        recorded = trained.data_hparams.get("root")
+        raise UserError(
+            f"{trained.checkpoint}: --own_split on {', '.join(map(str, datamodule.roots))}: {difference}; pass "
+            f"every data folder it trained on, moved or not (it recorded {recorded})"
+        )
     split = datamodule.test_split_name
     return datamodule.datasets[split], f"{', '.join(map(str, datamodule.roots))}, {split} split", datamodule.roots
 

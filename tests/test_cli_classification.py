@@ -96,6 +96,26 @@ def test_a_short_run_learns(trained_classifier, tmp_path):
     assert report["accuracy"]["value"] >= 0.6  # chance is 0.25
 
 
+def test_own_split_is_rebuilt_from_the_data_moved_and_refused_on_other_data(trained_classifier, tmp_path):
+    data = trained_classifier.parents[4] / "data"  # the fixture's run: work/runs/cls/version_0/checkpoints
+    shutil.copytree(data, tmp_path / "moved")
+    moved = evaluate_report(trained_classifier, tmp_path, "--data_root", str(tmp_path / "moved"), "--own_split")
+    assert moved["all_images"]["num_images"] == 16
+    # Fewer training images make another split, whose validation images the model may have trained on.
+    next((tmp_path / "moved" / "Training").rglob("*.jpg")).unlink()
+    result = run_script(
+        "evaluate.py",
+        "--ckpt_path",
+        str(trained_classifier),
+        "--data_root",
+        str(tmp_path / "moved"),
+        "--own_split",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "--own_split on" in result.stderr and "other images" in result.stderr and str(data) in result.stderr
+
+
 def test_default_root_dir_moves_every_output(sartaj_root, tmp_path):
     result = train(
         sartaj_root,
