@@ -80,11 +80,47 @@ def rows_in_order(report: dict, rows: list[dict]) -> list[dict]:
     return ordered
 
 
-def paired_differences(first: dict, second: dict, resamples: int = 1000, seed: int = 0) -> dict[str, dict]:
+def path_parts(file: str) -> tuple[str, ...]:
+    """A file's path parts below its root's spelling ("/", "..", "."): ("data", "p1", "a.jpg#t1")."""
+    parts = Path(os.path.normpath(file)).parts
+    while parts and parts[0] in (os.sep, "..", "."):
+        parts = parts[1:]
+    return parts
+
+
+def shared_rows(first_rows: list[dict], second_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The rows of the images both reports hold, paired: two rows are one image when the path of one,
+    whatever its root's spelling, ends the other's ("../data/p1/a.jpg" and "/home/me/data/p1/a.jpg")."""
+    second_parts = [path_parts(row["file"]) for row in second_rows]
+    by_path = {parts: index for index, parts in enumerate(second_parts)}
+    by_tail: dict[tuple[str, ...], list[int]] = {}
+    for index, parts in enumerate(second_parts):
+        for start in range(len(parts)):
+            by_tail.setdefault(parts[start:], []).append(index)
+    pairs = []
+    for row in first_rows:
+        parts = path_parts(row["file"])
+        tails = (parts[start:] for start in range(len(parts)))
+        matches = set(by_tail.get(parts, [])) | {by_path[tail] for tail in tails if tail in by_path}
+        if len(matches) > 1:
+            raise ValueError(f"{row['file']} matches {len(matches)} images of the other report")
+        pairs += [(row, second_rows[match]) for match in matches]
+    if not pairs:
+        raise ValueError("the reports share no image")
+    return [first for first, _ in pairs], [second for _, second in pairs]
+
+
+def paired_differences(
+    first: dict, second: dict, resamples: int = 1000, seed: int = 0, shared_only: bool = False
+) -> dict[str, dict]:
     """For each score both reports allow: its value in each and the difference (second - first)
-    with a 95% paired bootstrap interval. The reports must cover the same images."""
-    first_rows = first["per_image"]
-    second_rows = rows_in_order(second, first_rows)
+    with a 95% paired bootstrap interval. The reports must cover the same images, or with
+    `shared_only` the scores are of the images both hold."""
+    if shared_only:
+        first_rows, second_rows = shared_rows(first["per_image"], second["per_image"])
+    else:
+        first_rows = first["per_image"]
+        second_rows = rows_in_order(second, first_rows)
     first_scores, second_scores = scores_of_rows(first_rows), scores_of_rows(second_rows)
     names = [name for name in first_scores if name in second_scores]
     everything = np.arange(len(first_rows))
@@ -97,6 +133,7 @@ def paired_differences(first: dict, second: dict, resamples: int = 1000, seed: i
             "first": float(first_scores[name](everything)),
             "second": float(second_scores[name](everything)),
             "difference": with_interval(differences[name](everything), intervals[name]),
+            "images": len(first_rows),
         }
         for name in names
     }
@@ -115,16 +152,21 @@ def read_report(path: str | Path) -> dict:
     return report
 
 
-def compare_reports(first_path: str | Path, second_path: str | Path, resamples: int = 1000, seed: int = 0) -> dict:
+def compare_reports(
+    first_path: str | Path, second_path: str | Path, resamples: int = 1000, seed: int = 0, shared_only: bool = False
+) -> dict:
     try:
-        return paired_differences(read_report(first_path), read_report(second_path), resamples, seed)
+        return paired_differences(read_report(first_path), read_report(second_path), resamples, seed, shared_only)
     except ValueError as error:
         raise UserError(f"{first_path} and {second_path}: {error}") from error
 
 
 def format_comparison(comparison: dict, first_name: str, second_name: str) -> str:
     width = max(map(len, ["score", *comparison]))
-    lines = [f"{'score':<{width}} {first_name:>12} {second_name:>12}   difference [95% paired interval]"]
+    images = next(iter(comparison.values()))["images"] if comparison else 0
+    lines = [
+        f"{'score':<{width}} {first_name:>12} {second_name:>12}   difference [95% paired interval], {images} images"
+    ]
     for name, entry in comparison.items():
         low, high = entry["difference"]["ci95"]
         lines.append(

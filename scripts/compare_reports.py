@@ -3,6 +3,10 @@
 95% paired bootstrap interval of that difference.
 
     python scripts/compare_reports.py RUN_A/report RUN_B/report [--names A B] [--output comparison.json]
+    python scripts/compare_reports.py BUNDLED/report_lgg RUN/report_own_split --shared_images
+
+--shared_images: score the images both reports hold (e.g. a model's own validation split against another
+model's report of a whole source it never saw), instead of refusing reports of other images.
 
 Each argument is a metrics.json written by evaluate.py, or its folder. An interval that excludes 0
 means the difference is larger than what the choice of validation images alone would give.
@@ -26,8 +30,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bootstrap", type=int, default=1000, help="resamples")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="also write the comparison as JSON here")
+    parser.add_argument("--shared_images", action="store_true", help="compare on the images both reports hold")
     args = parser.parse_args(argv)
-    comparison = compare_reports(args.first, args.second, args.bootstrap, args.seed)
+    comparison = compare_reports(args.first, args.second, args.bootstrap, args.seed, args.shared_images)
     print(format_comparison(comparison, *args.names))
     if args.output:
         Path(args.output).write_text(json.dumps(comparison, indent=2))

@@ -113,6 +113,30 @@ def test_a_classifiers_tumour_sensitivity_and_specificity_are_compared():
     assert comparison["tumor_specificity"]["difference"]["value"] == pytest.approx(1 - 1 / 2)
 
 
+def test_shared_images_are_paired_across_root_spellings_and_the_rest_left_out():
+    labels = {"lgg/p1/a.jpg#t1": "glioma", "lgg/p1/a.jpg#flair": "glioma", "br35h/TRAIN/y1.jpg": "tumor"}
+    # the first: a model's own split of several sources, absolute; the second: one source it never saw, relative
+    first = {"lgg/p1/a.jpg#t1": "no_tumor", "br35h/TRAIN/y1.jpg": "glioma", "sartaj/gg (1).jpg": "glioma"}
+    second = {"lgg/p1/a.jpg#t1": "glioma", "lgg/p1/a.jpg#flair": "no_tumor"}
+
+    def report(root: str, predicted: dict[str, str]) -> dict:
+        return {
+            "per_image": [
+                {"file": root + f, "label": labels.get(f, "glioma"), "predicted": p} for f, p in predicted.items()
+            ]
+        }
+
+    comparison = paired_differences(
+        report("/work/shared/data/", first), report("../shared/data/", second), resamples=20, shared_only=True
+    )
+    assert comparison["accuracy"]["images"] == 1  # only a.jpg's T1 is in both
+    assert comparison["accuracy"]["difference"]["value"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="cover different images"):  # without the option, refused
+        paired_differences(report("/d/", first), report("/d/", second), resamples=10)
+    with pytest.raises(ValueError, match="share no image"):
+        paired_differences(report("/d/", first), report("/d/", {"x.jpg": "glioma"}), resamples=10, shared_only=True)
+
+
 def test_reports_of_other_images_are_refused_naming_both_files(tmp_path):
     first, second = tmp_path / "a.json", tmp_path / "b.json"
     first.write_text(json.dumps(segmentation_rows({"a": (1, 0, 9, 0)}, {"a": 1})))
