@@ -58,28 +58,6 @@ def scores_of_rows(rows: list[dict]) -> dict[str, Statistic]:
     return scores
 
 
-def image_keys(rows: list[dict]) -> list[str]:
-    """Each row's file below the folder that all of them share: evaluate.py writes a file as its root was
-    given, so one report's "../data/x.jpg" and another's "/home/me/data/x.jpg" are the same image."""
-    files = [os.path.normpath(row["file"]) for row in rows]
-    try:
-        shared = os.path.commonpath([os.path.dirname(file) for file in files])
-    except ValueError:  # absolute and relative roots in one report: no folder is shared
-        shared = ""
-    return [file[len(shared) :].lstrip(os.sep) for file in files]
-
-
-def rows_in_order(report: dict, rows: list[dict]) -> list[dict]:
-    """`report`'s per-image rows in the order of `rows`, which must be of the same images."""
-    rows_by_file = dict(zip(image_keys(report["per_image"]), report["per_image"]))
-    ordered = [rows_by_file[key] for key in image_keys(rows) if key in rows_by_file]
-    if len(ordered) != len(rows) or len(rows_by_file) != len(rows):
-        raise ValueError(
-            f"the reports cover different images ({len(rows)} and {len(rows_by_file)}, {len(ordered)} in both)"
-        )
-    return ordered
-
-
 def path_parts(file: str) -> tuple[str, ...]:
     """A file's path parts below its root's spelling ("/", "..", "."): ("data", "p1", "a.jpg#t1")."""
     parts = Path(os.path.normpath(file)).parts
@@ -105,9 +83,17 @@ def shared_rows(first_rows: list[dict], second_rows: list[dict]) -> tuple[list[d
         if len(matches) > 1:
             raise ValueError(f"{row['file']} matches {len(matches)} images of the other report")
         pairs += [(row, second_rows[match]) for match in matches]
-    if not pairs:
-        raise ValueError("the reports share no image")
     return [first for first, _ in pairs], [second for _, second in pairs]
+
+
+def rows_in_order(report: dict, rows: list[dict]) -> list[dict]:
+    """`report`'s per-image rows in the order of `rows`, which must be of the same images."""
+    mine, theirs = shared_rows(rows, report["per_image"])
+    if len(mine) != len(rows) or len(report["per_image"]) != len(rows):
+        raise ValueError(
+            f"the reports cover different images ({len(rows)} and {len(report['per_image'])}, {len(mine)} in both)"
+        )
+    return theirs
 
 
 def paired_differences(
@@ -118,6 +104,8 @@ def paired_differences(
     `shared_only` the scores are of the images both hold."""
     if shared_only:
         first_rows, second_rows = shared_rows(first["per_image"], second["per_image"])
+        if not first_rows:
+            raise ValueError("the reports share no image")
     else:
         first_rows = first["per_image"]
         second_rows = rows_in_order(second, first_rows)
