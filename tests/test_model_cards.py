@@ -26,8 +26,8 @@ CARDS = {
         "accuracy",
         THREE_DATASETS,
     ),
-    "segmenter": (  # its own validation split, grouped by patient: real outlines and healthy slices
-        ["brain-tumor-figshare"],
+    "segmenter": (  # its own validation split of every outlined source, grouped by patient, and healthy slices
+        ["brain-tumor-figshare", "lgg-mri-segmentation/kaggle_3m", "br35h/Br35H-Mask-RCNN"],
         ["--own_split", "--data_negatives", "{data}/brain-tumor-classification-mri", "{data}/brain-tumor-mri-dataset"],
         "Dice (mean per tumour slice)",
         "dice_per_tumor_image",
