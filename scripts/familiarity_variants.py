@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from ood_check import GENERATED
 
+from common.labels import CLASS_NAMES, LABELS
 from datamodules.images import IMAGE_SUFFIXES, load_image_file
 from inference.arguments import parse_arguments
 from inference.batches import model_outputs
@@ -106,10 +107,10 @@ def main() -> None:
     for name, folder in (entry.split("=", 1) for entry in args.folder):
         files = sorted(path for path in Path(folder).iterdir() if path.suffix.lower() in IMAGE_SUFFIXES)
         inputs[name] = features_of_files(trained, files)
-    known = labels < 4
+    known = labels < len(CLASS_NAMES)
     variants = {
-        "the module's (4 classes, shared covariance)": (gaussians(4, 0.5), known),
-        "5 groups (unknown-type tumours apart)": (gaussians(5, 0.5), None),
+        "the module's (4 classes, shared covariance)": (gaussians(len(CLASS_NAMES), 0.5), known),
+        "5 groups (unknown-type tumours apart)": (gaussians(len(LABELS), 0.5), None),
         "a covariance per group (5 groups)": (gaussian_per_group(0.5), None),
         **{f"k-th nearest neighbour, k={k}": (nearest_neighbour(k), None) for k in (1, 5, 20)},
     }
