@@ -91,7 +91,7 @@ def own_split(
 ) -> tuple[Dataset, str, list[Path]]:
     """The split of the model's own data it is scored on (its official test split, else its
     validation split), rebuilt as in training from `--data_root` or the roots it recorded; with a
-    description of it and its roots."""
+    description of it and every folder its images come from, in the order of their `root_of` indices."""
     datamodule = trained.datamodule(args.data_root, **moved)
     datamodule.setup("test")
     # Other roots than it trained on make another split, whose "validation" images it may have trained on.
@@ -102,7 +102,8 @@ def own_split(
             f"every data folder it trained on, moved or not (it recorded {recorded})"
         )
     split = datamodule.test_split_name
-    return datamodule.datasets[split], f"{', '.join(map(str, datamodule.roots))}, {split} split", datamodule.roots
+    description = f"{', '.join(map(str, datamodule.roots))}, {split} split"
+    return datamodule.datasets[split], description, datamodule.source_roots
 
 
 def evaluate_classifier(trained: TrainedModel, args: argparse.Namespace) -> tuple[ClassifierReport, dict]:
@@ -206,7 +207,7 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
         source, roots = ", ".join(args.data_root), args.data_root
     else:
         dataset, source, roots = own_split(trained, args, negatives=args.data_negatives)
-        datasets, roots = [dataset], [source]
+        datasets = [dataset]
     module, stats, curve, boxes, distances = trained.module, segmentation_stats(), threshold_curve(), [], []
     run = partial(module.predict_logits, tta=args.tta)
     files = [file for dataset in datasets for file in dataset.files]
@@ -255,7 +256,8 @@ def evaluate_segmenter(trained: TrainedModel, args: argparse.Namespace) -> tuple
     if scan_slices:
         rows = [scan_scores(stacked_scan(scan, by_index)) for scan, by_index in scan_slices.items()]
         result.scans = scans_report(rows, SCAN_DICE_GOAL, SCAN_VOLUME_GOAL)
-    sources = np.repeat(np.arange(len(datasets)), [len(dataset) for dataset in datasets])
+    # A split drawn from several roots knows each slice's root; else each --data_root is a dataset of its own.
+    sources = np.concatenate([index + dataset.root_of for index, dataset in enumerate(datasets)])
     for key, parts in parts_of(sources, roots, [sequence_named(file) for file in files]).items():
         result.parts[key] = {name: without_per_image(report_of(mask)) for name, mask in parts.items()}
     if copies is not None:

@@ -201,6 +201,11 @@ class ClassificationDataModule(CachedDataModule):
         self.roots = [Path(r) for r in ([root] if isinstance(root, str) else root)]
         self.channels = channels
 
+    @property
+    def source_roots(self) -> list[Path]:
+        """Every folder it reads, in the order its datasets' `root_of` indices count them: its roots."""
+        return self.roots
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return

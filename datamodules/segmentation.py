@@ -42,11 +42,19 @@ class ImageMaskDataset(CachedDataset):
     """Cached uint8 images (N, H, W, C) and masks (N, H, W); one joint transform per item."""
 
     def __init__(
-        self, images: np.ndarray, masks: np.ndarray, transform, files: list[str], labels: list[str] | None = None
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        transform,
+        files: list[str],
+        labels: list[str] | None = None,
+        root_of: np.ndarray | None = None,
     ) -> None:
         super().__init__(transform, files)
         self.images, self.masks = images, masks
         self.labels = labels or [TUMOR if mask.any() else NO_TUMOR for mask in masks]  # the class of each slice
+        # The index of the data root each slice came from, in the datamodule's `source_roots` (0 for all without).
+        self.root_of = np.zeros(len(images), dtype=int) if root_of is None else root_of
 
     def __len__(self) -> int:
         return len(self.images)
@@ -129,6 +137,12 @@ class SegmentationDataModule(CachedDataModule):
     def root(self) -> Path:
         return self.roots[0]
 
+    @property
+    def source_roots(self) -> list[Path]:
+        """Every folder it reads, in the order its datasets' `root_of` indices count them: the outlined
+        roots, then the healthy slices' and the box-labelled ones."""
+        return [*self.roots, *self.negatives, *self.boxes]
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -157,7 +171,7 @@ class SegmentationDataModule(CachedDataModule):
             if len(indices):
                 transform = train_transform if name == "train" else eval_transform
                 self.datasets[name] = self._dataset([items[i] for i in indices], [loaded[i] for i in indices],
-                                                    [masks[i] for i in indices], transform)  # fmt: skip
+                                                    [masks[i] for i in indices], transform, source_of[indices])  # fmt: skip
         if "val" not in self.datasets:
             raise DatasetError(f"{', '.join(map(str, self.roots))}: nothing left for validation")
         if hp.healthy_share is not None and NO_TUMOR not in self.datasets["train"].labels:
@@ -221,10 +235,11 @@ class SegmentationDataModule(CachedDataModule):
         return split
 
     def _dataset(self, items: list[MaskedImage], loaded: list[LoadedImage], masks: list[np.ndarray],
-                 transform) -> ImageMaskDataset:  # fmt: skip
+                 transform, root_of: np.ndarray | None = None) -> ImageMaskDataset:  # fmt: skip
         labels = [item.label if mask.any() or item.label == NO_TUMOR else NO_TUMOR for item, mask in zip(items, masks)]
         images = np.stack([image.pixels for image in loaded])
-        return ImageMaskDataset(images, np.stack(masks), transform, [str(item.path) for item in items], labels)
+        files = [str(item.path) for item in items]
+        return ImageMaskDataset(images, np.stack(masks), transform, files, labels, root_of)
 
     def evaluation_images(self, root: str | Path) -> tuple[ImageMaskDataset, list[LoadedImage]]:
         """Every image of `root` with its mask (a COCO export's test/, else valid/; a classification

@@ -301,3 +301,16 @@ def test_evaluate_a_mixed_folder_scores_the_seen_image_apart(outline_segmenter, 
     if hd95:
         assert report["boundary_distance_px"]["hd95"]["value"] == pytest.approx(np.mean(hd95), abs=1e-2)
     assert "tumour slices given a tumour" in result.stdout
+
+
+def test_each_slice_knows_the_folder_it_came_from(tmp_path):
+    root = make_mask_folders(tmp_path / "pairs", [f"P{i}" for i in range(6)], per_patient=2)
+    other = make_mask_folders(tmp_path / "other", [f"Q{i}" for i in range(6)], per_patient=2, seed=5)
+    healthy = make_classification_dataset(tmp_path / "cls", MRI_DATASET_FOLDERS, per_class=6)
+    dm = datamodule([str(root), str(other)], negatives=str(healthy))
+    assert dm.source_roots == [root, other, healthy]
+    for split in ("train", "val"):
+        dataset = dm.datasets[split]
+        for file, index in zip(dataset.files, dataset.root_of):
+            assert file.startswith(f"{dm.source_roots[index]}/"), (file, index)
+    assert {int(index) for split in ("train", "val") for index in dm.datasets[split].root_of} == {0, 1, 2}
