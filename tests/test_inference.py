@@ -390,8 +390,7 @@ def test_loaded_models_run_in_the_layout_they_trained_in(trained_classifier, tra
 
 
 def test_models_saved_before_a_split_setting_existed_re_derive_the_split_they_trained_on(trained_classifier, tmp_path):
-    # A file saved before `near_copies_join_patients` (the bundled segmenter, for one) lacks it; the code then
-    # joined patients by near copies.
+    # A file saved before `near_copies_join_patients` lacks it; the code then joined patients by near copies.
     checkpoint = torch.load(trained_classifier, map_location="cpu", weights_only=False)
     del checkpoint["datamodule_hyper_parameters"]["near_copies_join_patients"]
     torch.save(checkpoint, tmp_path / "older.ckpt")
